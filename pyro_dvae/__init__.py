@@ -1,0 +1,1 @@
+"""pyro-dvae: Dynamical Variational Autoencoders in Pyro."""

@@ -1,0 +1,85 @@
+"""What every dataset gives the runner: a :class:`Task`.
+
+A task bundles the train / validation / test splits of one corpus together with the
+evaluation protocol of its modality. The runner and the evaluation script only talk to
+this interface, so they know nothing about audio or skeletons, and a task knows nothing
+about models: it evaluates a function that maps features to estimated features.
+
+Shapes: a training or validation item is a float32 tensor ``(T, D)``; the DataLoader
+stacks them to ``(B, T, D)``. Test items are whole sequences of varying length.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+Estimator = Callable[[torch.Tensor], torch.Tensor]
+"""Maps observed features ``(B, T, D)`` to their reconstruction ``(B, T, D)`` in the same space."""
+
+
+class Task(ABC):
+    """One corpus, split and ready for training, with its evaluation protocol.
+
+    Attributes:
+        name: dataset name (``fsdd``, ``cmu_mocap``, ...).
+        modality: ``"speech"`` or ``"motion"``; selects the model defaults and the likelihood.
+        x_dim: feature dimension D.
+        train, val: datasets of ``(T, D)`` float32 tensors of a fixed length T.
+        test: dataset used by :meth:`evaluate` (whole sequences).
+    """
+
+    name: str
+    modality: str
+    x_dim: int
+    train: Dataset
+    val: Dataset
+    test: Dataset
+
+    @abstractmethod
+    def evaluate(self, estimate: Estimator, out_dir: Path, n_examples: int = 4) -> dict:
+        """Run the test protocol and return the metrics as a JSON-ready dict.
+
+        ``estimate`` maps features ``(1, T, D)`` to reconstructed features ``(1, T, D)``.
+        Writes reconstructions and figures of ``n_examples`` test sequences under ``out_dir``.
+        """
+
+    @abstractmethod
+    def render(self, x: torch.Tensor, out_dir: Path) -> list[Path]:
+        """Write generated feature sequences ``(N, T, D)`` to ``out_dir`` in a form a person can
+        inspect (audio and spectrograms, or skeleton animations). Returns the written paths."""
+
+
+TaskBuilder = Callable[..., Task]
+_TASKS: dict[str, TaskBuilder] = {}
+
+
+def register_task(name: str) -> Callable[[TaskBuilder], TaskBuilder]:
+    """Decorator: make ``builder(**data_cfg)`` available as ``data=<name>``."""
+
+    def wrap(builder: TaskBuilder) -> TaskBuilder:
+        _TASKS[name] = builder
+        return builder
+
+    return wrap
+
+
+BUILTIN_MODULES = ("pyro_dvae.data.speech", "pyro_dvae.data.motion")
+
+
+def build_task(name: str, module: str | None = None, **options) -> Task:
+    """Build the task registered as ``name`` with the options of its ``configs/data/<name>.yaml``.
+
+    ``module`` (the ``data.module`` key) names a Python module to import first: that is how a
+    dataset defined outside this package registers itself without touching the runner.
+    """
+    for module_name in (*BUILTIN_MODULES, *([module] if module else [])):
+        importlib.import_module(module_name)
+    if name not in _TASKS:
+        raise ValueError(f"data.name={name!r} is not a known dataset; expected one of {sorted(_TASKS)}")
+    return _TASKS[name](**options)

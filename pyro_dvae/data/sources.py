@@ -1,0 +1,128 @@
+"""Where corpora come from: a local root, ``$PYRO_DVAE_DATA``, or a verified download.
+
+A *data root* is a folder laid out like the project's shared data folder::
+
+    ROOT/fsdd/recordings/*.wav
+    ROOT/asterisk_en_allison_16k/audio/**/*.flac
+    ROOT/cmu_mocap_expmap/{train,test}/<action>/<action>_<n>.txt
+    ROOT/skeletons/{h36m_32,cmu_38}.json
+
+:func:`locate` looks for ``ROOT/<subdir>`` in this order: the ``root`` argument (the
+``data.root`` config key), the environment variable ``PYRO_DVAE_DATA``, the download cache
+(``$PYRO_DVAE_CACHE``, default ``~/.cache/pyro_dvae``). Corpora with a public release are
+downloaded into the cache and verified by a checksum over their files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_DATA = "PYRO_DVAE_DATA"
+ENV_CACHE = "PYRO_DVAE_CACHE"
+
+
+def cache_dir() -> Path:
+    """The folder for downloads and feature caches (``$PYRO_DVAE_CACHE`` or ``~/.cache/pyro_dvae``)."""
+    return Path(os.environ.get(ENV_CACHE, Path.home() / ".cache" / "pyro_dvae")).expanduser()
+
+
+@dataclass(frozen=True)
+class Release:
+    """A public archive whose extracted ``member`` folder becomes ``ROOT/<subdir>/<member_as>``.
+
+    ``digest`` is :func:`tree_digest` of the extracted folder, so the check does not depend on
+    how the host compresses the archive.
+    """
+
+    url: str
+    member: str
+    member_as: str
+    digest: str
+
+
+RELEASES: dict[str, Release] = {
+    "fsdd": Release(
+        url="https://github.com/Jakobovski/free-spoken-digit-dataset/archive/26eb9aa.tar.gz",
+        member="recordings",
+        member_as="recordings",
+        digest="0fbe6612aaa20a80ef4371894a46e060038337a518fe3d4728cb7eee7caa013c",
+    ),
+}
+
+
+def tree_digest(folder: Path) -> str:
+    """SHA-256 over the sorted file names of ``folder`` and the SHA-256 of each file."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        h.update(path.name.encode())
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def locate(subdir: str, root: str | os.PathLike | None = None, download: bool = True) -> Path:
+    """Return the folder ``<root>/<subdir>``, downloading it into the cache if needed.
+
+    Raises:
+        FileNotFoundError: with instructions when no copy exists and none can be fetched.
+    """
+    if root is not None:
+        path = Path(root).expanduser() / subdir
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"data.root={root!s}: no folder {path}; expected a data root that holds '{subdir}/'"
+            )
+        return path
+    candidates = [Path(os.environ[ENV_DATA]).expanduser()] if os.environ.get(ENV_DATA) else []
+    candidates.append(cache_dir() / "data")
+    for base in candidates:
+        if (base / subdir).is_dir():
+            return base / subdir
+    if download and subdir in RELEASES:
+        return fetch(subdir, cache_dir() / "data")
+    looked = ", ".join(str(c / subdir) for c in candidates)
+    raise FileNotFoundError(
+        f"No local copy of '{subdir}' (looked in {looked}) and it has no public download here. "
+        f"Point data.root=DIR or the environment variable {ENV_DATA} at a folder that holds "
+        f"'{subdir}/'."
+    )
+
+
+def fetch(subdir: str, base: Path) -> Path:
+    """Download ``RELEASES[subdir]`` into ``base/subdir``, verify it, and return that folder."""
+    release = RELEASES[subdir]
+    target = base / subdir
+    base.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=base) as tmp:
+        archive = Path(tmp) / "archive.tar.gz"
+        try:
+            urllib.request.urlretrieve(release.url, archive)
+        except OSError as err:
+            raise FileNotFoundError(
+                f"Could not download '{subdir}' from {release.url} ({err}). Offline? Point "
+                f"data.root=DIR or {ENV_DATA} at a folder that holds '{subdir}/'."
+            ) from err
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+        found = [p for p in Path(tmp).glob(f"*/{release.member}") if p.is_dir()]
+        if not found:
+            raise FileNotFoundError(f"{release.url}: the archive has no '{release.member}' folder")
+        digest = tree_digest(found[0])
+        if digest != release.digest:
+            raise OSError(
+                f"{release.url}: checksum mismatch for '{release.member}' "
+                f"(got {digest}, expected {release.digest}); the download was discarded"
+            )
+        staged = Path(tmp) / "staged"
+        staged.mkdir()
+        shutil.move(str(found[0]), staged / release.member_as)
+        if target.exists():
+            shutil.rmtree(target)
+        staged.rename(target)
+    return target

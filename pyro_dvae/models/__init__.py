@@ -1,0 +1,40 @@
+"""The DVAE family. ``build_model`` is how the runner gets a model from ``model=<name>``."""
+
+from __future__ import annotations
+
+from pyro_dvae.likelihoods import Likelihood
+from pyro_dvae.models.base import DVAE
+from pyro_dvae.models.dkf import DKF
+from pyro_dvae.models.vae import VAE
+
+MODELS: dict[str, type[DVAE]] = {
+    "vae": VAE,
+    "dkf": DKF,
+}
+
+
+def build_model(
+    name: str,
+    x_dim: int,
+    likelihood: Likelihood,
+    guide: str | None = None,
+    prior: str | None = None,
+    **params,
+) -> DVAE:
+    """Model ``name`` with layer sizes ``params``; ``guide``/``prior`` None picks its default.
+
+    Models with a single guide or prior reject other names with a clear error.
+    """
+    if name not in MODELS:
+        raise ValueError(f"model.name={name!r} is not a known model; expected one of {sorted(MODELS)}")
+    cls = MODELS[name]
+    options = dict(params)
+    for key, value in (("guide", guide), ("prior", prior)):
+        if value is not None:
+            if key not in cls.__init__.__code__.co_varnames:
+                raise ValueError(f"{key}.name={value!r}: model {name!r} has a single {key}")
+            options[key] = value
+    return cls(x_dim=x_dim, likelihood=likelihood, **options)
+
+
+__all__ = ["DVAE", "MODELS", "build_model"]

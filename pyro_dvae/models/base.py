@@ -1,0 +1,90 @@
+"""What every DVAE shares: the sequence plate, KL weighting, observation and its uses.
+
+A DVAE is a :class:`~pyro.nn.PyroModule` with two methods that read like the equations:
+
+* ``model(x, kl_weight)``: the generative model p(x_{1:T}, z_{1:T}) scoring the data ``x``;
+* ``guide(x, kl_weight)``: the inference model q(z_{1:T} | x_{1:T}).
+
+Both run under :meth:`DVAE.sequences`, a plate over the B sequences of the batch that also
+scales every log-density by 1/(T·B), so the ELBO is reported per frame as in the paper.
+Latent sites go through :meth:`DVAE.latent`, which multiplies their log-densities by the KL
+warm-up weight β·w in both model and guide (``poutine.scale``).
+
+Everything else is derived: :meth:`reconstruct` (posterior mean or sample, decoded) and
+``generate`` (ancestral sampling; each model writes its own).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.distributions import TorchDistribution
+from pyro.nn import PyroModule
+
+from pyro_dvae.distributions import PosteriorMean
+from pyro_dvae.likelihoods import Likelihood
+
+
+class DVAE(PyroModule):
+    """Base class. Subclasses define ``model``, ``guide`` and ``generate``.
+
+    Args:
+        x_dim: feature dimension D.
+        z_dim: latent dimension L.
+        likelihood: observation model applied to the decoder output.
+    """
+
+    def __init__(self, x_dim: int, z_dim: int, likelihood: Likelihood) -> None:
+        super().__init__()
+        self.x_dim, self.z_dim = x_dim, z_dim
+        self.likelihood = likelihood
+
+    @contextmanager
+    def sequences(self, x: torch.Tensor) -> Iterator[None]:
+        """Plate over the batch of sequences ``x (B, T, D)``, log-densities scaled by 1/(T·B)."""
+        B, T = x.shape[:2]
+        with pyro.plate("sequences", B, dim=-1), poutine.scale(scale=1.0 / (B * T)):
+            yield
+
+    @staticmethod
+    def latent(name: str, fn: TorchDistribution, kl_weight: float) -> torch.Tensor:
+        """A latent sample site whose log-density (hence KL) is weighted by ``kl_weight``.
+
+        Weight 0 (the first warm-up epochs) masks the KL out: Pyro scales must be positive.
+        """
+        weighting = poutine.mask(mask=False) if kl_weight == 0 else poutine.scale(scale=kl_weight)
+        with weighting:
+            return pyro.sample(name, fn)
+
+    def observe(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Score ``x (B, T, D)`` under the likelihood of the decoder output ``y``; returns y."""
+        pyro.sample("x", self.likelihood(y), obs=x)
+        return y
+
+    def model(self, x: torch.Tensor, kl_weight: float = 1.0) -> torch.Tensor:
+        """p(x, z); returns the decoder output ``y (B, T, D)``."""
+        raise NotImplementedError
+
+    def guide(self, x: torch.Tensor, kl_weight: float = 1.0) -> None:
+        """q(z | x)."""
+        raise NotImplementedError
+
+    def generate(self, n: int, T: int) -> torch.Tensor:
+        """Ancestral sample of ``n`` sequences of length T; returns ``E[x_t | ·]`` ``(n, T, D)``."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        """Decoder output ``y (B, T, D)`` for latents from q(z | x): the posterior mean path by
+        default, a posterior sample with ``sample=True``."""
+        guide = self.guide if sample else PosteriorMean()(self.guide)
+        trace = poutine.trace(guide).get_trace(x)
+        return poutine.replay(self.model, trace=trace)(x)
+
+    def estimate(self, x: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        """Reconstructed features ``E[x | y]`` ``(B, T, D)``, in the space of x."""
+        return self.likelihood.mean(self.reconstruct(x, sample))

@@ -1,0 +1,135 @@
+"""DKF: the deep Kalman filter / deep Markov model (Krishnan et al. 2017; spec §2.2).
+
+Notation: x_t (B, T, D) observed frame, z_t (B, T, L) latent state, g_t the summary of x
+that the inference network feeds to its combiner, y_t (B, T, D) decoder output.
+
+    p(x, z) = ∏_t p(x_t | z_t) p(z_t | z_{t−1}),            z_0 = 0
+    q(z | x) = ∏_t q(z_t | z_{t−1}, g_t)
+
+The transition p(z_t | z_{t−1}) is a prior component (``prior=gated`` by default, or any
+registered :class:`~pyro_dvae.models.priors.Transition`). The inference network is swappable:
+
+* ``guide=dks`` (default): g^x = backward LSTM over MLP(x), so g^x_t summarises x_{t:T};
+  combiner g_t = (MLP(z_{t−1}) + g^x_t) / 2.
+* ``guide=st_lr``: bidirectional LSTM; g_t = (MLP(z_{t−1}) + g^→_t + g^←_t) / 3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from pyro_dvae.distributions import GaussianTrajectory, MarkovTrajectory
+from pyro_dvae.likelihoods import Likelihood
+from pyro_dvae.models.base import DVAE
+from pyro_dvae.models.priors import build_transition
+from pyro_dvae.nn import MLP, GaussianHead, lstm, shift
+
+
+class DKFInference(nn.Module):
+    """q(z_t | z_{t−1}, g_t) with the combiner of the DKS / ST-LR inference networks.
+
+    ``forward(x (B, T, D)) -> MarkovTrajectory`` over z (B, T, L).
+    """
+
+    def __init__(
+        self,
+        x_dim: int,
+        z_dim: int,
+        dense_x_gx: Sequence[int],
+        dim_rnn_gx: int,
+        dense_ztm1_g: Sequence[int],
+        dense_g_z: Sequence[int],
+        bidirectional: bool,
+        activation: str = "tanh",
+    ) -> None:
+        super().__init__()
+        self.z_dim, self.bidirectional = z_dim, bidirectional
+        self.mlp_x_gx = MLP(x_dim, dense_x_gx, activation)
+        self.rnn_gx = lstm(self.mlp_x_gx.out_dim, dim_rnn_gx, bidirectional)
+        self.mlp_ztm1_g = MLP(z_dim, [*dense_ztm1_g, dim_rnn_gx], activation)
+        self.mlp_g_z = MLP(dim_rnn_gx, dense_g_z, activation)
+        self.head = GaussianHead(self.mlp_g_z.out_dim, z_dim)
+
+    def summary(self, x: torch.Tensor) -> torch.Tensor:
+        """Σ of the RNN outputs g^x (B, T, H): backward (DKS), or forward + backward (ST-LR)."""
+        h = self.mlp_x_gx(x)
+        if self.bidirectional:
+            return self.rnn_gx(h)[0].unflatten(-1, (2, -1)).sum(-2)
+        return self.rnn_gx(h.flip(1))[0].flip(1)
+
+    def combine(self, z_prev: torch.Tensor, gx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loc, scale) of z_t from z_{t−1} and g^x_t; any leading dims."""
+        n_terms = 3 if self.bidirectional else 2
+        g = (self.mlp_ztm1_g(z_prev) + gx) / n_terms
+        return self.head(self.mlp_g_z(g))
+
+    def forward(self, x: torch.Tensor) -> GaussianTrajectory:
+        gx = self.summary(x)
+        B, T, _ = x.shape
+        return MarkovTrajectory(
+            step=lambda t, z_prev, state: (*self.combine(z_prev, gx[:, t]), None),
+            parallel=lambda z: self.combine(shift(z), gx),
+            batch_size=B,
+            T=T,
+            L=self.z_dim,
+            like=x,
+        )
+
+
+GUIDES = {"dks": False, "st_lr": True}
+"""Guide name → bidirectional g^x."""
+
+
+class DKF(DVAE):
+    """Deep Kalman filter with a swappable transition prior and inference network.
+
+    Args:
+        x_dim, z_dim, likelihood: see :class:`DVAE`.
+        guide: ``dks`` (default) or ``st_lr``.
+        prior: a registered transition, ``gated`` (default) or ``linear``.
+        dense_x_gx, dim_rnn_gx, dense_ztm1_g, dense_g_z: inference-network sizes.
+        dense_z_x: decoder hidden sizes.
+    """
+
+    def __init__(
+        self,
+        x_dim: int,
+        z_dim: int,
+        likelihood: Likelihood,
+        guide: str | None = None,
+        prior: str | None = None,
+        dense_x_gx: Sequence[int] = (256,),
+        dim_rnn_gx: int = 128,
+        dense_ztm1_g: Sequence[int] = (32,),
+        dense_g_z: Sequence[int] = (32,),
+        dense_z_x: Sequence[int] = (32, 64, 128, 256),
+        activation: str = "tanh",
+    ) -> None:
+        super().__init__(x_dim, z_dim, likelihood)
+        guide = guide or "dks"
+        if guide not in GUIDES:
+            raise ValueError(f"guide.name={guide!r} is not a DKF guide; expected one of {list(GUIDES)}")
+        self.transition = build_transition(prior or "gated", z_dim)
+        mlp_z_x = MLP(z_dim, dense_z_x, activation)
+        self.decoder = nn.Sequential(mlp_z_x, nn.Linear(mlp_z_x.out_dim, x_dim))
+        self.inference = DKFInference(
+            x_dim, z_dim, dense_x_gx, dim_rnn_gx, dense_ztm1_g, dense_g_z, GUIDES[guide], activation
+        )
+
+    def model(self, x: torch.Tensor, kl_weight: float = 1.0) -> torch.Tensor:
+        B, T, _ = x.shape
+        with self.sequences(x):
+            z = self.latent("z", self.transition.trajectory(B, T, self.z_dim, x), kl_weight)
+            return self.observe(self.decoder(z), x)
+
+    def guide(self, x: torch.Tensor, kl_weight: float = 1.0) -> None:
+        with self.sequences(x):
+            self.latent("z", self.inference(x), kl_weight)
+
+    def generate(self, n: int, T: int) -> torch.Tensor:
+        like = next(self.parameters())
+        z = self.transition.trajectory(n, T, self.z_dim, like).rsample()
+        return self.likelihood.mean(self.decoder(z))

@@ -1,0 +1,142 @@
+"""From a Hydra config to a trained, evaluated or sampled model; no model-specific code.
+
+The scripts in ``experiments/`` are thin wrappers around :func:`train`, :func:`evaluate` and
+:func:`generate`. A run directory holds ``config.yaml`` (the resolved config), ``best.pt``,
+``last.pt``, ``metrics.csv``, ``loss.png`` and, after evaluation, ``results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pyro_dvae.data import Task, build_task
+from pyro_dvae.likelihoods import build_likelihood
+from pyro_dvae.models import DVAE, build_model
+from pyro_dvae.train import TrainConfig, Trainer, load_checkpoint, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but no CUDA device is available; use device=auto or cpu")
+    return torch.device(name)
+
+
+def build_model_for(cfg: DictConfig, task: Task) -> DVAE:
+    """The model of ``cfg.model`` with its layer sizes for the task's modality."""
+    if task.modality not in cfg.model:
+        raise ValueError(f"model={cfg.model.name} has no '{task.modality}' settings in its config")
+    likelihood = build_likelihood(
+        cfg.likelihood.name, task.modality, task.x_dim, **cfg.likelihood.get("options", {})
+    )
+    params = OmegaConf.to_container(cfg.model[task.modality], resolve=True)
+    return build_model(
+        cfg.model.name, task.x_dim, likelihood, guide=cfg.guide.name, prior=cfg.prior.name, **params
+    )
+
+
+def train_config(cfg: DictConfig, modality: str) -> TrainConfig:
+    """``cfg.train`` with its nulls filled from the model's and the modality's defaults."""
+    options = OmegaConf.to_container(cfg.train, resolve=True)
+    defaults = {**cfg.modality_defaults[modality], "lr": cfg.model.lr[modality]}
+    for key, value in defaults.items():
+        if options.get(key) is None:
+            options[key] = value
+    return TrainConfig(**options)
+
+
+def train(cfg: DictConfig, run_dir: Path) -> Path:
+    """Train ``cfg.model`` on ``cfg.data`` in ``run_dir``; returns ``run_dir``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    task = build_task(**cfg.data)
+    model = build_model_for(cfg, task).to(device)
+    tcfg = train_config(cfg, task.modality)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    log.info(
+        "%s on %s (%s): %d train / %d val sequences, %d parameters, device %s",
+        cfg.model.name, task.name, task.modality, len(task.train), len(task.val),
+        sum(p.numel() for p in model.parameters()), device,
+    )
+    trainer = Trainer(model, task.train, task.val, tcfg, run_dir, device, cfg.seed,
+                      extra_state={"config": OmegaConf.to_container(cfg, resolve=True)})
+    if cfg.resume:
+        trainer.resume(run_dir / "last.pt")
+    state = trainer.fit()
+    log.info("done: %d epochs, best epoch %d, checkpoints in %s", state.epoch, state.best_epoch,
+             run_dir)
+    return run_dir
+
+
+def load_run(run_dir: Path, device: torch.device, checkpoint: str = "best") -> tuple[DictConfig, Task, DVAE]:
+    """The config, task and trained model (``best`` or ``last`` weights) of a run directory."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"run_dir={run_dir}: no config.yaml; is it a pyro-dvae run directory?")
+    cfg = OmegaConf.load(config_path)
+    task = build_task(**cfg.data)
+    model = build_model_for(cfg, task).to(device)
+    model.load_state_dict(load_checkpoint(run_dir / f"{checkpoint}.pt", device)["model"])
+    model.eval()
+    return cfg, task, model
+
+
+def evaluate(run_dir: Path, device: torch.device, sample: bool = False, n_examples: int = 4,
+             checkpoint: str = "best") -> dict:
+    """Evaluate a run on its test set; writes ``results.json`` and ``results.md`` in ``run_dir``."""
+    run_dir = Path(run_dir)
+    cfg, task, model = load_run(run_dir, device, checkpoint)
+    seed_everything(cfg.seed)
+
+    def estimate(x: torch.Tensor) -> torch.Tensor:
+        return model.estimate(x.to(device), sample=sample).cpu()
+
+    results = task.evaluate(estimate, run_dir / "eval", n_examples)
+    results.update(run_summary(cfg, run_dir, checkpoint, sample))
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (run_dir / "results.md").write_text(markdown_row(results))
+    return results
+
+
+def run_summary(cfg: DictConfig, run_dir: Path, checkpoint: str, sample: bool) -> dict:
+    """Model, data, epochs run and seconds per epoch, read from the run's metrics.csv."""
+    history = load_checkpoint(run_dir / "last.pt")["state"]["history"]
+    return {
+        "model": cfg.model.name,
+        "guide": cfg.guide.name,
+        "data": cfg.data.name,
+        "checkpoint": checkpoint,
+        "posterior": "sample" if sample else "mean",
+        "epochs": len(history),
+        "best_epoch": history[-1]["best_epoch"],
+        "seconds_per_epoch": statistics.median(r["seconds"] for r in history),
+    }
+
+
+def markdown_row(results: dict) -> str:
+    """A header and one markdown table row of the scalar results."""
+    keys = [k for k, v in results.items() if isinstance(v, (int, float, str)) and k != "checkpoint"]
+    cells = [f"{results[k]:.3f}" if isinstance(results[k], float) else str(results[k]) for k in keys]
+    return f"| {' | '.join(keys)} |\n|{'---|' * len(keys)}\n| {' | '.join(cells)} |\n"
+
+
+def generate(run_dir: Path, device: torch.device, n: int, T: int, seed: int = 0) -> list[Path]:
+    """Draw ``n`` sequences of length ``T`` from the generative model and render them."""
+    _, task, model = load_run(run_dir, device)
+    seed_everything(seed)
+    with torch.no_grad():
+        x = model.generate(n, T).cpu()
+    return task.render(x, Path(run_dir) / "generated")
