@@ -12,7 +12,9 @@ from pyro_dvae import runner
 
 @hydra.main(config_path="../configs", config_name="generate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    for path in runner.generate(cfg.run_dir, runner.resolve_device(cfg.device), cfg.n, cfg.T, cfg.seed):
+    for path in runner.generate(
+        cfg.run_dir, runner.resolve_device(cfg.device), cfg.n, cfg.T, cfg.seed
+    ):
         print(path)
 
 

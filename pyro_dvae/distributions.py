@@ -97,7 +97,9 @@ class GaussianTrajectory(TorchDistribution):
     def expand(self, batch_shape, _instance=None) -> GaussianTrajectory:
         """Plates may only confirm the batch shape: a trajectory is never broadcast."""
         if torch.Size(batch_shape) != self.batch_shape:
-            raise ValueError(f"cannot expand a trajectory of batch {self.batch_shape} to {batch_shape}")
+            raise ValueError(
+                f"cannot expand a trajectory of batch {self.batch_shape} to {batch_shape}"
+            )
         return self
 
 
@@ -175,7 +177,9 @@ def normal_log_prob(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> 
     return -0.5 * ((z - loc) / scale) ** 2 - scale.log() - 0.5 * math.log(2 * math.pi)
 
 
-def normal_kl(mq: torch.Tensor, sq: torch.Tensor, mp: torch.Tensor, sp: torch.Tensor) -> torch.Tensor:
+def normal_kl(
+    mq: torch.Tensor, sq: torch.Tensor, mp: torch.Tensor, sp: torch.Tensor
+) -> torch.Tensor:
     """Element-wise ``KL(N(mq, sq²) ‖ N(mp, sp²))``, the −1 term included (spec §4.2 omits it)."""
     var_ratio = (sq / sp) ** 2
     return 0.5 * (var_ratio + ((mq - mp) / sp) ** 2 - 1.0 - var_ratio.log())

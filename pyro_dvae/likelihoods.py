@@ -37,11 +37,36 @@ class Likelihood(nn.Module):
         raise NotImplementedError
 
 
+class ExponentialLogMean(TorchDistribution):
+    """``x ~ Exponential(mean = exp(y))`` on every element of ``(B, T, D)``, event ``(T, D)``.
+
+    ``log p(x) = −Σ (y + x·e^{−y})``, computed from ``y`` directly (no ``log(exp(·))``); ``y``
+    is clamped to ``±LOGVAR_BOUND`` so ``e^{−y}`` never overflows, and x = 0 is valid.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.independent(constraints.nonnegative, 2)
+
+    def __init__(self, y: torch.Tensor) -> None:
+        self.y = y.clamp(-LOGVAR_BOUND, LOGVAR_BOUND)
+        super().__init__(y.shape[:-2], y.shape[-2:], validate_args=False)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        return -(self.y + x * torch.exp(-self.y)).sum((-2, -1))
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        return Exponential(torch.exp(-self.y)).sample(sample_shape)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return torch.exp(self.y)
+
+
 class ExponentialPower(Likelihood):
-    """Power spectrogram ``x ~ Exponential(rate = exp(−y))``, ``y`` the log-variance."""
+    """Power spectrogram ``x ~ Exponential(mean = exp(y))``, ``y`` the log-variance."""
 
     def forward(self, y: torch.Tensor) -> TorchDistribution:
-        return Exponential(torch.exp(-y.clamp(-LOGVAR_BOUND, LOGVAR_BOUND))).to_event(2)
+        return ExponentialLogMean(y)
 
     def mean(self, y: torch.Tensor) -> torch.Tensor:
         return torch.exp(y.clamp(-LOGVAR_BOUND, LOGVAR_BOUND))

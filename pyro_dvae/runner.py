@@ -60,6 +60,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     task = build_task(**cfg.data)
     model = build_model_for(cfg, task).to(device)
@@ -67,25 +69,43 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     log.info(
         "%s on %s (%s): %d train / %d val sequences, %d parameters, device %s",
-        cfg.model.name, task.name, task.modality, len(task.train), len(task.val),
-        sum(p.numel() for p in model.parameters()), device,
+        cfg.model.name,
+        task.name,
+        task.modality,
+        len(task.train),
+        len(task.val),
+        sum(p.numel() for p in model.parameters()),
+        device,
     )
-    trainer = Trainer(model, task.train, task.val, tcfg, run_dir, device, cfg.seed,
-                      extra_state={"config": OmegaConf.to_container(cfg, resolve=True)})
+    trainer = Trainer(
+        model,
+        task.train,
+        task.val,
+        tcfg,
+        run_dir,
+        device,
+        cfg.seed,
+        extra_state={"config": OmegaConf.to_container(cfg, resolve=True)},
+    )
     if cfg.resume:
         trainer.resume(run_dir / "last.pt")
     state = trainer.fit()
-    log.info("done: %d epochs, best epoch %d, checkpoints in %s", state.epoch, state.best_epoch,
-             run_dir)
+    log.info(
+        "done: %d epochs, best epoch %d, checkpoints in %s", state.epoch, state.best_epoch, run_dir
+    )
     return run_dir
 
 
-def load_run(run_dir: Path, device: torch.device, checkpoint: str = "best") -> tuple[DictConfig, Task, DVAE]:
+def load_run(
+    run_dir: Path, device: torch.device, checkpoint: str = "best"
+) -> tuple[DictConfig, Task, DVAE]:
     """The config, task and trained model (``best`` or ``last`` weights) of a run directory."""
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
-        raise FileNotFoundError(f"run_dir={run_dir}: no config.yaml; is it a pyro-dvae run directory?")
+        raise FileNotFoundError(
+            f"run_dir={run_dir}: no config.yaml; is it a pyro-dvae run directory?"
+        )
     cfg = OmegaConf.load(config_path)
     task = build_task(**cfg.data)
     model = build_model_for(cfg, task).to(device)
@@ -94,8 +114,13 @@ def load_run(run_dir: Path, device: torch.device, checkpoint: str = "best") -> t
     return cfg, task, model
 
 
-def evaluate(run_dir: Path, device: torch.device, sample: bool = False, n_examples: int = 4,
-             checkpoint: str = "best") -> dict:
+def evaluate(
+    run_dir: Path,
+    device: torch.device,
+    sample: bool = False,
+    n_examples: int = 4,
+    checkpoint: str = "best",
+) -> dict:
     """Evaluate a run on its test set; writes ``results.json`` and ``results.md`` in ``run_dir``."""
     run_dir = Path(run_dir)
     cfg, task, model = load_run(run_dir, device, checkpoint)
@@ -129,7 +154,9 @@ def run_summary(cfg: DictConfig, run_dir: Path, checkpoint: str, sample: bool) -
 def markdown_row(results: dict) -> str:
     """A header and one markdown table row of the scalar results."""
     keys = [k for k, v in results.items() if isinstance(v, (int, float, str)) and k != "checkpoint"]
-    cells = [f"{results[k]:.3f}" if isinstance(results[k], float) else str(results[k]) for k in keys]
+    cells = [
+        f"{results[k]:.3f}" if isinstance(results[k], float) else str(results[k]) for k in keys
+    ]
     return f"| {' | '.join(keys)} |\n|{'---|' * len(keys)}\n| {' | '.join(cells)} |\n"
 
 

@@ -178,11 +178,16 @@ class Trainer:
                 row = self.run_epoch(state.epoch)
                 self.end_epoch(row)
                 if warmup_done(row["epoch"], cfg) and state.patience >= cfg.early_stop_patience:
-                    log.info("early stopping after epoch %d (best %d)", row["epoch"], state.best_epoch)
+                    log.info(
+                        "early stopping after epoch %d (best %d)", row["epoch"], state.best_epoch
+                    )
                     break
         except KeyboardInterrupt:
-            log.warning("interrupted: %s holds epoch %d; continue with resume=true",
-                        self.run_dir / "last.pt", state.epoch - 1)
+            log.warning(
+                "interrupted: %s holds epoch %d; continue with resume=true",
+                self.run_dir / "last.pt",
+                state.epoch - 1,
+            )
             raise
         return state
 
@@ -208,8 +213,9 @@ class Trainer:
         spent waiting for the DataLoader."""
         self.model.train()
         total, count, wait = 0.0, 0, 0.0
-        batches = tqdm(self.train_loader, desc=f"epoch {epoch}", leave=False,
-                       disable=not self.cfg.progress)
+        batches = tqdm(
+            self.train_loader, desc=f"epoch {epoch}", leave=False, disable=not self.cfg.progress
+        )
         tick = time.perf_counter()
         for x in batches:
             wait += time.perf_counter() - tick
@@ -253,8 +259,10 @@ class Trainer:
             # weight) is not compared with later ones: best_val stays at inf until warm.
             state.best_val = row["val_loss"] if warm else math.inf
             state.best_epoch, state.patience = epoch, 0
-            atomic_save({"model": self.model.state_dict(), "epoch": epoch, **self.extra_state},
-                        self.run_dir / "best.pt")
+            atomic_save(
+                {"model": self.model.state_dict(), "epoch": epoch, **self.extra_state},
+                self.run_dir / "best.pt",
+            )
         else:
             state.patience += 1
         row["best_epoch"] = state.best_epoch
@@ -265,8 +273,14 @@ class Trainer:
         plot_losses(state.history, self.run_dir / "loss.png")
         log.info(
             "epoch %d  kl_w %.2f  train %.4f  val %.4f (recon %.4f, kl %.4f)  best %d  %.1fs",
-            epoch, row["kl_weight"], row["train_loss"], row["val_loss"], row["val_recon"],
-            row["val_kl"], state.best_epoch, row["seconds"],
+            epoch,
+            row["kl_weight"],
+            row["train_loss"],
+            row["val_loss"],
+            row["val_recon"],
+            row["val_kl"],
+            state.best_epoch,
+            row["seconds"],
         )
 
 
@@ -335,7 +349,9 @@ def plot_losses(history: list[dict], path: Path) -> None:
 
     epochs = [r["epoch"] for r in history]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    for ax, keys in zip(axes, (("train_loss", "val_loss"), ("val_recon",), ("val_kl",)), strict=True):
+    for ax, keys in zip(
+        axes, (("train_loss", "val_loss"), ("val_recon",), ("val_kl",)), strict=True
+    ):
         for key in keys:
             ax.plot(epochs, [r[key] for r in history], label=key)
         ax.set_xlabel("epoch")
@@ -343,4 +359,3 @@ def plot_losses(history: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
-

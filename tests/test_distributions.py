@@ -15,7 +15,10 @@ def ar1(a: float, s: float, like: torch.Tensor) -> MarkovTrajectory:
     return MarkovTrajectory(
         step=lambda t, z_prev, state: (a * z_prev, torch.full_like(z_prev, s), None),
         parallel=lambda z: (a * shift(z), torch.full_like(z, s)),
-        batch_size=B, T=T, L=L, like=like,
+        batch_size=B,
+        T=T,
+        L=L,
+        like=like,
     )
 
 
@@ -59,7 +62,9 @@ def test_kl_independent_is_closed_form():
     standard = IndependentTrajectory.standard(B, T, L, mq)
     # KL(q ‖ N(0, I)) = ½ Σ (σ² + μ² − 1 − log σ²)
     by_hand = 0.5 * (sq**2 + mq**2 - 1 - torch.log(sq**2)).sum()
-    torch.testing.assert_close(kl_divergence(IndependentTrajectory(mq, sq), standard).sum(), by_hand)
+    torch.testing.assert_close(
+        kl_divergence(IndependentTrajectory(mq, sq), standard).sum(), by_hand
+    )
 
 
 def test_kl_markov_uses_the_sampled_past():
@@ -68,7 +73,9 @@ def test_kl_markov_uses_the_sampled_past():
     with pytest.raises(RuntimeError):
         kl_divergence(q, p)
     z = q.rsample()
-    expected = gaussian_kl(0.5 * shift(z), torch.full_like(z, 0.3), 0.9 * shift(z), torch.ones_like(z))
+    expected = gaussian_kl(
+        0.5 * shift(z), torch.full_like(z, 0.3), 0.9 * shift(z), torch.ones_like(z)
+    )
     torch.testing.assert_close(kl_divergence(q, p).sum(), expected)
     # log q − log p of the same sample differs from the KL: KL is its conditional expectation.
     lq = gaussian_log_density(z, 0.5 * shift(z), torch.full_like(z, 0.3))

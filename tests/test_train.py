@@ -27,8 +27,16 @@ def _data(n=24, T=6, D=10, seed=0):
 def _trainer(run_dir, epochs, **kw):
     torch.manual_seed(0)
     model = build_model("dkf", 10, ExponentialPower(), **TINY)
-    cfg = TrainConfig(epochs=epochs, batch_size=8, lr=1e-2, warmup_every=1, warmup_step=0.5,
-                      early_stop_patience=100, progress=False, **kw)
+    cfg = TrainConfig(
+        epochs=epochs,
+        batch_size=8,
+        lr=1e-2,
+        warmup_every=1,
+        warmup_step=0.5,
+        early_stop_patience=100,
+        progress=False,
+        **kw,
+    )
     return Trainer(model, _data(), _data(8, seed=1), cfg, run_dir, torch.device("cpu"), seed=0)
 
 

@@ -81,5 +81,7 @@ def build_task(name: str, module: str | None = None, **options) -> Task:
     for module_name in (*BUILTIN_MODULES, *([module] if module else [])):
         importlib.import_module(module_name)
     if name not in _TASKS:
-        raise ValueError(f"data.name={name!r} is not a known dataset; expected one of {sorted(_TASKS)}")
+        raise ValueError(
+            f"data.name={name!r} is not a known dataset; expected one of {sorted(_TASKS)}"
+        )
     return _TASKS[name](**options)

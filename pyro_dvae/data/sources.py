@@ -29,7 +29,7 @@ ENV_CACHE = "PYRO_DVAE_CACHE"
 
 
 def cache_dir() -> Path:
-    """The folder for downloads and feature caches (``$PYRO_DVAE_CACHE`` or ``~/.cache/pyro_dvae``)."""
+    """Folder of downloads and feature caches: ``$PYRO_DVAE_CACHE`` or ``~/.cache/pyro_dvae``."""
     return Path(os.environ.get(ENV_CACHE, Path.home() / ".cache" / "pyro_dvae")).expanduser()
 
 
@@ -108,8 +108,11 @@ def fetch(subdir: str, base: Path) -> Path:
                 f"Could not download '{subdir}' from {release.url} ({err}). Offline? Point "
                 f"data.root=DIR or {ENV_DATA} at a folder that holds '{subdir}/'."
             ) from err
-        with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(tmp, filter="data")
+        except tarfile.TarError as err:
+            raise OSError(f"{release.url}: the download is not a readable archive ({err})") from err
         found = [p for p in Path(tmp).glob(f"*/{release.member}") if p.is_dir()]
         if not found:
             raise FileNotFoundError(f"{release.url}: the archive has no '{release.member}' folder")

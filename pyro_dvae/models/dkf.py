@@ -111,7 +111,9 @@ class DKF(DVAE):
         super().__init__(x_dim, z_dim, likelihood)
         guide = guide or "dks"
         if guide not in GUIDES:
-            raise ValueError(f"guide.name={guide!r} is not a DKF guide; expected one of {list(GUIDES)}")
+            raise ValueError(
+                f"guide.name={guide!r} is not a DKF guide; expected one of {list(GUIDES)}"
+            )
         self.transition = build_transition(prior or "gated", z_dim)
         mlp_z_x = MLP(z_dim, dense_z_x, activation)
         self.decoder = nn.Sequential(mlp_z_x, nn.Linear(mlp_z_x.out_dim, x_dim))

@@ -40,7 +40,9 @@ def register_transition(name: str) -> Callable[[type[Transition]], type[Transiti
 
 def build_transition(name: str, z_dim: int) -> Transition:
     if name not in TRANSITIONS:
-        raise ValueError(f"prior.name={name!r} is not a Markov prior; expected one of {sorted(TRANSITIONS)}")
+        raise ValueError(
+            f"prior.name={name!r} is not a Markov prior; expected one of {sorted(TRANSITIONS)}"
+        )
     return TRANSITIONS[name](z_dim)
 
 

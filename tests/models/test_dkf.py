@@ -8,17 +8,27 @@ from pyro_dvae.models import build_model
 from pyro_dvae.nn import shift
 from tests.helpers import exponential_nll, gaussian_kl, gaussian_log_density
 
-SPEECH = dict(z_dim=16, dense_x_gx=[256], dim_rnn_gx=128, dense_ztm1_g=[32], dense_g_z=[32],
-              dense_z_x=[32, 64, 128, 256])
-MOTION = dict(z_dim=10, dense_x_gx=[64], dim_rnn_gx=64, dense_ztm1_g=[16], dense_g_z=[32],
-              dense_z_x=[32, 64])
+SPEECH = dict(
+    z_dim=16,
+    dense_x_gx=[256],
+    dim_rnn_gx=128,
+    dense_ztm1_g=[32],
+    dense_g_z=[32],
+    dense_z_x=[32, 64, 128, 256],
+)
+MOTION = dict(
+    z_dim=10, dense_x_gx=[64], dim_rnn_gx=64, dense_ztm1_g=[16], dense_g_z=[32], dense_z_x=[32, 64]
+)
 TINY = dict(z_dim=3, dense_x_gx=[8], dim_rnn_gx=6, dense_ztm1_g=[4], dense_g_z=[5], dense_z_x=[7])
 
 
-@pytest.mark.parametrize("modality,x_dim,params,count", [
-    ("speech", 513, SPEECH, 516_641),
-    ("motion", 96, MOTION, 52_856),
-])
+@pytest.mark.parametrize(
+    "modality,x_dim,params,count",
+    [
+        ("speech", 513, SPEECH, 516_641),
+        ("motion", 96, MOTION, 52_856),
+    ],
+)
 def test_parameter_count_matches_spec(modality, x_dim, params, count):
     model = build_model("dkf", x_dim, build_likelihood(None, modality, x_dim), **params)
     assert sum(p.numel() for p in model.parameters()) == count

@@ -8,13 +8,17 @@ from pyro_dvae.models import build_model
 from tests.helpers import exponential_nll, gaussian_kl, gaussian_log_density
 
 
-@pytest.mark.parametrize("modality,x_dim,z_dim,dense,count", [
-    ("speech", 513, 16, [128], 138_273),
-    ("motion", 96, 10, [32], 7_284),
-])
+@pytest.mark.parametrize(
+    "modality,x_dim,z_dim,dense,count",
+    [
+        ("speech", 513, 16, [128], 138_273),
+        ("motion", 96, 10, [32], 7_284),
+    ],
+)
 def test_parameter_count_matches_spec(modality, x_dim, z_dim, dense, count):
-    model = build_model("vae", x_dim, build_likelihood(None, modality, x_dim), z_dim=z_dim,
-                        dense_x_z=dense)
+    model = build_model(
+        "vae", x_dim, build_likelihood(None, modality, x_dim), z_dim=z_dim, dense_x_z=dense
+    )
     assert sum(p.numel() for p in model.parameters()) == count
 
 

@@ -1,0 +1,182 @@
+"""Time one SVI training step of every DVAE against a hand-written torch step.
+
+A step is forward, ELBO, backward and one Adam update. The Pyro step uses
+``TraceMeanField_ELBO().differentiable_loss`` on the model/guide pair, exactly as the
+trainer does; the reference step computes the same loss from the same networks in plain
+torch (``benchmarks/reference_*.py``). Each (model, variant) runs in a fresh process, so
+the peak memory is its own.
+
+    python benchmarks/train_step.py --models all --shape speech --B 128 --json out.json
+
+Prints a table and writes a JSON list of objects with the keys ``model``, ``shape``,
+``device``, ``ms_per_step``, ``ms_per_step_reference``, ``ratio_pyro_to_reference``,
+``peak_mem_mb`` (Pyro step), ``peak_mem_mb_reference``, ``seq_per_s``, ``B``, ``T``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: make `benchmarks` importable
+CONFIGS = ROOT / "configs" / "model"
+SHAPES = {"speech": 513, "motion": 96}
+
+
+def references() -> dict:
+    from benchmarks.reference_basic import REFERENCES
+
+    found = dict(REFERENCES)
+    for module in ("benchmarks.reference_sequential", "benchmarks.reference_rvae_dsae"):
+        try:
+            mod = __import__(module, fromlist=["REFERENCES"])
+        except ImportError:
+            continue
+        found.update(mod.REFERENCES)
+    return found
+
+
+def build(name: str, shape: str, x_dim: int, device: torch.device):
+    """The model of ``configs/model/<name>.yaml`` for ``shape``, and its likelihood name."""
+    from omegaconf import OmegaConf
+
+    from pyro_dvae.likelihoods import build_likelihood
+    from pyro_dvae.models import build_model
+
+    cfg = OmegaConf.load(CONFIGS / f"{name}.yaml")
+    params = OmegaConf.to_container(cfg[shape], resolve=True)
+    likelihood = build_likelihood(None, shape, x_dim)
+    return build_model(cfg.name, x_dim, likelihood, **params).to(device)
+
+
+def data(shape: str, B: int, T: int, x_dim: int, device: torch.device) -> torch.Tensor:
+    """Speech: Exponential power values; motion: positions around the origin in metres."""
+    g = torch.Generator().manual_seed(0)
+    if shape == "speech":
+        x = torch.empty(B, T, x_dim).exponential_(generator=g)
+    else:
+        x = 0.3 * torch.randn(B, T, x_dim, generator=g)
+    return x.to(device)
+
+
+def measure(args: dict) -> dict:
+    """Run in a child process: time ``steps`` steps of one variant; returns ms and peak memory."""
+    torch.set_num_threads(args["threads"])
+    device = torch.device(args["device"])
+    torch.manual_seed(0)
+    name, shape, B, T = args["model"], args["shape"], args["B"], args["T"]
+    x_dim = args["x_dim"] or SHAPES[shape]
+    model = build(name, shape, x_dim, device)
+    x = data(shape, B, T, x_dim, device)
+    if args["variant"] == "pyro":
+        import pyro
+        from pyro.infer import TraceMeanField_ELBO
+
+        pyro.enable_validation(False)
+        elbo = TraceMeanField_ELBO().differentiable_loss
+
+        def loss_fn():
+            return elbo(model.model, model.guide, x, 1.0)
+    else:
+        reference = references()[name]
+
+        def loss_fn():
+            return reference(model, x)
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    times = []
+    for i in range(args["warmup"] + args["steps"]):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        loss = loss_fn()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= args["warmup"]:
+            times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"ms": 1000 * statistics.median(times), "peak_mem_mb": peak}
+
+
+def run(name: str, variant: str, opts: argparse.Namespace) -> dict:
+    args = {
+        "model": name,
+        "variant": variant,
+        "shape": opts.shape,
+        "B": opts.B,
+        "T": opts.T,
+        "x_dim": opts.x_dim,
+        "device": opts.device,
+        "steps": opts.steps,
+        "warmup": opts.warmup,
+        "threads": opts.threads,
+    }
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(measure, (args,))
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="all", help="comma-separated names, or all")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="speech")
+    parser.add_argument("--T", type=int, default=50)
+    parser.add_argument("--B", type=int, default=128)
+    parser.add_argument("--x-dim", type=int, default=None, help="override D (tiny smoke runs)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--json", type=Path, default=None)
+    opts = parser.parse_args(argv)
+    available = references()
+    names = sorted(available) if opts.models == "all" else opts.models.split(",")
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        parser.error(f"--models: no reference step for {unknown}; known: {sorted(available)}")
+    rows = []
+    for name in names:
+        pyro_run, ref_run = run(name, "pyro", opts), run(name, "reference", opts)
+        rows.append(
+            {
+                "model": name,
+                "shape": opts.shape,
+                "device": opts.device,
+                "B": opts.B,
+                "T": opts.T,
+                "ms_per_step": round(pyro_run["ms"], 2),
+                "ms_per_step_reference": round(ref_run["ms"], 2),
+                "ratio_pyro_to_reference": round(pyro_run["ms"] / ref_run["ms"], 3),
+                "seq_per_s": round(1000 * opts.B / pyro_run["ms"], 1),
+                "peak_mem_mb": round(pyro_run["peak_mem_mb"], 1),
+                "peak_mem_mb_reference": round(ref_run["peak_mem_mb"], 1),
+            }
+        )
+        r = rows[-1]
+        print(
+            f"{name:15s} pyro {r['ms_per_step']:8.1f} ms  ref {r['ms_per_step_reference']:8.1f} ms"
+            f"  ratio {r['ratio_pyro_to_reference']:.3f}  mem {r['peak_mem_mb']:.0f}/"
+            f"{r['peak_mem_mb_reference']:.0f} MB",
+            flush=True,
+        )
+    if opts.json:
+        opts.json.write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Speech quality metrics (spec §8.2) and their summary over a test set.
+
+Every metric is a small function of a reference waveform ``ref`` and an estimate ``est``: 1-D float
+arrays ``(N,)`` of the same length and sample rate. :func:`evaluate_pairs` computes them for many
+utterances in worker processes; :func:`summarise` turns the rows into a JSON-ready dict.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from itertools import repeat
+
+import numpy as np
+import pesq
+import pystoi
+
+EPS = float(np.finfo(np.float64).eps)
+
+
+def si_sdr(ref: np.ndarray, est: np.ndarray) -> float:
+    """Scale-invariant SDR in dB, without mean removal (spec §8.2).
+
+    ``a = (eps + <ref, est>) / (eps + |ref|^2)``, target ``a ref``, residual ``est - a ref``,
+    ``10 log10((eps + |target|^2) / (eps + |residual|^2))``, ``eps`` the float64 machine epsilon.
+    """
+    ref, est = np.asarray(ref, np.float64), np.asarray(est, np.float64)
+    target = (EPS + ref @ est) / (EPS + ref @ ref) * ref
+    residual = est - target
+    return float(10 * np.log10((EPS + target @ target) / (EPS + residual @ residual)))
+
+
+def rmse(ref: np.ndarray, est: np.ndarray) -> float:
+    """Root-mean-square error after the least-squares gain ``alpha = <est, ref> / |est|^2``:
+    ``sqrt(mean((alpha est - ref)^2))`` (spec §8.2; ``eps`` is added to ``|est|^2``)."""
+    ref, est = np.asarray(ref, np.float64), np.asarray(est, np.float64)
+    alpha = (est @ ref) / (est @ est + EPS)
+    return float(np.sqrt(np.mean((alpha * est - ref) ** 2)))
+
+
+def pesq_score(ref: np.ndarray, est: np.ndarray, fs: int, mode: str = "nb") -> float:
+    """PESQ of the ``pesq`` package (ITU-T P.862): ``mode='nb'`` (8 or 16 kHz) gives the P.862.1
+    MOS-LQO, ``'wb'`` (16 kHz) the P.862.2 MOS-LQO. NaN where PESQ fails (e.g. no utterance found).
+
+    The original code reports raw narrow-band P.862 scores (pypesq); the MOS-LQO ``m`` maps back to
+    them by ``(ln(4 / (m - 0.999) - 1) - 4.6607) / -1.4945``.
+    """
+    try:
+        return float(pesq.pesq(fs, np.asarray(ref, np.float64), np.asarray(est, np.float64), mode))
+    except pesq.PesqError:
+        return float("nan")
+
+
+def estoi(ref: np.ndarray, est: np.ndarray, fs: int) -> float:
+    """Extended STOI (pystoi, ``extended=True``) in [0, 1]. NaN where the speech part of ``ref`` is
+    shorter than one 384 ms analysis segment (pystoi then warns and returns 1e-5)."""
+    ref, est = np.asarray(ref, np.float64), np.asarray(est, np.float64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = pystoi.stoi(ref, est, fs, extended=True)
+    too_short = any(issubclass(w.category, RuntimeWarning) for w in caught)
+    return float("nan") if too_short else float(value)
+
+
+def utterance_metrics(ref: np.ndarray, est: np.ndarray, fs: int) -> dict[str, float]:
+    """All metrics of one utterance: ``si_sdr``, ``rmse``, ``estoi``, ``pesq_nb`` (at 8 and 16 kHz)
+    and ``pesq_wb`` (at 16 kHz)."""
+    row = {"si_sdr": si_sdr(ref, est), "rmse": rmse(ref, est), "estoi": estoi(ref, est, fs)}
+    if fs in (8000, 16000):
+        row["pesq_nb"] = pesq_score(ref, est, fs, "nb")
+    if fs == 16000:
+        row["pesq_wb"] = pesq_score(ref, est, fs, "wb")
+    return row
+
+
+def evaluate_pairs(
+    refs: Sequence[np.ndarray], ests: Sequence[np.ndarray], fs: int, n_workers: int | None = None
+) -> list[dict[str, float]]:
+    """:func:`utterance_metrics` of every ``(refs[i], ests[i])`` pair, in ``n_workers`` processes
+    (default ``min(4, os.cpu_count())``; ``n_workers <= 1`` computes them in this process)."""
+    n_workers = min(4, os.cpu_count() or 1) if n_workers is None else n_workers
+    if n_workers <= 1 or len(refs) <= 1:
+        return list(map(utterance_metrics, refs, ests, repeat(fs)))
+    # Forked workers start at once and need not re-run the caller's script (as spawned ones do);
+    # they only run numpy / C code, so the threads of the parent (torch) do not matter to them.
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    with warnings.catch_warnings(), ProcessPoolExecutor(n_workers, mp_context=context) as pool:
+        warnings.filterwarnings("ignore", ".*multi-threaded, use of fork", DeprecationWarning)
+        chunksize = max(1, len(refs) // (4 * n_workers))
+        return list(pool.map(utterance_metrics, refs, ests, repeat(fs), chunksize=chunksize))
+
+
+def median_ci(values: Sequence[float]) -> tuple[float, float]:
+    """Median and the half-width ``1.57 IQR / sqrt(n)`` of its confidence interval (spec §8.2),
+    NaNs ignored. ``IQR = q75 - q25`` with numpy's linear percentile interpolation."""
+    v = np.asarray(values, np.float64)
+    v = v[~np.isnan(v)]
+    q25, q50, q75 = np.percentile(v, [25, 50, 75])
+    return float(q50), float(1.57 * (q75 - q25) / np.sqrt(len(v)))
+
+
+def summarise(
+    rows: Sequence[dict[str, float]], names: Sequence[str], max_listed: int = 20
+) -> dict:
+    """JSON-ready summary of per-utterance metric ``rows``.
+
+    Returns ``{metric: mean, ..., "n_utterances": n, "median": {metric: {"median", "ci"}},
+    "n_failed": {metric: number of NaN rows}}``, plus ``"per_utterance"`` (with ``names``) when
+    ``n <= max_listed``. NaN rows are left out of the means and medians; a metric with no valid
+    row has mean, median and ci ``None``.
+    """
+    result: dict = {"n_utterances": len(rows), "median": {}, "n_failed": {}}
+    for key in rows[0]:
+        v = np.array([row[key] for row in rows], np.float64)
+        ok = ~np.isnan(v)
+        result["n_failed"][key] = int((~ok).sum())
+        if ok.any():
+            result[key] = float(v[ok].mean())
+            med, ci = median_ci(v)
+            result["median"][key] = {"median": med, "ci": ci}
+        else:
+            result[key] = None
+            result["median"][key] = {"median": None, "ci": None}
+    if len(rows) <= max_listed:
+        result["per_utterance"] = [
+            {"name": name, **{k: (None if np.isnan(x) else x) for k, x in row.items()}}
+            for name, row in zip(names, rows, strict=True)
+        ]
+    return result

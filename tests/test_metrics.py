@@ -1,0 +1,97 @@
+"""Speech metrics against closed forms and known reference behaviour."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import soxr
+
+from pyro_dvae import metrics
+from pyro_dvae.data import audio
+
+
+@pytest.fixture(scope="module")
+def clean_noisy(data_root):
+    """A VoiceBank-DEMAND clean / noisy pair at 16 kHz."""
+    folder = data_root / "speech_fixtures_16k/voicebank_demand"
+    clean = audio.read_audio(folder / "clean/p287_001.wav", 16000)
+    noisy = audio.read_audio(folder / "noisy/p287_001.wav", 16000)
+    return clean, noisy
+
+
+def test_si_sdr_with_orthogonal_noise_equals_the_closed_form():
+    rng = np.random.default_rng(0)
+    x, n = rng.standard_normal(1000), rng.standard_normal(1000)
+    n -= (n @ x) / (x @ x) * x  # orthogonal to x: the projection of x + n on x is x itself
+    expected = 10 * math.log10((x @ x) / (n @ n))
+    assert metrics.si_sdr(x, x + n) == pytest.approx(expected, abs=1e-9)
+    assert metrics.si_sdr(x, x + 0.1 * n) == pytest.approx(expected + 20, abs=1e-9)
+
+
+def test_si_sdr_is_scale_invariant_and_has_no_mean_removal():
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal(500), rng.standard_normal(500)
+    assert metrics.si_sdr(x, 3.0 * (x + y)) == pytest.approx(metrics.si_sdr(x, x + y), abs=1e-9)
+    # a constant offset is an error (no mean removal): sum (x + 1 - a x)^2 with a = 1 + <x,1>/|x|^2
+    offset = metrics.si_sdr(x, x + 1.0)
+    a = 1 + x.sum() / (x @ x)
+    assert offset == pytest.approx(10 * math.log10(a**2 * (x @ x) / ((x + 1 - a * x) ** 2).sum()))
+
+
+def test_rmse_uses_the_optimal_gain():
+    ref, est = np.array([1.0, 2.0, 0.0]), np.array([1.0, 0.0, 1.0])
+    # alpha = <est, ref> / |est|^2 = 1 / 2; alpha est - ref = (-0.5, -2, 0.5); mean square 4.5 / 3
+    assert metrics.rmse(ref, est) == pytest.approx(math.sqrt(1.5))
+    assert metrics.rmse(ref, 5 * ref) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_pesq_is_high_for_clean_speech_and_lower_for_noisy(clean_noisy):
+    clean, noisy = clean_noisy
+    assert metrics.pesq_score(clean, clean, 16000, "wb") > 4
+    assert metrics.pesq_score(clean, clean, 16000, "nb") > 4
+    assert metrics.pesq_score(clean, noisy, 16000, "wb") < 3
+    clean8, noisy8 = (soxr.resample(s, 16000, 8000) for s in (clean, noisy))
+    assert metrics.pesq_score(clean8, clean8, 8000, "nb") > 4
+    assert metrics.pesq_score(clean8, noisy8, 8000, "nb") < metrics.pesq_score(clean8, clean8, 8000)
+
+
+def test_pesq_failure_gives_nan(clean_noisy):
+    short = clean_noisy[0][8000:9600]  # 0.1 s: too short for PESQ
+    assert math.isnan(metrics.pesq_score(short, short, 16000, "wb"))
+
+
+def test_estoi_is_one_for_identical_signals_and_nan_when_too_short(clean_noisy):
+    clean, noisy = clean_noisy
+    assert metrics.estoi(clean, clean, 16000) == pytest.approx(1.0, abs=1e-6)
+    assert 0.2 < metrics.estoi(clean, noisy, 16000) < 0.95
+    assert math.isnan(metrics.estoi(clean[:4000], clean[:4000], 16000))  # 0.25 s < 384 ms
+
+
+def test_median_ci_by_hand():
+    median, ci = metrics.median_ci([4.0, 1.0, 100.0, 3.0, 2.0, float("nan")])
+    # sorted 1 2 3 4 100: median 3, q25 = 2, q75 = 4 -> IQR 2, n = 5 (NaN ignored)
+    assert median == 3.0
+    assert ci == pytest.approx(1.57 * 2 / math.sqrt(5))
+
+
+def test_summarise_excludes_and_counts_failures_and_is_strict_json():
+    rows = [{"si_sdr": 10.0, "pesq_nb": 3.0}, {"si_sdr": 20.0, "pesq_nb": float("nan")},
+            {"si_sdr": 30.0, "pesq_nb": 4.0}]
+    result = metrics.summarise(rows, ["a", "b", "c"])
+    assert result["si_sdr"] == 20.0 and result["pesq_nb"] == 3.5
+    assert result["n_utterances"] == 3
+    assert result["n_failed"] == {"si_sdr": 0, "pesq_nb": 1}
+    assert result["median"]["si_sdr"] == {"median": 20.0, "ci": pytest.approx(1.57 * 10 / 3**0.5)}
+    assert result["per_utterance"][1] == {"name": "b", "si_sdr": 20.0, "pesq_nb": None}
+    json.dumps(result, allow_nan=False)
+    assert "per_utterance" not in metrics.summarise(rows, ["a", "b", "c"], max_listed=2)
+
+
+def test_worker_processes_give_the_same_rows_as_one_process(clean_noisy):
+    clean, noisy = clean_noisy
+    refs, ests = [clean[:16000], clean[16000:40000]], [noisy[:16000], noisy[16000:40000]]
+    parallel = metrics.evaluate_pairs(refs, ests, 16000, n_workers=2)
+    serial = metrics.evaluate_pairs(refs, ests, 16000, n_workers=1)
+    assert [pytest.approx(row, rel=1e-9) for row in serial] == parallel  # BLAS rounding may differ
+    assert set(parallel[0]) == {"si_sdr", "rmse", "estoi", "pesq_nb", "pesq_wb"}
