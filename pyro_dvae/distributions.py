@@ -40,7 +40,7 @@ class GaussianTrajectory(TorchDistribution):
 
     Subclasses implement :meth:`params` (all steps' parameters given a trajectory) and
     :meth:`draw` (a reparameterised trajectory from standard-normal noise). The last
-    trajectory drawn is cached with its parameters, so scoring it costs nothing.
+    trajectory drawn or scored is cached with its parameters, so scoring it again costs nothing.
     """
 
     arg_constraints: dict = {}
@@ -77,15 +77,17 @@ class GaussianTrajectory(TorchDistribution):
         return z
 
     def last_sample(self) -> torch.Tensor:
+        """The trajectory drawn (or scored) last."""
         if self._last is None:
             raise RuntimeError("this trajectory has not been sampled yet")
         return self._last[0]
 
     def conditionals(self, z: torch.Tensor) -> Params:
-        """Parameters of every step along ``z``, reusing the cache when ``z`` is the last draw."""
-        if self._last is not None and z is self._last[0]:
-            return self._last[1], self._last[2]
-        return self.params(z)
+        """Parameters of every step along ``z``, cached: an ELBO scores the same trajectory
+        (the guide's draw) several times, and the parameters are computed once."""
+        if self._last is None or z is not self._last[0]:
+            self._last = (z, *self.params(z))
+        return self._last[1], self._last[2]
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         loc, scale = self.conditionals(z)

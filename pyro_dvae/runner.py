@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -129,7 +130,9 @@ def evaluate(
     def estimate(x: torch.Tensor) -> torch.Tensor:
         return model.estimate(x.to(device), sample=sample).cpu()
 
+    start = time.perf_counter()
     results = task.evaluate(estimate, run_dir / "eval", n_examples)
+    results["eval_seconds"] = time.perf_counter() - start
     results.update(run_summary(cfg, run_dir, checkpoint, sample))
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     (run_dir / "results.md").write_text(markdown_row(results))

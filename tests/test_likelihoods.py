@@ -1,0 +1,56 @@
+import math
+
+import pytest
+import torch
+
+from pyro_dvae.likelihoods import Gaussian, build_likelihood, itakura_saito
+from pyro_dvae.nn import LOGVAR_BOUND
+
+
+def test_exponential_is_itakura_saito_up_to_a_constant():
+    x = torch.rand(2, 3, 4) + 0.1
+    y = torch.randn(2, 3, 4)
+    lik = build_likelihood(None, "speech", 4)
+    log_p = lik(y).log_prob(x)
+    expected = torch.distributions.Exponential(torch.exp(-y)).log_prob(x).sum((-2, -1))
+    torch.testing.assert_close(log_p, expected)
+    # −log p = D_IS(x ‖ e^y) + Σ (log x + 1)
+    torch.testing.assert_close(-log_p, itakura_saito(x, y) + (x.log() + 1).sum((-2, -1)))
+    torch.testing.assert_close(lik.mean(y), torch.exp(y))
+
+
+def test_exponential_guards_zero_power_and_overflow():
+    lik = build_likelihood("exponential", "speech", 2)
+    x = torch.tensor([[[0.0, 1e6]]])
+    y = torch.tensor([[[-1e4, 1e4]]])
+    log_p = lik(y).log_prob(x)
+    assert torch.isfinite(log_p).all()
+    torch.testing.assert_close(
+        log_p, -(torch.tensor(LOGVAR_BOUND) + 1e6 * math.exp(-LOGVAR_BOUND)).reshape(1) + LOGVAR_BOUND
+    )
+    assert torch.isfinite(itakura_saito(x, y)).all()
+
+
+def test_mpjpe_is_minus_mean_joint_error_in_mm():
+    J = 4
+    x = torch.zeros(1, 2, 3 * J)
+    y = x.clone()
+    y[0, 0, 0:3] = torch.tensor([0.003, 0.004, 0.0])  # joint 0 of frame 0 off by 5 mm
+    y[0, 1, 3:6] = torch.tensor([0.0, 0.0, 0.012])  # joint 1 of frame 1 off by 12 mm
+    lik = build_likelihood(None, "motion", 3 * J)
+    torch.testing.assert_close(lik(y).log_prob(x), torch.tensor([-(5 / J + 12 / J)]))
+    assert torch.equal(lik.mean(y), y)
+
+
+def test_gaussian_learned_scale_density():
+    lik = Gaussian(3, scale=0.5)
+    x, y = torch.randn(2, 4, 3), torch.randn(2, 4, 3)
+    expected = torch.distributions.Normal(y, 0.5).log_prob(x).sum((-2, -1))
+    torch.testing.assert_close(lik(y).log_prob(x), expected)
+    assert lik.log_scale.requires_grad
+    assert not Gaussian(3, learn_scale=False).log_scale.requires_grad
+
+
+def test_unknown_likelihood_names_the_key():
+    with pytest.raises(ValueError, match="likelihood.name='poisson'"):
+        build_likelihood("poisson", "speech", 3)
