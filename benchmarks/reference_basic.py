@@ -49,5 +49,3 @@ def reference_loss_dkf(model: DKF, x: torch.Tensor) -> torch.Tensor:
     y = model.decoder(z)
     return (exponential_nll(x, y) + gaussian_kl(mq, sq, mp, sp)) / (B * T)
 
-
-REFERENCES = {"vae": reference_loss_vae, "dkf": reference_loss_dkf}

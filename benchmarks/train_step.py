@@ -16,6 +16,7 @@ Prints a table and writes a JSON list of objects with the keys ``model``, ``shap
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import multiprocessing as mp
 import resource
@@ -33,15 +34,13 @@ SHAPES = {"speech": 513, "motion": 96}
 
 
 def references() -> dict:
-    from benchmarks.reference_basic import REFERENCES
-
-    found = dict(REFERENCES)
-    for module in ("benchmarks.reference_sequential", "benchmarks.reference_rvae_dsae"):
-        try:
-            mod = __import__(module, fromlist=["REFERENCES"])
-        except ImportError:
-            continue
-        found.update(mod.REFERENCES)
+    """``{model name: reference_loss_<name>}`` from every ``benchmarks/reference_*.py``."""
+    found = {}
+    for path in sorted((ROOT / "benchmarks").glob("reference_*.py")):
+        module = importlib.import_module(f"benchmarks.{path.stem}")
+        for attr, fn in vars(module).items():
+            if attr.startswith("reference_loss_"):
+                found[attr.removeprefix("reference_loss_")] = fn
     return found
 
 

@@ -20,6 +20,7 @@ from hydra import compose, initialize_config_dir
 from pyro_dvae import runner
 
 ROOT = Path(__file__).resolve().parents[1]
+MODEL_ORDER = ("vae", "dkf", "storn", "vrnn", "srnn", "rvae_causal", "rvae_noncausal", "dsae")
 COLUMNS = {  # results.json key -> column title, in order; absent keys are left out
     "si_sdr": "SI-SDR (dB)",
     "pesq_nb": "PESQ-NB",
@@ -69,7 +70,7 @@ def _fmt(value) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True)
-    parser.add_argument("--models", default="vae,dkf,storn,vrnn,srnn,rvae_causal,rvae_noncausal,dsae")
+    parser.add_argument("--models", default=",".join(MODEL_ORDER))
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--root", type=Path, default=ROOT / "outputs" / "results")
     parser.add_argument("--collect", action="store_true", help="only tabulate finished runs")
