@@ -113,20 +113,25 @@ def measure(args: dict) -> dict:
 
 
 def run(name: str, variant: str, opts: argparse.Namespace) -> dict:
-    args = {
-        "model": name,
-        "variant": variant,
-        "shape": opts.shape,
-        "B": opts.B,
-        "T": opts.T,
-        "x_dim": opts.x_dim,
-        "device": opts.device,
-        "steps": opts.steps,
-        "warmup": opts.warmup,
-        "threads": opts.threads,
-    }
+    args = {"model": name, "variant": variant, "shape": opts.shape, "B": opts.B, "T": opts.T,
+            "x_dim": opts.x_dim, "device": opts.device, "steps": opts.steps,
+            "warmup": opts.warmup, "threads": opts.threads}
     with mp.get_context("spawn").Pool(1) as pool:
         return pool.apply(measure, (args,))
+
+
+def compare(name: str, opts: argparse.Namespace) -> tuple[dict, dict]:
+    """Pyro and reference runs alternated ``opts.rounds`` times, so that a change of load on
+    the machine hits both alike; the median over rounds of each one's median step time."""
+    runs: dict[str, list[dict]] = {"pyro": [], "reference": []}
+    for _ in range(opts.rounds):
+        for variant in runs:
+            runs[variant].append(run(name, variant, opts))
+    return tuple(
+        {"ms": statistics.median(r["ms"] for r in rs),
+         "peak_mem_mb": max(r["peak_mem_mb"] for r in rs)}
+        for rs in runs.values()
+    )
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -140,6 +145,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated pyro/reference runs")
     parser.add_argument("--json", type=Path, default=None)
     opts = parser.parse_args(argv)
     available = references()
@@ -149,7 +155,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--models: no reference step for {unknown}; known: {sorted(available)}")
     rows = []
     for name in names:
-        pyro_run, ref_run = run(name, "pyro", opts), run(name, "reference", opts)
+        pyro_run, ref_run = compare(name, opts)
         rows.append(
             {
                 "model": name,

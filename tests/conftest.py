@@ -7,6 +7,10 @@ import pyro
 import pytest
 import torch
 
+# One thread: tiny test models spend their time in thread synchronisation otherwise, and a
+# busy machine makes that far worse.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed_and_validate():

@@ -15,7 +15,7 @@ def test_benchmark_smoke_json(tmp_path):
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--models", "vae,dkf",
          "--steps", "2", "--warmup", "0", "--B", "2", "--T", "4", "--x-dim", "8",
-         "--threads", "1", "--json", str(out)],
+         "--threads", "1", "--rounds", "1", "--json", str(out)],
         capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr

@@ -1,0 +1,175 @@
+"""VRNN: the variational recurrent neural network (Chung et al. 2015; spec §2.4).
+
+Notation: x_t (B, T, D) observed frame, z_t (B, T, L) latent, φx(x_t) (B, T, F_x) and φz(z_t)
+(B, T, F_z) their feature extractors, h_t (B, T, H) the one LSTM state that model and guide
+share, y_t (B, T, D) decoder output. h_1 = c_1 = 0 (not an LSTM step from zero).
+
+    h_{t+1} = LSTM([φx(x_t), φz(z_t)], h_t)
+    p(x, z) = ∏_t p(x_t | z_t, h_t) p(z_t | h_t)
+        p(z_t | h_t) = N(heads(MLP_hz(h_t))),          y_t = Lin(MLP_hzx([φz(z_t), h_t]))
+    q(z | x) = ∏_t q(z_t | x_t, h_t) = N(heads(MLP_hxz([φx(x_t), h_t])))
+
+h_t depends on the sampled z_{<t}, so the guide samples step by step, advancing the LSTM one
+cell per step on the precomputed φx(x). Given z, every h_t is known: the model takes the h
+path that the guide's draw produced (a :class:`~pyro_dvae.models.handoff.Handoff`), or
+recomputes it with one LSTM call over [φx(x), φz(z)], and scores the prior and the emission
+in parallel over time. Generation feeds x̂_{t−1} = E[x_{t−1} | y_{t−1}] back into the
+recurrence (spec §7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from pyro_dvae.distributions import MarkovTrajectory, Params, StepFn
+from pyro_dvae.likelihoods import Likelihood
+from pyro_dvae.models.base import DVAE
+from pyro_dvae.models.handoff import Handoff
+from pyro_dvae.nn import MLP, GaussianHead, LSTMState, lstm, lstm_step, run_rnn, shift
+
+Path = tuple[torch.Tensor, torch.Tensor]
+"""``(φz(z), h)`` along a trajectory z, each ``(B, T, ·)``."""
+
+GUIDES = ("filter",)
+
+
+class VRNN(DVAE):
+    """VRNN with its filtering guide q(z_t | x_{1:t}, z_{1:t−1}).
+
+    Args:
+        x_dim, z_dim, likelihood: see :class:`DVAE`.
+        guide: ``filter`` or None (the same, the only one).
+        dense_x, dense_z: feature extractors φx, φz.
+        dense_hx_z, dense_hz_x, dense_h_z: hidden sizes of the encoder, decoder and prior MLPs.
+        dim_rnn: LSTM size H.
+        activation: ``tanh``.
+    """
+
+    def __init__(
+        self,
+        x_dim: int,
+        z_dim: int,
+        likelihood: Likelihood,
+        guide: str | None = None,
+        dense_x: Sequence[int] = (256,),
+        dense_z: Sequence[int] = (32, 64),
+        dense_hx_z: Sequence[int] = (),
+        dense_hz_x: Sequence[int] = (),
+        dense_h_z: Sequence[int] = (),
+        dim_rnn: int = 128,
+        activation: str = "tanh",
+    ) -> None:
+        super().__init__(x_dim, z_dim, likelihood)
+        if guide not in (None, *GUIDES):
+            raise ValueError(
+                f"guide.name={guide!r} is not a VRNN guide; expected one of {list(GUIDES)}"
+            )
+        self.handoff: Handoff[torch.Tensor] = Handoff()
+        self.phi_x = MLP(x_dim, dense_x, activation)
+        self.phi_z = MLP(z_dim, dense_z, activation)
+        fx, fz = self.phi_x.out_dim, self.phi_z.out_dim
+        self.rnn = lstm(fx + fz, dim_rnn)
+        self.encoder = _head(GaussianHead, fx + dim_rnn, dense_hx_z, z_dim, activation)
+        self.decoder = _head(nn.Linear, fz + dim_rnn, dense_hz_x, x_dim, activation)
+        self.prior_net = _head(GaussianHead, dim_rnn, dense_h_z, z_dim, activation)
+
+    def hidden(self, features_x: torch.Tensor, features_z: torch.Tensor) -> torch.Tensor:
+        """h (B, T, H) along a trajectory from φx(x), φz(z) in one LSTM call: h_1 = 0 and
+        h_{t+1} the LSTM output after [φx(x_t), φz(z_t)] (the output after step T is unused)."""
+        return shift(run_rnn(self.rnn, torch.cat([features_x, features_z], dim=-1)))
+
+    def advance(
+        self, state: LSTMState | None, features_x: torch.Tensor | None, z_prev: torch.Tensor
+    ) -> LSTMState:
+        """(h_t, c_t) from (h_{t−1}, c_{t−1}), φx(x_{t−1}) and z_{t−1}; state None (t = 1)
+        gives h_1 = c_1 = 0."""
+        if state is None:
+            zeros = z_prev.new_zeros(z_prev.shape[0], self.rnn.hidden_size)
+            return zeros, zeros
+        return lstm_step(self.rnn, torch.cat([features_x, self.phi_z(z_prev)], dim=-1), state)
+
+    def posterior(self, features_x: torch.Tensor, hs: list[torch.Tensor]) -> MarkovTrajectory:
+        """q(z_t | x_t, h_t): sampled one LSTM cell at a time (the h_t of the draw are written
+        to ``hs``), scored along a given z with one LSTM call."""
+
+        def step(t: int, z_prev: torch.Tensor, state: LSTMState | None):
+            state = self.advance(state, features_x[:, t - 1], z_prev)
+            hs[t:] = [state[0]]  # hs[t] = h_t, dropping any earlier draw's
+            return *self.encoder(torch.cat([features_x[:, t], state[0]], dim=-1)), state
+
+        def parallel(z: torch.Tensor) -> Params:
+            h = self.hidden(features_x, self.phi_z(z))
+            return self.encoder(torch.cat([features_x, h], dim=-1))
+
+        return _trajectory(step, parallel, features_x, self.z_dim)
+
+    def prior(self, x: torch.Tensor, path: Callable[[torch.Tensor], Path]) -> MarkovTrajectory:
+        """p(z_t | h_t), teacher-forced on x; ``path(z)`` gives (φz(z), h) for scoring."""
+
+        def step(t: int, z_prev: torch.Tensor, state: LSTMState | None):
+            state = self.advance(state, self.phi_x(x[:, t - 1]) if t else None, z_prev)
+            return *self.prior_net(state[0]), state
+
+        return _trajectory(step, lambda z: self.prior_net(path(z)[1]), x, self.z_dim)
+
+    def model(self, x: torch.Tensor, kl_weight: float = 1.0) -> torch.Tensor:
+        def along(z: torch.Tensor) -> Path:
+            features_z = self.phi_z(z)
+            h = self.handoff.take(z, self, lambda: self.hidden(self.phi_x(x), features_z))
+            return features_z, h
+
+        path = _LastCall(along)
+        with self.sequences(x):
+            z = self.latent("z", self.prior(x, path), kl_weight)
+            return self.observe(self.decoder(torch.cat(path(z), dim=-1)), x)
+
+    def guide(self, x: torch.Tensor, kl_weight: float = 1.0) -> None:
+        hs: list[torch.Tensor] = []
+        with self.sequences(x):
+            z = self.latent("z", self.posterior(self.phi_x(x), hs), kl_weight)
+        if hs:
+            self.handoff.put(z, self, torch.stack(hs, dim=1))
+
+    @torch.no_grad()
+    def generate(self, n: int, T: int) -> torch.Tensor:
+        like = next(self.parameters())
+        z, features_x, state, ys = like.new_zeros(n, self.z_dim), None, None, []
+        for _ in range(T):
+            state = self.advance(state, features_x, z)
+            loc, scale = self.prior_net(state[0])
+            z = loc + scale * torch.randn_like(loc)
+            ys.append(self.decoder(torch.cat([self.phi_z(z), state[0]], dim=-1)))
+            features_x = self.phi_x(self.likelihood.mean(ys[-1]))
+        return self.likelihood.mean(torch.stack(ys, dim=1))
+
+
+def _head(
+    out: type[nn.Module], in_dim: int, hidden: Sequence[int], out_dim: int, activation: str
+) -> nn.Sequential:
+    """MLP[hidden] followed by ``out(·, out_dim)`` (a Gaussian head or a Linear)."""
+    mlp = MLP(in_dim, hidden, activation)
+    return nn.Sequential(mlp, out(mlp.out_dim, out_dim))
+
+
+def _trajectory(
+    step: StepFn, parallel: Callable[[torch.Tensor], Params], like: torch.Tensor, z_dim: int
+) -> MarkovTrajectory:
+    B, T, _ = like.shape
+    return MarkovTrajectory(step, parallel, batch_size=B, T=T, L=z_dim, like=like)
+
+
+class _LastCall:
+    """``fn`` remembering its last argument (by identity) and result: the model decodes the
+    guide's z and scores it under the prior with a single computation of h."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], Path]) -> None:
+        self.fn = fn
+        self.last: tuple[torch.Tensor, Path] | None = None
+
+    def __call__(self, z: torch.Tensor) -> Path:
+        if self.last is None or self.last[0] is not z:
+            self.last = (z, self.fn(z))
+        return self.last[1]
