@@ -35,7 +35,7 @@ def reference_loss_dkf(model: DKF, x: torch.Tensor) -> torch.Tensor:
     B, T, _ = x.shape
     inference = model.inference
     gx = inference.summary(x)
-    noise = torch.randn(B, T, model.z_dim)
+    noise = x.new_empty(B, T, model.z_dim).normal_()
     z_prev = x.new_zeros(B, model.z_dim)
     zs, locs, scales = [], [], []
     for t in range(T):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--collect", action="store_true", help="only tabulate finished runs")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     opts = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s")
     results = {}
     for model in opts.models.split(","):
         run_dir = opts.root / opts.data / model

@@ -5,11 +5,22 @@ from __future__ import annotations
 from pyro_dvae.likelihoods import Likelihood
 from pyro_dvae.models.base import DVAE
 from pyro_dvae.models.dkf import DKF
+from pyro_dvae.models.dsae import DSAE
+from pyro_dvae.models.rvae import RVAE, NonCausalRVAE
+from pyro_dvae.models.srnn import SRNN
+from pyro_dvae.models.storn import STORN
 from pyro_dvae.models.vae import VAE
+from pyro_dvae.models.vrnn import VRNN
 
 MODELS: dict[str, type[DVAE]] = {
     "vae": VAE,
     "dkf": DKF,
+    "storn": STORN,
+    "vrnn": VRNN,
+    "srnn": SRNN,
+    "rvae_causal": RVAE,
+    "rvae_noncausal": NonCausalRVAE,
+    "dsae": DSAE,
 }
 
 
@@ -26,7 +37,9 @@ def build_model(
     Models with a single guide or prior reject other names with a clear error.
     """
     if name not in MODELS:
-        raise ValueError(f"model.name={name!r} is not a known model; expected one of {sorted(MODELS)}")
+        raise ValueError(
+            f"model.name={name!r} is not a known model; expected one of {sorted(MODELS)}"
+        )
     cls = MODELS[name]
     options = dict(params)
     for key, value in (("guide", guide), ("prior", prior)):

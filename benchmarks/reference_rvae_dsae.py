@@ -1,0 +1,70 @@
+"""Hand-written torch losses for RVAE (causal and non-causal) and DSAE: baselines of
+``train_step.py``.
+
+Each function computes the same per-frame loss as the Pyro model/guide pair under
+``TraceMeanField_ELBO`` (Exponential NLL + analytic KL given the sampled past, / (B·T)), with
+the model's own networks and no Pyro, as a hand-written implementation would: RVAE loops over t
+for g^z (it needs the sampled z_{t−1}); DSAE is vectorised. Noise is drawn in the order the
+Pyro guides draw it (RVAE: z; DSAE: v, then z), so a fixed seed gives the same loss.
+"""
+
+import torch
+
+from benchmarks.reference_basic import exponential_nll, gaussian_kl
+from pyro_dvae.distributions import normal_kl
+from pyro_dvae.models.dsae import DSAE, over_time
+from pyro_dvae.models.rvae import RVAE
+from pyro_dvae.nn import lstm_step, shift
+
+
+def standard_normal(*shape: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.randn(*shape, device=like.device, dtype=like.dtype)
+
+
+def reference_loss_rvae(model: RVAE, x: torch.Tensor) -> torch.Tensor:
+    """RVAE with either guide: the inference LSTM on z is stepped inside the sampling loop."""
+    B, T, _ = x.shape
+    inference = model.inference
+    gx = inference.summary(x)
+    noise = standard_normal(B, T, model.z_dim, like=x)
+    z_prev, state = x.new_zeros(B, model.z_dim), None
+    zs, locs, scales = [], [], []
+    for t in range(T):
+        state = lstm_step(inference.rnn_gz, inference.mlp_z_gz(z_prev), state)
+        loc, scale = inference.head(inference.mlp_g_z(torch.cat([gx[:, t], state[0]], -1)))
+        z_prev = loc + scale * noise[:, t]
+        zs.append(z_prev)
+        locs.append(loc)
+        scales.append(scale)
+    z, mq, sq = torch.stack(zs, 1), torch.stack(locs, 1), torch.stack(scales, 1)
+    kl = gaussian_kl(mq, sq, torch.zeros_like(mq), torch.ones_like(sq))
+    return (exponential_nll(x, model.decoder(z)) + kl) / (B * T)
+
+
+reference_loss_rvae_causal = reference_loss_rvae
+reference_loss_rvae_noncausal = reference_loss_rvae
+
+
+def reference_loss_dsae(model: DSAE, x: torch.Tensor) -> torch.Tensor:
+    """DSAE, vectorised over time; KL_v per sequence floored at ``kl_v_free_bits``."""
+    B, T, _ = x.shape
+    inference = model.inference
+    phi = inference.mlp_x(x)
+    h_n = inference.rnn_gv(phi)[1][0]
+    mv, sv = inference.head_v(inference.mlp_gv_v(torch.cat([h_n[0], h_n[1]], -1)))
+    v = mv + sv * standard_normal(B, model.v_dim, like=x)
+    u = inference.mlp_xv_gxv(torch.cat([phi, over_time(v, T)], -1))
+    g = inference.mlp_gxv_gz(inference.rnn_gxv(u)[0])
+    mq, sq = inference.head_z(inference.rnn_gz(g)[0])
+    z = mq + sq * standard_normal(B, T, model.z_dim, like=x)
+    mp, sp = model.prior.head(model.prior.rnn(shift(z))[0])
+    kl_v = normal_kl(mv, sv, torch.zeros_like(mv), torch.ones_like(sv)).sum(-1)
+    kl = gaussian_kl(mq, sq, mp, sp) + kl_v.clamp(min=model.kl_v_free_bits).sum()
+    return (exponential_nll(x, model.decoder(v, z)) + kl) / (B * T)
+
+
+REFERENCES = {
+    "rvae_causal": reference_loss_rvae_causal,
+    "rvae_noncausal": reference_loss_rvae_noncausal,
+    "dsae": reference_loss_dsae,
+}

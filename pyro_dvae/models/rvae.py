@@ -1,0 +1,196 @@
+"""RVAE: the recurrent VAE (Leglaive et al. ICASSP 2020; spec §2.6), causal and non-causal.
+
+Notation: x_t (B, T, D) observed frame, z_t (B, T, L) latent, h_t (B, T, H_h or 2·H_h) the
+decoder's LSTM state, g^x_t (B, T, H_x or 2·H_x) and g^z_t (B, T, H_z) the guide's summaries
+of x and of the sampled past of z, y_t (B, T, D) decoder output.
+
+Generative model: an i.i.d. standard-normal prior and an LSTM decoder over all the latents::
+
+    p(x, z) = ∏_t p(x_t | z_{1:t}) p(z_t)      causal       (bidir_h=False: LSTM_h forward)
+    p(x, z) = ∏_t p(x_t | z_{1:T}) p(z_t)      non-causal   (bidir_h=True: LSTM_h bidirectional)
+    p(z_t) = N(0, I),   h = LSTM_h(MLP_zh(z_{1:T})),   y_t = Lin(MLP_hx(h_t))
+
+Inference model, with g^z_t = LSTM_gz(MLP_zgz(z_{t−1})) summarising z_{1:t−1} (z_0 = 0)::
+
+    q(z | x) = ∏_t q(z_t | z_{1:t−1}, g^x_t) = N(μ_t, σ_t²),
+    [μ_t, log σ_t²] = Lin(MLP_gz([g^x_t, g^z_t]))
+
+* ``guide=causal``: g^x = LSTM over MLP_xgx(x) run backward in time, so g^x_t summarises
+  x_{t:T} and q(z_t | z_{1:t−1}, x_{t:T}).
+* ``guide=noncausal``: a bi-LSTM run on the time-reversed MLP_xgx(x) and re-reversed, so
+  g^x_t = [summary(x_{t:T}), summary(x_{1:t})] (2·H_x) and q(z_t | z_{1:t−1}, x_{1:T}).
+
+``model=rvae_causal`` is the causal model with the causal guide, ``model=rvae_noncausal`` the
+non-causal model with the noncausal guide; either guide works with either model.
+
+Speed: g^x is one RNN call and the decoder one RNN call. Sampling z steps LSTM_gz one frame at
+a time (g^z_t needs the freshly sampled z_{t−1}); scoring a given z runs it once over shift(z).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from pyro_dvae.distributions import GaussianTrajectory, MarkovTrajectory, Params
+from pyro_dvae.likelihoods import Likelihood
+from pyro_dvae.models.base import DVAE
+from pyro_dvae.models.priors import StandardNormal
+from pyro_dvae.nn import MLP, GaussianHead, LSTMState, lstm, lstm_step, run_rnn, shift
+
+GUIDES = {"causal": False, "noncausal": True}
+"""Guide name → bidirectional LSTM over x (the spec's ``bidir_g_x``)."""
+
+
+class RVAEInference(nn.Module):
+    """q(z_t | z_{1:t−1}, g^x_t). ``forward(x (B, T, D)) -> MarkovTrajectory`` over z (B, T, L)."""
+
+    def __init__(
+        self,
+        x_dim: int,
+        z_dim: int,
+        dense_x_gx: Sequence[int],
+        dim_rnn_g_x: int,
+        bidir_g_x: bool,
+        dense_z_gz: Sequence[int],
+        dim_rnn_g_z: int,
+        dense_g_z: Sequence[int],
+        activation: str = "tanh",
+    ) -> None:
+        super().__init__()
+        self.z_dim = z_dim
+        self.mlp_x_gx = MLP(x_dim, dense_x_gx, activation)
+        self.rnn_gx = lstm(self.mlp_x_gx.out_dim, dim_rnn_g_x, bidir_g_x)
+        self.mlp_z_gz = MLP(z_dim, dense_z_gz, activation)
+        self.rnn_gz = lstm(self.mlp_z_gz.out_dim, dim_rnn_g_z)
+        gx_dim = dim_rnn_g_x * (2 if bidir_g_x else 1)
+        self.mlp_g_z = MLP(gx_dim + dim_rnn_g_z, dense_g_z, activation)
+        self.head = GaussianHead(self.mlp_g_z.out_dim, z_dim)
+
+    def summary(self, x: torch.Tensor) -> torch.Tensor:
+        """g^x (B, T, H_x or 2·H_x): the LSTM over MLP_xgx(x) on the time-reversed sequence."""
+        return run_rnn(self.rnn_gx, self.mlp_x_gx(x), backward=True)
+
+    def posterior(self, gx: torch.Tensor, gz: torch.Tensor) -> Params:
+        """(loc, scale) of z_t from [g^x_t, g^z_t]; any leading dims."""
+        return self.head(self.mlp_g_z(torch.cat([gx, gz], dim=-1)))
+
+    def step(
+        self, gx_t: torch.Tensor, z_prev: torch.Tensor, state: LSTMState | None
+    ) -> tuple[torch.Tensor, torch.Tensor, LSTMState]:
+        """One frame: advance LSTM_gz on z_{t−1} (B, L), then (loc_t, scale_t, state)."""
+        state = lstm_step(self.rnn_gz, self.mlp_z_gz(z_prev), state)
+        return (*self.posterior(gx_t, state[0]), state)
+
+    def parallel(self, gx: torch.Tensor, z: torch.Tensor) -> Params:
+        """All frames' (loc, scale) along a given z (B, T, L): LSTM_gz in one call."""
+        gz = self.rnn_gz(self.mlp_z_gz(shift(z)))[0]
+        return self.posterior(gx, gz)
+
+    def forward(self, x: torch.Tensor) -> GaussianTrajectory:
+        gx = self.summary(x)
+        B, T, _ = x.shape
+        return MarkovTrajectory(
+            step=lambda t, z_prev, state: self.step(gx[:, t], z_prev, state),
+            parallel=lambda z: self.parallel(gx, z),
+            batch_size=B,
+            T=T,
+            L=self.z_dim,
+            like=x,
+        )
+
+
+class RVAEDecoder(nn.Module):
+    """``y = Lin(MLP_hx(LSTM_h(MLP_zh(z))))``: ``forward(z (B, T, L)) -> y (B, T, D)``."""
+
+    def __init__(
+        self,
+        x_dim: int,
+        z_dim: int,
+        dense_z_h: Sequence[int],
+        dim_rnn_h: int,
+        bidir_h: bool,
+        dense_h_x: Sequence[int],
+        activation: str = "tanh",
+    ) -> None:
+        super().__init__()
+        self.mlp_z_h = MLP(z_dim, dense_z_h, activation)
+        self.rnn_h = lstm(self.mlp_z_h.out_dim, dim_rnn_h, bidir_h)
+        self.mlp_h_x = MLP(dim_rnn_h * (2 if bidir_h else 1), dense_h_x, activation)
+        self.gen_out = nn.Linear(self.mlp_h_x.out_dim, x_dim)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.gen_out(self.mlp_h_x(run_rnn(self.rnn_h, self.mlp_z_h(z))))
+
+
+class RVAE(DVAE):
+    """Recurrent VAE; ``model=rvae_causal`` (this class's defaults are the causal ones).
+
+    Args:
+        x_dim, z_dim, likelihood: see :class:`DVAE`.
+        guide: ``causal`` or ``noncausal``; None picks the class default.
+        dense_x_gx, dim_rnn_g_x, dense_z_gz, dim_rnn_g_z, dense_g_z: inference-network sizes.
+        dense_z_h, dim_rnn_h, dense_h_x: decoder sizes.
+        bidir_h: bidirectional decoder LSTM (non-causal model); None picks the class default.
+        activation: ``tanh``.
+    """
+
+    non_causal: ClassVar[bool] = False
+    """Default of ``bidir_h`` and of the guide (``noncausal`` when True)."""
+
+    def __init__(
+        self,
+        x_dim: int,
+        z_dim: int,
+        likelihood: Likelihood,
+        guide: str | None = None,
+        dense_x_gx: Sequence[int] = (),
+        dim_rnn_g_x: int = 128,
+        dense_z_gz: Sequence[int] = (),
+        dim_rnn_g_z: int = 128,
+        dense_g_z: Sequence[int] = (),
+        dense_z_h: Sequence[int] = (),
+        dim_rnn_h: int = 128,
+        bidir_h: bool | None = None,
+        dense_h_x: Sequence[int] = (),
+        activation: str = "tanh",
+    ) -> None:
+        super().__init__(x_dim, z_dim, likelihood)
+        guide = guide or ("noncausal" if self.non_causal else "causal")
+        if guide not in GUIDES:
+            raise ValueError(
+                f"guide.name={guide!r} is not an RVAE guide; expected one of {list(GUIDES)}"
+            )
+        bidir_h = self.non_causal if bidir_h is None else bidir_h
+        self.prior = StandardNormal()
+        self.decoder = RVAEDecoder(
+            x_dim, z_dim, dense_z_h, dim_rnn_h, bidir_h, dense_h_x, activation
+        )
+        self.inference = RVAEInference(
+            x_dim, z_dim, dense_x_gx, dim_rnn_g_x, GUIDES[guide], dense_z_gz, dim_rnn_g_z,
+            dense_g_z, activation,
+        )
+
+    def model(self, x: torch.Tensor, kl_weight: float = 1.0) -> torch.Tensor:
+        B, T, _ = x.shape
+        with self.sequences(x):
+            z = self.latent("z", self.prior.trajectory(B, T, self.z_dim, x), kl_weight)
+            return self.observe(self.decoder(z), x)
+
+    def guide(self, x: torch.Tensor, kl_weight: float = 1.0) -> None:
+        with self.sequences(x):
+            self.latent("z", self.inference(x), kl_weight)
+
+    def generate(self, n: int, T: int) -> torch.Tensor:
+        like = next(self.parameters())
+        z = self.prior.trajectory(n, T, self.z_dim, like).rsample()
+        return self.likelihood.mean(self.decoder(z))
+
+
+class NonCausalRVAE(RVAE):
+    """``model=rvae_noncausal``: bidirectional decoder LSTM and the noncausal guide by default."""
+
+    non_causal = True

@@ -1,0 +1,184 @@
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from pyro import poutine
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+
+from benchmarks.reference_rvae_dsae import REFERENCES
+from pyro_dvae.likelihoods import ExponentialPower, build_likelihood
+from pyro_dvae.models import build_model
+from tests.helpers import exponential_nll, gaussian_kl, gaussian_log_density
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
+TINY = dict(z_dim=3, dense_x_gx=[8], dim_rnn_g_x=5, dense_z_gz=[4], dim_rnn_g_z=6, dense_g_z=[7],
+            dense_z_h=[4], dim_rnn_h=5, dense_h_x=[6])
+X_DIM, B, T = 10, 4, 6
+
+
+def config_params(name: str, modality: str) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(CONFIGS / f"{name}.yaml")[modality])
+
+
+@pytest.mark.parametrize("name,modality,x_dim,count", [
+    ("rvae_causal", "speech", 513, 553_121),
+    ("rvae_noncausal", "speech", 513, 1_026_849),
+    ("rvae_causal", "motion", 96, 89_204),
+    ("rvae_noncausal", "motion", 96, 157_556),
+])
+def test_parameter_count_matches_spec(name, modality, x_dim, count):
+    likelihood = build_likelihood(None, modality, x_dim)
+    model = build_model(name, x_dim, likelihood, **config_params(name, modality))
+    assert sum(p.numel() for p in model.parameters()) == count
+
+
+def lstm_cell(rnn, suffix, x_t, h, c):
+    """One LSTM step written out: gates (i, f, g, o) of ``W_ih x + b_ih + W_hh h + b_hh``."""
+    w_ih, w_hh = getattr(rnn, "weight_ih_l0" + suffix), getattr(rnn, "weight_hh_l0" + suffix)
+    bias = getattr(rnn, "bias_ih_l0" + suffix) + getattr(rnn, "bias_hh_l0" + suffix)
+    i, f, g, o = (x_t @ w_ih.T + h @ w_hh.T + bias).chunk(4, dim=-1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def lstm_scan(rnn, xs, reverse=False, suffix=""):
+    """Hidden states (B, T, H) of one direction of a one-layer LSTM, looping over t from zero
+    state; ``reverse`` walks t = T..1, ``suffix="_reverse"`` takes the backward weights."""
+    h = c = xs.new_zeros(xs.shape[0], rnn.hidden_size)
+    out = [None] * xs.shape[1]
+    for t in (reversed(range(xs.shape[1])) if reverse else range(xs.shape[1])):
+        h, c = lstm_cell(rnn, suffix, xs[:, t], h, c)
+        out[t] = h
+    return torch.stack(out, 1)
+
+
+def gaussian_params(linear, h):
+    loc, logvar = linear(h).chunk(2, dim=-1)
+    return loc, torch.exp(0.5 * logvar)
+
+
+def _by_hand(model, x, z):
+    """Posterior parameters along the sampled z and the decoder output, step by step."""
+    inf, dec = model.inference, model.decoder
+    hx = inf.mlp_x_gx(x)
+    gx = lstm_scan(inf.rnn_gx, hx, reverse=True)  # summary of x_{t:T}
+    if inf.rnn_gx.bidirectional:  # second half: summary of x_{1:t}
+        gx = torch.cat([gx, lstm_scan(inf.rnn_gx, hx, suffix="_reverse")], -1)
+    h = c = x.new_zeros(x.shape[0], inf.rnn_gz.hidden_size)
+    z_prev, locs, scales = torch.zeros_like(z[:, 0]), [], []
+    for t in range(x.shape[1]):
+        h, c = lstm_cell(inf.rnn_gz, "", inf.mlp_z_gz(z_prev), h, c)
+        loc, scale = gaussian_params(inf.head.linear, inf.mlp_g_z(torch.cat([gx[:, t], h], -1)))
+        locs.append(loc)
+        scales.append(scale)
+        z_prev = z[:, t]
+    hz = dec.mlp_z_h(z)
+    h = lstm_scan(dec.rnn_h, hz)
+    if dec.rnn_h.bidirectional:
+        h = torch.cat([h, lstm_scan(dec.rnn_h, hz, reverse=True, suffix="_reverse")], -1)
+    return torch.stack(locs, 1), torch.stack(scales, 1), dec.gen_out(dec.mlp_h_x(h))
+
+
+def tiny(name, guide=None):
+    return build_model(name, X_DIM, ExponentialPower(), guide=guide, **TINY)
+
+
+def sample_z(model, x, seed):
+    torch.manual_seed(seed)
+    return poutine.trace(model.guide).get_trace(x).nodes["z"]["value"]
+
+
+@pytest.mark.parametrize("guide", ["causal", "noncausal"])
+@pytest.mark.parametrize("name", ["rvae_causal", "rvae_noncausal"])
+def test_mean_field_loss_is_recon_plus_stepwise_kl(name, guide):
+    model, x = tiny(name, guide), torch.rand(B, T, X_DIM)
+    torch.manual_seed(5)
+    loss = TraceMeanField_ELBO().differentiable_loss(model.model, model.guide, x, 0.4)
+    mq, sq, y = _by_hand(model, x, sample_z(model, x, 5))
+    kl = gaussian_kl(mq, sq, torch.zeros_like(mq), torch.ones_like(sq))
+    expected = (exponential_nll(x, y) + 0.4 * kl) / (B * T)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_trace_elbo_is_log_ratio_of_the_sampled_trajectory():
+    model, x = tiny("rvae_noncausal", "causal"), torch.rand(B, T, X_DIM)
+    torch.manual_seed(6)
+    loss = Trace_ELBO().differentiable_loss(model.model, model.guide, x)
+    z = sample_z(model, x, 6)
+    mq, sq, y = _by_hand(model, x, z)
+    log_ratio = gaussian_log_density(z, mq, sq) - gaussian_log_density(z, 0 * z, 1 + 0 * z)
+    expected = (exponential_nll(x, y) + log_ratio) / (B * T)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["rvae_causal", "rvae_noncausal"])
+def test_reference_step_equals_pyro_loss(name):
+    model, x = tiny(name), torch.rand(B, T, X_DIM)
+    torch.manual_seed(7)
+    loss = TraceMeanField_ELBO().differentiable_loss(model.model, model.guide, x, 1.0)
+    torch.manual_seed(7)
+    torch.testing.assert_close(REFERENCES[name](model, x), loss, rtol=1e-5, atol=1e-5)
+
+
+def test_default_guides_and_decoders():
+    causal, noncausal = tiny("rvae_causal"), tiny("rvae_noncausal")
+    assert not causal.inference.rnn_gx.bidirectional and not causal.decoder.rnn_h.bidirectional
+    assert noncausal.inference.rnn_gx.bidirectional and noncausal.decoder.rnn_h.bidirectional
+    with pytest.raises(ValueError, match="guide.name='dks'"):
+        tiny("rvae_causal", "dks")
+    with pytest.raises(ValueError, match="single prior"):
+        build_model("rvae_causal", X_DIM, ExponentialPower(), prior="gated", **TINY)
+
+
+@pytest.mark.parametrize("name", ["rvae_causal", "rvae_noncausal"])
+def test_posterior_mean_path_and_generation(name):
+    model, x = tiny(name), torch.rand(2, 5, X_DIM)
+    y = model.reconstruct(x)
+    torch.testing.assert_close(model.reconstruct(x), y, rtol=0, atol=0)
+    gx = model.inference.summary(x)
+    z_prev, state, zs = torch.zeros(2, 3), None, []
+    for t in range(5):
+        z_prev, _, state = model.inference.step(gx[:, t], z_prev, state)
+        zs.append(z_prev)
+    torch.testing.assert_close(y, model.decoder(torch.stack(zs, 1)))
+    generated = model.generate(3, 8)
+    assert generated.shape == (3, 8, X_DIM) and torch.isfinite(generated).all()
+
+
+def excess_loss(model, x, elbo, kl_weight=1.0):
+    """Per-frame loss above its floor Σ(log x + 1)/(B·T): Itakura–Saito + KL, ≥ 0."""
+    floor = (torch.log(x) + 1).sum() / x.shape[:2].numel()
+    return elbo(model.model, model.guide, x, kl_weight) - floor
+
+
+def overfit(model, x, steps, lr=2e-2):
+    """Excess loss before and after ``steps`` Adam steps on one batch (the latter averaged over
+    4 posterior samples), on one thread: tiny networks only lose from more."""
+    elbo = TraceMeanField_ELBO().differentiable_loss
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        first = excess_loss(model, x, elbo).item()
+        for _ in range(steps):
+            optimizer.zero_grad()
+            excess_loss(model, x, elbo).backward()
+            optimizer.step()
+        with torch.no_grad():
+            return first, sum(excess_loss(model, x, elbo).item() for _ in range(4)) / 4
+    finally:
+        torch.set_num_threads(threads)
+
+
+def smooth_batch(b, t, d):
+    """Power spectra with a smooth structure: exp of a few sinusoids, (b, t, d)."""
+    phase = torch.linspace(0, 3, t)[None, :, None] + torch.arange(b)[:, None, None]
+    return torch.exp(torch.sin(phase + torch.linspace(0, 2, d)) + 0.5)
+
+
+@pytest.mark.parametrize("name", ["rvae_causal", "rvae_noncausal"])
+def test_overfits_a_tiny_batch(name):
+    model = tiny(name)
+    first, last = overfit(model, smooth_batch(B, T, X_DIM), steps=100)
+    assert last < first / 2
