@@ -45,7 +45,7 @@ def reference_loss_dkf(model: DKF, x: torch.Tensor) -> torch.Tensor:
         locs.append(loc)
         scales.append(scale)
     z, mq, sq = torch.stack(zs, 1), torch.stack(locs, 1), torch.stack(scales, 1)
-    mp, sp = model.transition(shift(z))
+    mp, sp = model.prior(shift(z))
     y = model.decoder(z)
     return (exponential_nll(x, y) + gaussian_kl(mq, sq, mp, sp)) / (B * T)
 

@@ -134,6 +134,7 @@ def evaluate(
     results = task.evaluate(estimate, run_dir / "eval", n_examples)
     results["eval_seconds"] = time.perf_counter() - start
     results.update(run_summary(cfg, run_dir, checkpoint, sample))
+    results["guide"] = model.guide_name
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     (run_dir / "results.md").write_text(markdown_row(results))
     return results
@@ -144,7 +145,6 @@ def run_summary(cfg: DictConfig, run_dir: Path, checkpoint: str, sample: bool) -
     history = load_checkpoint(run_dir / "last.pt")["state"]["history"]
     return {
         "model": cfg.model.name,
-        "guide": cfg.guide.name,
         "data": cfg.data.name,
         "checkpoint": checkpoint,
         "posterior": "sample" if sample else "mean",

@@ -16,7 +16,7 @@ Everything else is derived: :meth:`reconstruct` (posterior mean or sample, decod
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import pyro
@@ -38,10 +38,25 @@ class DVAE(PyroModule):
         likelihood: observation model applied to the decoder output.
     """
 
+    guide_name: str = "default"
+    """The inference network in use (reported in results)."""
+
     def __init__(self, x_dim: int, z_dim: int, likelihood: Likelihood) -> None:
         super().__init__()
         self.x_dim, self.z_dim = x_dim, z_dim
         self.likelihood = likelihood
+
+    def choose_guide(self, name: str | None, choices: Mapping[str, object], default: str) -> object:
+        """Validate the ``guide.name`` config value (None: ``default``), remember it in
+        :attr:`guide_name`, and return what ``choices`` maps it to."""
+        name = name or default
+        if name not in choices:
+            raise ValueError(
+                f"guide.name={name!r} is not a guide of {type(self).__name__}; "
+                f"expected one of {list(choices)}"
+            )
+        self.guide_name = name
+        return choices[name]
 
     @contextmanager
     def sequences(self, x: torch.Tensor) -> Iterator[None]:
@@ -88,3 +103,29 @@ class DVAE(PyroModule):
     def estimate(self, x: torch.Tensor, sample: bool = False) -> torch.Tensor:
         """Reconstructed features ``E[x | y]`` ``(B, T, D)``, in the space of x."""
         return self.likelihood.mean(self.reconstruct(x, sample))
+
+
+class LatentDecoderDVAE(DVAE):
+    """DVAEs whose decoder sees z only: ``p(x, z) = p(x_{1:T} | z_{1:T}) p(z_{1:T})``.
+
+    VAE, DKF and RVAE differ only in their parts, which subclasses set:
+
+    * ``self.prior``: ``trajectory(B, T, L, like) -> GaussianTrajectory`` (p(z));
+    * ``self.decoder``: ``z (B, T, L) -> y (B, T, D)``;
+    * ``self.inference``: ``x (B, T, D) -> GaussianTrajectory`` (q(z | x)).
+    """
+
+    def model(self, x: torch.Tensor, kl_weight: float = 1.0) -> torch.Tensor:
+        B, T, _ = x.shape
+        with self.sequences(x):
+            z = self.latent("z", self.prior.trajectory(B, T, self.z_dim, x), kl_weight)
+            return self.observe(self.decoder(z), x)
+
+    def guide(self, x: torch.Tensor, kl_weight: float = 1.0) -> None:
+        with self.sequences(x):
+            self.latent("z", self.inference(x), kl_weight)
+
+    def generate(self, n: int, T: int) -> torch.Tensor:
+        like = next(self.parameters())
+        z = self.prior.trajectory(n, T, self.z_dim, like).rsample()
+        return self.likelihood.mean(self.decoder(z))

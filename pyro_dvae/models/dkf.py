@@ -23,7 +23,7 @@ from torch import nn
 
 from pyro_dvae.distributions import GaussianTrajectory, MarkovTrajectory
 from pyro_dvae.likelihoods import Likelihood
-from pyro_dvae.models.base import DVAE
+from pyro_dvae.models.base import LatentDecoderDVAE
 from pyro_dvae.models.priors import build_transition
 from pyro_dvae.nn import MLP, GaussianHead, lstm, shift
 
@@ -83,7 +83,7 @@ GUIDES = {"dks": False, "st_lr": True}
 """Guide name → bidirectional g^x."""
 
 
-class DKF(DVAE):
+class DKF(LatentDecoderDVAE):
     """Deep Kalman filter with a swappable transition prior and inference network.
 
     Args:
@@ -109,29 +109,10 @@ class DKF(DVAE):
         activation: str = "tanh",
     ) -> None:
         super().__init__(x_dim, z_dim, likelihood)
-        guide = guide or "dks"
-        if guide not in GUIDES:
-            raise ValueError(
-                f"guide.name={guide!r} is not a DKF guide; expected one of {list(GUIDES)}"
-            )
-        self.transition = build_transition(prior or "gated", z_dim)
+        bidirectional = self.choose_guide(guide, GUIDES, default="dks")
+        self.prior = build_transition(prior or "gated", z_dim)
         mlp_z_x = MLP(z_dim, dense_z_x, activation)
         self.decoder = nn.Sequential(mlp_z_x, nn.Linear(mlp_z_x.out_dim, x_dim))
         self.inference = DKFInference(
-            x_dim, z_dim, dense_x_gx, dim_rnn_gx, dense_ztm1_g, dense_g_z, GUIDES[guide], activation
+            x_dim, z_dim, dense_x_gx, dim_rnn_gx, dense_ztm1_g, dense_g_z, bidirectional, activation
         )
-
-    def model(self, x: torch.Tensor, kl_weight: float = 1.0) -> torch.Tensor:
-        B, T, _ = x.shape
-        with self.sequences(x):
-            z = self.latent("z", self.transition.trajectory(B, T, self.z_dim, x), kl_weight)
-            return self.observe(self.decoder(z), x)
-
-    def guide(self, x: torch.Tensor, kl_weight: float = 1.0) -> None:
-        with self.sequences(x):
-            self.latent("z", self.inference(x), kl_weight)
-
-    def generate(self, n: int, T: int) -> torch.Tensor:
-        like = next(self.parameters())
-        z = self.transition.trajectory(n, T, self.z_dim, like).rsample()
-        return self.likelihood.mean(self.decoder(z))

@@ -37,7 +37,7 @@ from torch import nn
 
 from pyro_dvae.distributions import GaussianTrajectory, MarkovTrajectory, Params
 from pyro_dvae.likelihoods import Likelihood
-from pyro_dvae.models.base import DVAE
+from pyro_dvae.models.base import LatentDecoderDVAE
 from pyro_dvae.models.priors import StandardNormal
 from pyro_dvae.nn import MLP, GaussianHead, LSTMState, lstm, lstm_step, run_rnn, shift
 
@@ -126,7 +126,7 @@ class RVAEDecoder(nn.Module):
         return self.gen_out(self.mlp_h_x(run_rnn(self.rnn_h, self.mlp_z_h(z))))
 
 
-class RVAE(DVAE):
+class RVAE(LatentDecoderDVAE):
     """Recurrent VAE; ``model=rvae_causal`` (this class's defaults are the causal ones).
 
     Args:
@@ -159,35 +159,18 @@ class RVAE(DVAE):
         activation: str = "tanh",
     ) -> None:
         super().__init__(x_dim, z_dim, likelihood)
-        guide = guide or ("noncausal" if self.non_causal else "causal")
-        if guide not in GUIDES:
-            raise ValueError(
-                f"guide.name={guide!r} is not an RVAE guide; expected one of {list(GUIDES)}"
-            )
+        noncausal_guide = self.choose_guide(
+            guide, GUIDES, default="noncausal" if self.non_causal else "causal"
+        )
         bidir_h = self.non_causal if bidir_h is None else bidir_h
         self.prior = StandardNormal()
         self.decoder = RVAEDecoder(
             x_dim, z_dim, dense_z_h, dim_rnn_h, bidir_h, dense_h_x, activation
         )
         self.inference = RVAEInference(
-            x_dim, z_dim, dense_x_gx, dim_rnn_g_x, GUIDES[guide], dense_z_gz, dim_rnn_g_z,
+            x_dim, z_dim, dense_x_gx, dim_rnn_g_x, noncausal_guide, dense_z_gz, dim_rnn_g_z,
             dense_g_z, activation,
         )
-
-    def model(self, x: torch.Tensor, kl_weight: float = 1.0) -> torch.Tensor:
-        B, T, _ = x.shape
-        with self.sequences(x):
-            z = self.latent("z", self.prior.trajectory(B, T, self.z_dim, x), kl_weight)
-            return self.observe(self.decoder(z), x)
-
-    def guide(self, x: torch.Tensor, kl_weight: float = 1.0) -> None:
-        with self.sequences(x):
-            self.latent("z", self.inference(x), kl_weight)
-
-    def generate(self, n: int, T: int) -> torch.Tensor:
-        like = next(self.parameters())
-        z = self.prior.trajectory(n, T, self.z_dim, like).rsample()
-        return self.likelihood.mean(self.decoder(z))
 
 
 class NonCausalRVAE(RVAE):

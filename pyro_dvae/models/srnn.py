@@ -152,11 +152,7 @@ class SRNN(DVAE):
         activation: str = "tanh",
     ) -> None:
         super().__init__(x_dim, z_dim, likelihood)
-        guide = guide or "smoother"
-        if guide not in GUIDES:
-            raise ValueError(
-                f"guide.name={guide!r} is not an SRNN guide; expected one of {list(GUIDES)}"
-            )
+        smoother = self.choose_guide(guide, GUIDES, default="smoother")
         self.handoff: Handoff[torch.Tensor] = Handoff()
         self.mlp_x_h = MLP(x_dim, dense_x_h, activation)
         self.rnn_h = lstm(self.mlp_x_h.out_dim, dim_rnn_h)
@@ -164,7 +160,7 @@ class SRNN(DVAE):
         mlp_hz_x = MLP(dim_rnn_h + z_dim, dense_hz_x, activation)
         self.decoder = nn.Sequential(mlp_hz_x, nn.Linear(mlp_hz_x.out_dim, x_dim))
         self.inference = SRNNInference(
-            x_dim, dim_rnn_h, z_dim, dense_hx_g, dim_rnn_g, dense_gz_z, GUIDES[guide], activation
+            x_dim, dim_rnn_h, z_dim, dense_hx_g, dim_rnn_g, dense_gz_z, smoother, activation
         )
 
     def deterministic(self, x: torch.Tensor) -> torch.Tensor:

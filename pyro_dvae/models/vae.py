@@ -17,12 +17,12 @@ from torch import nn
 
 from pyro_dvae.distributions import IndependentTrajectory
 from pyro_dvae.likelihoods import Likelihood
-from pyro_dvae.models.base import DVAE
+from pyro_dvae.models.base import LatentDecoderDVAE
 from pyro_dvae.models.priors import StandardNormal
 from pyro_dvae.nn import MLP, GaussianHead
 
 
-class VAE(DVAE):
+class VAE(LatentDecoderDVAE):
     """Frame-wise VAE. The decoder's hidden sizes are the encoder's reversed.
 
     Args:
@@ -46,17 +46,6 @@ class VAE(DVAE):
         mlp_z_x = MLP(z_dim, list(reversed(dense_x_z)), activation)
         self.decoder = nn.Sequential(mlp_z_x, nn.Linear(mlp_z_x.out_dim, x_dim))
 
-    def model(self, x: torch.Tensor, kl_weight: float = 1.0) -> torch.Tensor:
-        B, T, _ = x.shape
-        with self.sequences(x):
-            z = self.latent("z", self.prior.trajectory(B, T, self.z_dim, x), kl_weight)
-            return self.observe(self.decoder(z), x)
-
-    def guide(self, x: torch.Tensor, kl_weight: float = 1.0) -> None:
-        with self.sequences(x):
-            self.latent("z", IndependentTrajectory(*self.encoder(x)), kl_weight)
-
-    def generate(self, n: int, T: int) -> torch.Tensor:
-        like = next(self.parameters())
-        z = self.prior.trajectory(n, T, self.z_dim, like).rsample()
-        return self.likelihood.mean(self.decoder(z))
+    def inference(self, x: torch.Tensor) -> IndependentTrajectory:
+        """q(z | x) = ∏_t N(z_t; μ(x_t), σ(x_t)²)."""
+        return IndependentTrajectory(*self.encoder(x))

@@ -33,7 +33,7 @@ from pyro_dvae.nn import MLP, GaussianHead, LSTMState, lstm, lstm_step, run_rnn,
 Path = tuple[torch.Tensor, torch.Tensor]
 """``(φz(z), h)`` along a trajectory z, each ``(B, T, ·)``."""
 
-GUIDES = ("filter",)
+GUIDES = {"filter": None}
 
 
 class VRNN(DVAE):
@@ -63,10 +63,7 @@ class VRNN(DVAE):
         activation: str = "tanh",
     ) -> None:
         super().__init__(x_dim, z_dim, likelihood)
-        if guide not in (None, *GUIDES):
-            raise ValueError(
-                f"guide.name={guide!r} is not a VRNN guide; expected one of {list(GUIDES)}"
-            )
+        self.choose_guide(guide, GUIDES, default="filter")
         self.handoff: Handoff[torch.Tensor] = Handoff()
         self.phi_x = MLP(x_dim, dense_x, activation)
         self.phi_z = MLP(z_dim, dense_z, activation)

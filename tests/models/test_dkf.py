@@ -51,7 +51,7 @@ def _by_hand(model, x, z):
         loc, logvar = inf.head.linear(inf.mlp_g_z(g)).chunk(2, -1)
         mq.append(loc)
         sq.append(torch.exp(0.5 * logvar))
-        ploc, pscale = model.transition(z_prev)
+        ploc, pscale = model.prior(z_prev)
         mp.append(ploc)
         sp.append(pscale)
         z_prev = z[:, t]
@@ -89,7 +89,7 @@ def test_trace_elbo_is_log_ratio_of_the_sampled_trajectory():
 
 def test_gated_transition_equations():
     model = build_model("dkf", 10, ExponentialPower(), **TINY)
-    tr, z = model.transition, torch.randn(5, 3)
+    tr, z = model.prior, torch.randn(5, 3)
     gate = torch.sigmoid(tr.gate_out(torch.relu(tr.gate_hidden(z))))
     prop = tr.prop_out(torch.relu(tr.prop_hidden(z)))
     loc, scale = tr(z)
