@@ -56,6 +56,15 @@ def test_cli_train_then_evaluate(data_root, tmp_path):
     assert "pesq_wb" not in results  # 8 kHz: narrow-band only
     assert (run_dir / "results.md").read_text().startswith("|")
 
+    done = cli("generate.py", f"run_dir={run_dir}", "n=2", "T=30")
+    assert done.returncode == 0, done.stderr
+    wavs = sorted((run_dir / "generated").glob("*.wav"))
+    assert len(wavs) == 2
+    import soundfile
+
+    audio, fs = soundfile.read(wavs[0])
+    assert fs == 8000 and len(audio) >= 29 * 128 and 0 < abs(audio).max() <= 1
+
 
 def test_bad_override_is_a_clear_error(data_root, tmp_path):
     done = cli("run.py", "model=nope", f"hydra.run.dir={tmp_path}")
