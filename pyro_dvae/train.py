@@ -33,7 +33,7 @@ import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch.distributions import kl_divergence
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
 from pyro_dvae.models.base import DVAE
@@ -138,11 +138,12 @@ class Trainer:
         self.state = TrainState()
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        """Whole batches are fetched at once (see :class:`Batches`), not item by item."""
+        order = RandomSampler(dataset, generator=self.shuffle) if shuffle else range(len(dataset))
         return DataLoader(
-            dataset,
-            batch_size=self.cfg.batch_size,
-            shuffle=shuffle,
-            generator=self.shuffle if shuffle else None,
+            Batches(dataset),
+            sampler=BatchSampler(order, self.cfg.batch_size, drop_last=False),
+            batch_size=None,
             num_workers=self.cfg.num_workers,
             pin_memory=self.device.type == "cuda",
         )
@@ -285,6 +286,19 @@ class Trainer:
 
 
 # --- helpers ----------------------------------------------------------------------------
+
+
+class Batches(Dataset):
+    """A dataset indexed by lists of items: ``dataset.batch(index)`` when it has one (one
+    tensor gather for the whole batch), else the stacked items. Returns ``(B, T, D)``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __getitem__(self, index: list[int]) -> torch.Tensor:
+        if hasattr(self.dataset, "batch"):
+            return self.dataset.batch(torch.as_tensor(index))
+        return torch.stack([self.dataset[i] for i in index])
 
 
 def seed_everything(seed: int) -> None:

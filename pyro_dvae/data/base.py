@@ -30,7 +30,8 @@ class Task(ABC):
         name: dataset name (``fsdd``, ``cmu_mocap``, ...).
         modality: ``"speech"`` or ``"motion"``; selects the model defaults and the likelihood.
         x_dim: feature dimension D.
-        train, val: datasets of ``(T, D)`` float32 tensors of a fixed length T.
+        train, val: datasets of ``(T, D)`` float32 tensors of a fixed length T; a method
+            ``batch(index (B,)) -> (B, T, D)`` lets the trainer fetch a batch in one gather.
         test: dataset used by :meth:`evaluate` (whole sequences).
     """
 

@@ -74,6 +74,10 @@ class ChunkDataset(Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.power[i]
 
+    def batch(self, index: torch.Tensor) -> torch.Tensor:
+        """Items ``index`` ``(B,)`` stacked to ``(B, T, F)``."""
+        return self.power[index]
+
 
 class UtteranceDataset(Dataset):
     """Whole test utterances. Item ``i`` is a dict: ``name`` (str), ``wave`` ``(N,)`` (trimmed,
