@@ -21,7 +21,7 @@ def standard_normal(*shape: int, like: torch.Tensor) -> torch.Tensor:
     return torch.randn(*shape, device=like.device, dtype=like.dtype)
 
 
-def reference_loss_rvae(model: RVAE, x: torch.Tensor) -> torch.Tensor:
+def rvae_loss(model: RVAE, x: torch.Tensor) -> torch.Tensor:
     """RVAE with either guide: the inference LSTM on z is stepped inside the sampling loop."""
     B, T, _ = x.shape
     inference = model.inference
@@ -41,8 +41,8 @@ def reference_loss_rvae(model: RVAE, x: torch.Tensor) -> torch.Tensor:
     return (exponential_nll(x, model.decoder(z)) + kl) / (B * T)
 
 
-reference_loss_rvae_causal = reference_loss_rvae
-reference_loss_rvae_noncausal = reference_loss_rvae
+reference_loss_rvae_causal = rvae_loss
+reference_loss_rvae_noncausal = rvae_loss
 
 
 def reference_loss_dsae(model: DSAE, x: torch.Tensor) -> torch.Tensor:
@@ -62,9 +62,3 @@ def reference_loss_dsae(model: DSAE, x: torch.Tensor) -> torch.Tensor:
     kl = gaussian_kl(mq, sq, mp, sp) + kl_v.clamp(min=model.kl_v_free_bits).sum()
     return (exponential_nll(x, model.decoder(v, z)) + kl) / (B * T)
 
-
-REFERENCES = {
-    "rvae_causal": reference_loss_rvae_causal,
-    "rvae_noncausal": reference_loss_rvae_noncausal,
-    "dsae": reference_loss_dsae,
-}
