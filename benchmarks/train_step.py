@@ -3,8 +3,8 @@
 A step is forward, ELBO, backward and one Adam update. The Pyro step uses
 ``TraceMeanField_ELBO().differentiable_loss`` on the model/guide pair, exactly as the
 trainer does; the reference step computes the same loss from the same networks in plain
-torch (``benchmarks/reference_*.py``). Each (model, variant) runs in a fresh process, so
-the peak memory is its own.
+torch (``benchmarks/reference_*.py``). The two alternate step by step in a fresh process;
+each one's peak memory is measured in a process of its own.
 
     python benchmarks/train_step.py --models all --shape speech --B 128 --json out.json
 
@@ -27,7 +27,9 @@ import sys
 import time
 from pathlib import Path
 
+import pyro
 import torch
+from pyro.infer import TraceMeanField_ELBO
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: make `benchmarks` importable
@@ -69,8 +71,8 @@ def data(shape: str, B: int, T: int, x_dim: int, device: torch.device) -> torch.
     return x.to(device)
 
 
-def measure(args: dict) -> dict:
-    """Run in a child process: time ``steps`` steps of one variant; returns ms and peak memory."""
+def step_functions(args: dict) -> tuple[dict, torch.device]:
+    """``{"pyro": step, "reference": step}`` on one model and batch, each a full training step."""
     torch.set_num_threads(args["threads"])
     device = torch.device(args["device"])
     torch.manual_seed(0)
@@ -78,46 +80,66 @@ def measure(args: dict) -> dict:
     x_dim = args["x_dim"] or SHAPES[shape]
     model = build(name, shape, x_dim, device)
     x = data(shape, B, T, x_dim, device)
-    if args["variant"] == "pyro":
-        import pyro
-        from pyro.infer import TraceMeanField_ELBO
-
-        pyro.enable_validation(False)
-        elbo = TraceMeanField_ELBO().differentiable_loss
-
-        def loss_fn():
-            return elbo(model.model, model.guide, x, 1.0)
-    else:
-        reference = references()[name]
-
-        def loss_fn():
-            return reference(model, x)
-
+    pyro.enable_validation(False)
+    elbo = TraceMeanField_ELBO().differentiable_loss
+    reference = references()[name]
+    losses = {
+        "pyro": lambda: elbo(model.model, model.guide, x, 1.0),
+        "reference": lambda: reference(model, x),
+    }
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    times = []
+
+    def make_step(loss_fn):
+        def step() -> float:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            loss = loss_fn()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter() - start
+
+        return step
+
+    return {k: make_step(f) for k, f in losses.items()}, device
+
+
+def time_both(args: dict) -> dict:
+    """Child process: Pyro and reference steps alternate, so load changes hit both alike;
+    returns the median ms of each."""
+    steps, _ = step_functions(args)
+    times: dict[str, list[float]] = {k: [] for k in steps}
     for i in range(args["warmup"] + args["steps"]):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        loss = loss_fn()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= args["warmup"]:
-            times.append(time.perf_counter() - start)
+        for variant, step in steps.items():
+            elapsed = step()
+            if i >= args["warmup"]:
+                times[variant].append(elapsed)
+    return {k: 1000 * statistics.median(v) for k, v in times.items()}
+
+
+def peak_memory(args: dict) -> float:
+    """Child process: peak memory (MB) of a few steps of one variant alone."""
+    steps, device = step_functions(args)
+    for _ in range(3):
+        steps[args["variant"]]()
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"ms": 1000 * statistics.median(times), "peak_mem_mb": peak}
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(name: str, variant: str, opts: argparse.Namespace) -> dict:
+def in_child(fn, args: dict):
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, (args,))
+
+
+def compare(name: str, opts: argparse.Namespace) -> dict:
+    """Median over ``opts.rounds`` processes of the alternated step times, and each variant's
+    peak memory measured in a process of its own."""
     args = {
         "model": name,
-        "variant": variant,
         "shape": opts.shape,
         "B": opts.B,
         "T": opts.T,
@@ -127,24 +149,11 @@ def run(name: str, variant: str, opts: argparse.Namespace) -> dict:
         "warmup": opts.warmup,
         "threads": opts.threads,
     }
-    with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(measure, (args,))
-
-
-def compare(name: str, opts: argparse.Namespace) -> tuple[dict, dict]:
-    """Pyro and reference runs alternated ``opts.rounds`` times, so that a change of load on
-    the machine hits both alike; the median over rounds of each one's median step time."""
-    runs: dict[str, list[dict]] = {"pyro": [], "reference": []}
-    for _ in range(opts.rounds):
-        for variant in runs:
-            runs[variant].append(run(name, variant, opts))
-    return tuple(
-        {
-            "ms": statistics.median(r["ms"] for r in rs),
-            "peak_mem_mb": max(r["peak_mem_mb"] for r in rs),
-        }
-        for rs in runs.values()
-    )
+    rounds = [in_child(time_both, args) for _ in range(opts.rounds)]
+    result = {k: statistics.median(r[k] for r in rounds) for k in ("pyro", "reference")}
+    for variant in ("pyro", "reference"):
+        result[f"mem_{variant}"] = in_child(peak_memory, {**args, "variant": variant})
+    return result
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -158,7 +167,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--rounds", type=int, default=3, help="alternated pyro/reference runs")
+    parser.add_argument("--rounds", type=int, default=3, help="timing processes per model")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
         "--readme",
@@ -173,7 +182,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--models: no reference step for {unknown}; known: {sorted(available)}")
     rows = []
     for name in names:
-        pyro_run, ref_run = compare(name, opts)
+        measured = compare(name, opts)
         rows.append(
             {
                 "model": name,
@@ -181,12 +190,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "device": opts.device,
                 "B": opts.B,
                 "T": opts.T,
-                "ms_per_step": round(pyro_run["ms"], 2),
-                "ms_per_step_reference": round(ref_run["ms"], 2),
-                "ratio_pyro_to_reference": round(pyro_run["ms"] / ref_run["ms"], 3),
-                "seq_per_s": round(1000 * opts.B / pyro_run["ms"], 1),
-                "peak_mem_mb": round(pyro_run["peak_mem_mb"], 1),
-                "peak_mem_mb_reference": round(ref_run["peak_mem_mb"], 1),
+                "ms_per_step": round(measured["pyro"], 2),
+                "ms_per_step_reference": round(measured["reference"], 2),
+                "ratio_pyro_to_reference": round(measured["pyro"] / measured["reference"], 3),
+                "seq_per_s": round(1000 * opts.B / measured["pyro"], 1),
+                "peak_mem_mb": round(measured["mem_pyro"], 1),
+                "peak_mem_mb_reference": round(measured["mem_reference"], 1),
             }
         )
         r = rows[-1]
