@@ -19,7 +19,13 @@ def exponential_nll(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def gaussian_kl(mq, sq, mp, sp) -> torch.Tensor:
+    """Σ KL(N(mq, sq²) ‖ N(mp, sp²))."""
     return (torch.log(sp / sq) + (sq**2 + (mq - mp) ** 2) / (2 * sp**2) - 0.5).sum()
+
+
+def noise(x: torch.Tensor, *shape: int) -> torch.Tensor:
+    """Standard-normal noise of ``shape`` on x's device, drawn as the Pyro guides draw it."""
+    return x.new_empty(shape).normal_()
 
 
 def reference_loss_vae(model: VAE, x: torch.Tensor) -> torch.Tensor:
@@ -35,12 +41,12 @@ def reference_loss_dkf(model: DKF, x: torch.Tensor) -> torch.Tensor:
     B, T, _ = x.shape
     inference = model.inference
     gx = inference.summary(x)
-    noise = x.new_empty(B, T, model.z_dim).normal_()
+    eps = noise(x, B, T, model.z_dim)
     z_prev = x.new_zeros(B, model.z_dim)
     zs, locs, scales = [], [], []
     for t in range(T):
         loc, scale = inference.combine(z_prev, gx[:, t])
-        z_prev = loc + scale * noise[:, t]
+        z_prev = loc + scale * eps[:, t]
         zs.append(z_prev)
         locs.append(loc)
         scales.append(scale)
@@ -48,4 +54,3 @@ def reference_loss_dkf(model: DKF, x: torch.Tensor) -> torch.Tensor:
     mp, sp = model.prior(shift(z))
     y = model.decoder(z)
     return (exponential_nll(x, y) + gaussian_kl(mq, sq, mp, sp)) / (B * T)
-

@@ -10,15 +10,11 @@ Pyro guides draw it (RVAE: z; DSAE: v, then z), so a fixed seed gives the same l
 
 import torch
 
-from benchmarks.reference_basic import exponential_nll, gaussian_kl
+from benchmarks.reference_basic import exponential_nll, gaussian_kl, noise
 from pyro_dvae.distributions import normal_kl
 from pyro_dvae.models.dsae import DSAE, over_time
 from pyro_dvae.models.rvae import RVAE
 from pyro_dvae.nn import lstm_step, shift
-
-
-def standard_normal(*shape: int, like: torch.Tensor) -> torch.Tensor:
-    return torch.randn(*shape, device=like.device, dtype=like.dtype)
 
 
 def rvae_loss(model: RVAE, x: torch.Tensor) -> torch.Tensor:
@@ -26,13 +22,13 @@ def rvae_loss(model: RVAE, x: torch.Tensor) -> torch.Tensor:
     B, T, _ = x.shape
     inference = model.inference
     gx = inference.summary(x)
-    noise = standard_normal(B, T, model.z_dim, like=x)
+    eps = noise(x, B, T, model.z_dim)
     z_prev, state = x.new_zeros(B, model.z_dim), None
     zs, locs, scales = [], [], []
     for t in range(T):
         state = lstm_step(inference.rnn_gz, inference.mlp_z_gz(z_prev), state)
         loc, scale = inference.head(inference.mlp_g_z(torch.cat([gx[:, t], state[0]], -1)))
-        z_prev = loc + scale * noise[:, t]
+        z_prev = loc + scale * eps[:, t]
         zs.append(z_prev)
         locs.append(loc)
         scales.append(scale)
@@ -52,13 +48,12 @@ def reference_loss_dsae(model: DSAE, x: torch.Tensor) -> torch.Tensor:
     phi = inference.mlp_x(x)
     h_n = inference.rnn_gv(phi)[1][0]
     mv, sv = inference.head_v(inference.mlp_gv_v(torch.cat([h_n[0], h_n[1]], -1)))
-    v = mv + sv * standard_normal(B, model.v_dim, like=x)
+    v = mv + sv * noise(x, B, model.v_dim)
     u = inference.mlp_xv_gxv(torch.cat([phi, over_time(v, T)], -1))
     g = inference.mlp_gxv_gz(inference.rnn_gxv(u)[0])
     mq, sq = inference.head_z(inference.rnn_gz(g)[0])
-    z = mq + sq * standard_normal(B, T, model.z_dim, like=x)
+    z = mq + sq * noise(x, B, T, model.z_dim)
     mp, sp = model.prior.head(model.prior.rnn(shift(z))[0])
     kl_v = normal_kl(mv, sv, torch.zeros_like(mv), torch.ones_like(sv)).sum(-1)
     kl = gaussian_kl(mq, sq, mp, sp) + kl_v.clamp(min=model.kl_v_free_bits).sum()
     return (exponential_nll(x, model.decoder(v, z)) + kl) / (B * T)
-

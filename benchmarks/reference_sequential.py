@@ -15,37 +15,20 @@ from __future__ import annotations
 
 import torch
 
+from benchmarks.reference_basic import exponential_nll, gaussian_kl, noise
 from pyro_dvae.models.srnn import SRNN
 from pyro_dvae.models.storn import STORN
 from pyro_dvae.models.vrnn import VRNN
-from pyro_dvae.nn import LOGVAR_BOUND, lstm_step, run_rnn, shift
-
-
-def exponential_nll(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Σ −log Exponential(x; rate e^{−y}) = Σ y + x e^{−y}, y clamped as the likelihood does."""
-    y = y.clamp(-LOGVAR_BOUND, LOGVAR_BOUND)
-    return (y + x * torch.exp(-y)).sum()
-
-
-def gaussian_kl(
-    mq: torch.Tensor, sq: torch.Tensor, mp: torch.Tensor, sp: torch.Tensor
-) -> torch.Tensor:
-    """Σ KL(N(mq, sq²) ‖ N(mp, sp²))."""
-    vq, vp = sq**2, sp**2
-    return 0.5 * (torch.log(vp / vq) + (vq + (mq - mp) ** 2) / vp - 1).sum()
+from pyro_dvae.nn import lstm_step, run_rnn, shift
 
 
 def _per_frame(x: torch.Tensor, y: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
     return (exponential_nll(x, y) + kl) / (x.shape[0] * x.shape[1])
 
 
-def _noise(x: torch.Tensor, z_dim: int) -> torch.Tensor:
-    return x.new_empty(x.shape[0], x.shape[1], z_dim).normal_()
-
-
 def reference_loss_storn(model: STORN, x: torch.Tensor) -> torch.Tensor:
     """STORN, vectorised: q(z_t | x_{1:t}), p(z_t) = N(0, I), LSTM decoder on [z_t, x_{t−1}]."""
-    eps = _noise(x, model.z_dim)
+    eps = noise(x, *x.shape[:2], model.z_dim)
     mq, sq = model.encoder(run_rnn(model.rnn_g, model.mlp_x_g(x)))
     z = mq + sq * eps
     h = run_rnn(model.rnn_h, torch.cat([model.mlp_z_h(z), model.mlp_xtm1_h(shift(x))], dim=-1))
@@ -56,7 +39,7 @@ def reference_loss_storn(model: STORN, x: torch.Tensor) -> torch.Tensor:
 def reference_loss_vrnn(model: VRNN, x: torch.Tensor) -> torch.Tensor:
     """VRNN, one loop over t for the encoder, decoder and recurrence; the prior on all h_t."""
     B, T, _ = x.shape
-    eps = _noise(x, model.z_dim)
+    eps = noise(x, *x.shape[:2], model.z_dim)
     fx = model.phi_x(x)
     h = c = x.new_zeros(B, model.rnn.hidden_size)
     hs, mqs, sqs, ys = [], [], [], []
@@ -78,7 +61,7 @@ def reference_loss_srnn(model: SRNN, x: torch.Tensor) -> torch.Tensor:
     """SRNN: h and g vectorised, a loop over t for q(z_t | z_{t−1}, g_t), prior and decoder
     vectorised. Works with either guide (the direction of LSTM_g)."""
     T = x.shape[1]
-    eps = _noise(x, model.z_dim)
+    eps = noise(x, *x.shape[:2], model.z_dim)
     h = run_rnn(model.rnn_h, model.mlp_x_h(shift(x)))
     inf = model.inference
     g = run_rnn(inf.rnn_g, inf.mlp_hx_g(torch.cat([h, x], dim=-1)), backward=inf.backward)

@@ -7,22 +7,24 @@ from torch import nn
 from pyro_dvae.nn import GaussianHead
 
 
-def lstm_cell(rnn: nn.LSTM, x_t, h, c):
-    """One LSTM step with rnn's weights, written out: gates i, f, g, o."""
-    gates = x_t @ rnn.weight_ih_l0.T + rnn.bias_ih_l0 + h @ rnn.weight_hh_l0.T + rnn.bias_hh_l0
-    i, f, g, o = gates.chunk(4, dim=-1)
+def lstm_cell(rnn: nn.LSTM, x_t, h, c, suffix: str = ""):
+    """One LSTM step with rnn's weights, written out: gates i, f, g, o. ``suffix="_reverse"``
+    takes the backward direction's weights of a bidirectional LSTM."""
+    w_ih, w_hh = getattr(rnn, "weight_ih_l0" + suffix), getattr(rnn, "weight_hh_l0" + suffix)
+    bias = getattr(rnn, "bias_ih_l0" + suffix) + getattr(rnn, "bias_hh_l0" + suffix)
+    i, f, g, o = (x_t @ w_ih.T + h @ w_hh.T + bias).chunk(4, dim=-1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
-def lstm_outputs(rnn: nn.LSTM, xs, reverse: bool = False):
+def lstm_outputs(rnn: nn.LSTM, xs, reverse: bool = False, suffix: str = ""):
     """Outputs of rnn over xs (B, T, D) from zero state, one cell at a time; ``reverse`` walks
-    t = T..1 so that output t summarises x_{t:T}."""
+    t = T..1 so that output t summarises x_{t:T}; ``suffix`` as in :func:`lstm_cell`."""
     B, T, _ = xs.shape
     h = c = xs.new_zeros(B, rnn.hidden_size)
     out = [None] * T
     for t in reversed(range(T)) if reverse else range(T):
-        h, c = lstm_cell(rnn, xs[:, t], h, c)
+        h, c = lstm_cell(rnn, xs[:, t], h, c, suffix)
         out[t] = h
     return torch.stack(out, 1)
 

@@ -7,24 +7,32 @@ from benchmarks.reference_rvae_dsae import reference_loss_dsae
 from pyro_dvae.likelihoods import ExponentialPower, build_likelihood
 from pyro_dvae.models import build_model
 from tests.helpers import exponential_nll, gaussian_kl, gaussian_log_density
-from tests.models.test_rvae import (
-    config_params,
-    gaussian_params,
-    lstm_cell,
-    lstm_scan,
-    overfit,
-    smooth_batch,
-)
+from tests.models.by_hand import gaussian, lstm_cell, lstm_outputs
+from tests.models.test_rvae import config_params, overfit, smooth_batch
 
-TINY = dict(z_dim=3, v_dim=2, dense_x=[8], dim_rnn_gv=5, dense_gv_v=[4], dense_xv_gxv=[6],
-            dim_rnn_gxv=5, dense_gxv_gz=[4], dim_rnn_gz=6, dim_rnn_prior=5, dense_vz_x=[7])
+TINY = dict(
+    z_dim=3,
+    v_dim=2,
+    dense_x=[8],
+    dim_rnn_gv=5,
+    dense_gv_v=[4],
+    dense_xv_gxv=[6],
+    dim_rnn_gxv=5,
+    dense_gxv_gz=[4],
+    dim_rnn_gz=6,
+    dim_rnn_prior=5,
+    dense_vz_x=[7],
+)
 X_DIM, B, T = 10, 4, 6
 
 
-@pytest.mark.parametrize("modality,x_dim,count", [
-    ("speech", 513, 1_650_241),
-    ("motion", 96, 217_084),
-])
+@pytest.mark.parametrize(
+    "modality,x_dim,count",
+    [
+        ("speech", 513, 1_650_241),
+        ("motion", 96, 217_084),
+    ],
+)
 def test_parameter_count_matches_spec(modality, x_dim, count):
     likelihood = build_likelihood(None, modality, x_dim)
     model = build_model("dsae", x_dim, likelihood, **config_params("dsae", modality))
@@ -36,14 +44,17 @@ def tanh_rnn_scan(rnn, xs):
     h_t = tanh(W_ih x_t + b_ih + W_hh h_{t−1} + b_hh)."""
     h, out = xs.new_zeros(xs.shape[0], rnn.hidden_size), []
     for t in range(xs.shape[1]):
-        h = torch.tanh(xs[:, t] @ rnn.weight_ih_l0.T + rnn.bias_ih_l0
-                       + h @ rnn.weight_hh_l0.T + rnn.bias_hh_l0)
+        h = torch.tanh(
+            xs[:, t] @ rnn.weight_ih_l0.T + rnn.bias_ih_l0 + h @ rnn.weight_hh_l0.T + rnn.bias_hh_l0
+        )
         out.append(h)
     return torch.stack(out, 1)
 
 
 def bidirectional(rnn, xs):
-    return torch.cat([lstm_scan(rnn, xs), lstm_scan(rnn, xs, reverse=True, suffix="_reverse")], -1)
+    return torch.cat(
+        [lstm_outputs(rnn, xs), lstm_outputs(rnn, xs, reverse=True, suffix="_reverse")], -1
+    )
 
 
 def _by_hand(model, x, v, z):
@@ -53,15 +64,15 @@ def _by_hand(model, x, v, z):
     states = bidirectional(inf.rnn_gv, phi)
     H = inf.rnn_gv.hidden_size
     gv = torch.cat([states[:, -1, :H], states[:, 0, H:]], -1)  # h→ after x_T, h← after x_1
-    mv, sv = gaussian_params(inf.head_v.linear, inf.mlp_gv_v(gv))
+    mv, sv = gaussian(inf.head_v, inf.mlp_gv_v(gv))
     v_t = v[:, None].expand(-1, x.shape[1], -1)
     gxv = bidirectional(inf.rnn_gxv, inf.mlp_xv_gxv(torch.cat([phi, v_t], -1)))
-    mq, sq = gaussian_params(inf.head_z.linear, tanh_rnn_scan(inf.rnn_gz, inf.mlp_gxv_gz(gxv)))
+    mq, sq = gaussian(inf.head_z, tanh_rnn_scan(inf.rnn_gz, inf.mlp_gxv_gz(gxv)))
     h = c = x.new_zeros(x.shape[0], prior.rnn.hidden_size)
     z_prev, mp, sp = torch.zeros_like(z[:, 0]), [], []
     for t in range(x.shape[1]):
-        h, c = lstm_cell(prior.rnn, "", z_prev, h, c)
-        loc, scale = gaussian_params(prior.head.linear, h)
+        h, c = lstm_cell(prior.rnn, z_prev, h, c)
+        loc, scale = gaussian(prior.head, h)
         mp.append(loc)
         sp.append(scale)
         z_prev = z[:, t]
@@ -100,10 +111,15 @@ def test_trace_elbo_is_log_ratio_of_the_sampled_latents():
     loss = Trace_ELBO().differentiable_loss(model.model, model.guide, x)
     v, z = sample_latents(model, x, 4)
     (mv, sv), (mq, sq, mp, sp), y = _by_hand(model, x, v, z)
-    log_ratio = (gaussian_log_density(v, mv, sv) - gaussian_log_density(v, 0 * v, 1 + 0 * v)
-                 + gaussian_log_density(z, mq, sq) - gaussian_log_density(z, mp, sp))
-    torch.testing.assert_close(loss, (exponential_nll(x, y) + log_ratio) / (B * T),
-                               rtol=1e-5, atol=1e-5)
+    log_ratio = (
+        gaussian_log_density(v, mv, sv)
+        - gaussian_log_density(v, 0 * v, 1 + 0 * v)
+        + gaussian_log_density(z, mq, sq)
+        - gaussian_log_density(z, mp, sp)
+    )
+    torch.testing.assert_close(
+        loss, (exponential_nll(x, y) + log_ratio) / (B * T), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_free_bits_floor_kl_v_per_sequence():

@@ -10,10 +10,20 @@ from benchmarks.reference_rvae_dsae import rvae_loss
 from pyro_dvae.likelihoods import ExponentialPower, build_likelihood
 from pyro_dvae.models import build_model
 from tests.helpers import exponential_nll, gaussian_kl, gaussian_log_density
+from tests.models.by_hand import gaussian, lstm_cell, lstm_outputs
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
-TINY = dict(z_dim=3, dense_x_gx=[8], dim_rnn_g_x=5, dense_z_gz=[4], dim_rnn_g_z=6, dense_g_z=[7],
-            dense_z_h=[4], dim_rnn_h=5, dense_h_x=[6])
+TINY = dict(
+    z_dim=3,
+    dense_x_gx=[8],
+    dim_rnn_g_x=5,
+    dense_z_gz=[4],
+    dim_rnn_g_z=6,
+    dense_g_z=[7],
+    dense_z_h=[4],
+    dim_rnn_h=5,
+    dense_h_x=[6],
+)
 X_DIM, B, T = 10, 4, 6
 
 
@@ -21,62 +31,40 @@ def config_params(name: str, modality: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(CONFIGS / f"{name}.yaml")[modality])
 
 
-@pytest.mark.parametrize("name,modality,x_dim,count", [
-    ("rvae_causal", "speech", 513, 553_121),
-    ("rvae_noncausal", "speech", 513, 1_026_849),
-    ("rvae_causal", "motion", 96, 89_204),
-    ("rvae_noncausal", "motion", 96, 157_556),
-])
+@pytest.mark.parametrize(
+    "name,modality,x_dim,count",
+    [
+        ("rvae_causal", "speech", 513, 553_121),
+        ("rvae_noncausal", "speech", 513, 1_026_849),
+        ("rvae_causal", "motion", 96, 89_204),
+        ("rvae_noncausal", "motion", 96, 157_556),
+    ],
+)
 def test_parameter_count_matches_spec(name, modality, x_dim, count):
     likelihood = build_likelihood(None, modality, x_dim)
     model = build_model(name, x_dim, likelihood, **config_params(name, modality))
     assert sum(p.numel() for p in model.parameters()) == count
 
 
-def lstm_cell(rnn, suffix, x_t, h, c):
-    """One LSTM step written out: gates (i, f, g, o) of ``W_ih x + b_ih + W_hh h + b_hh``."""
-    w_ih, w_hh = getattr(rnn, "weight_ih_l0" + suffix), getattr(rnn, "weight_hh_l0" + suffix)
-    bias = getattr(rnn, "bias_ih_l0" + suffix) + getattr(rnn, "bias_hh_l0" + suffix)
-    i, f, g, o = (x_t @ w_ih.T + h @ w_hh.T + bias).chunk(4, dim=-1)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(c), c
-
-
-def lstm_scan(rnn, xs, reverse=False, suffix=""):
-    """Hidden states (B, T, H) of one direction of a one-layer LSTM, looping over t from zero
-    state; ``reverse`` walks t = T..1, ``suffix="_reverse"`` takes the backward weights."""
-    h = c = xs.new_zeros(xs.shape[0], rnn.hidden_size)
-    out = [None] * xs.shape[1]
-    for t in (reversed(range(xs.shape[1])) if reverse else range(xs.shape[1])):
-        h, c = lstm_cell(rnn, suffix, xs[:, t], h, c)
-        out[t] = h
-    return torch.stack(out, 1)
-
-
-def gaussian_params(linear, h):
-    loc, logvar = linear(h).chunk(2, dim=-1)
-    return loc, torch.exp(0.5 * logvar)
-
-
 def _by_hand(model, x, z):
     """Posterior parameters along the sampled z and the decoder output, step by step."""
     inf, dec = model.inference, model.decoder
     hx = inf.mlp_x_gx(x)
-    gx = lstm_scan(inf.rnn_gx, hx, reverse=True)  # summary of x_{t:T}
+    gx = lstm_outputs(inf.rnn_gx, hx, reverse=True)  # summary of x_{t:T}
     if inf.rnn_gx.bidirectional:  # second half: summary of x_{1:t}
-        gx = torch.cat([gx, lstm_scan(inf.rnn_gx, hx, suffix="_reverse")], -1)
+        gx = torch.cat([gx, lstm_outputs(inf.rnn_gx, hx, suffix="_reverse")], -1)
     h = c = x.new_zeros(x.shape[0], inf.rnn_gz.hidden_size)
     z_prev, locs, scales = torch.zeros_like(z[:, 0]), [], []
     for t in range(x.shape[1]):
-        h, c = lstm_cell(inf.rnn_gz, "", inf.mlp_z_gz(z_prev), h, c)
-        loc, scale = gaussian_params(inf.head.linear, inf.mlp_g_z(torch.cat([gx[:, t], h], -1)))
+        h, c = lstm_cell(inf.rnn_gz, inf.mlp_z_gz(z_prev), h, c)
+        loc, scale = gaussian(inf.head, inf.mlp_g_z(torch.cat([gx[:, t], h], -1)))
         locs.append(loc)
         scales.append(scale)
         z_prev = z[:, t]
     hz = dec.mlp_z_h(z)
-    h = lstm_scan(dec.rnn_h, hz)
+    h = lstm_outputs(dec.rnn_h, hz)
     if dec.rnn_h.bidirectional:
-        h = torch.cat([h, lstm_scan(dec.rnn_h, hz, reverse=True, suffix="_reverse")], -1)
+        h = torch.cat([h, lstm_outputs(dec.rnn_h, hz, reverse=True, suffix="_reverse")], -1)
     return torch.stack(locs, 1), torch.stack(scales, 1), dec.gen_out(dec.mlp_h_x(h))
 
 
