@@ -5,21 +5,45 @@ Each function computes the same per-frame loss as the Pyro model/guide pair unde
 with the model's own networks and no Pyro, as a hand-written implementation would.
 """
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from pyro_dvae.models.dkf import DKF
 from pyro_dvae.models.vae import VAE
 from pyro_dvae.nn import LOGVAR_BOUND, shift
 
+_FORMULAS = {"original": False}
+
+
+@contextlib.contextmanager
+def original_formulas() -> Iterator[None]:
+    """Inside this block the two losses below use the original's formulas (spec §4.1–4.2):
+    the Itakura–Saito divergence through ``x / ŷ`` and ``log(x / ŷ)``, and the KL from
+    variances with ε = 1e-10 and without its −1. Values shift by constants, gradients do not."""
+    _FORMULAS["original"] = True
+    try:
+        yield
+    finally:
+        _FORMULAS["original"] = False
+
 
 def exponential_nll(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Σ y + x e^{−y} with the log-variance y guarded against overflow, as in the likelihood."""
+    if _FORMULAS["original"]:
+        ratio = x / (torch.exp(y) + 1e-10)
+        return (ratio - torch.log(ratio) - 1).sum()
     y = y.clamp(-LOGVAR_BOUND, LOGVAR_BOUND)
     return (y + x * torch.exp(-y)).sum()
 
 
 def gaussian_kl(mq, sq, mp, sp) -> torch.Tensor:
     """Σ KL(N(mq, sq²) ‖ N(mp, sp²))."""
+    if _FORMULAS["original"]:
+        var_q, var_p = sq**2, sp**2
+        terms = torch.log(var_q) - torch.log(var_p) - (var_q + (mq - mp) ** 2) / (var_p + 1e-10)
+        return -0.5 * terms.sum()
     return (torch.log(sp / sq) + (sq**2 + (mq - mp) ** 2) / (2 * sp**2) - 0.5).sum()
 
 

@@ -3,19 +3,24 @@
 A step is forward, ELBO, backward and one Adam update. The Pyro step uses
 ``TraceMeanField_ELBO().differentiable_loss`` on the model/guide pair, exactly as the
 trainer does; the reference step computes the same loss from the same networks in plain
-torch (``benchmarks/reference_*.py``). The two alternate step by step in a fresh process;
-each one's peak memory is measured in a process of its own.
+torch (``benchmarks/reference_*.py``). The original-style step stands in for the original
+implementation, which cannot run here: the reference step with the original's loss formulas
+(spec §4.1–4.2) and ``torch.autograd.set_detect_anomaly(True)``, which the original trainer
+switched on for every step (spec §10.1). The three alternate step by step in a fresh
+process; the Pyro and reference steps' peak memory is measured in a process of its own.
 
     python benchmarks/train_step.py --models all --shape speech --B 128 --json out.json
 
 Prints a table and writes a JSON list of objects with the keys ``model``, ``shape``,
 ``device``, ``ms_per_step``, ``ms_per_step_reference``, ``ratio_pyro_to_reference``,
-``peak_mem_mb`` (Pyro step), ``peak_mem_mb_reference``, ``seq_per_s``, ``B``, ``T``.
+``ms_per_step_original_style``, ``ratio_pyro_to_original_style``, ``peak_mem_mb`` (Pyro
+step), ``peak_mem_mb_reference``, ``seq_per_s``, ``B``, ``T``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import multiprocessing as mp
@@ -72,7 +77,8 @@ def data(shape: str, B: int, T: int, x_dim: int, device: torch.device) -> torch.
 
 
 def step_functions(args: dict) -> tuple[dict, torch.device]:
-    """``{"pyro": step, "reference": step}`` on one model and batch, each a full training step."""
+    """``{"pyro": step, "reference": step, "original_style": step}`` on one model and batch,
+    each a full training step."""
     torch.set_num_threads(args["threads"])
     device = torch.device(args["device"])
     torch.manual_seed(0)
@@ -80,6 +86,8 @@ def step_functions(args: dict) -> tuple[dict, torch.device]:
     x_dim = args["x_dim"] or SHAPES[shape]
     model = build(name, shape, x_dim, device)
     x = data(shape, B, T, x_dim, device)
+    from benchmarks.reference_basic import original_formulas
+
     pyro.enable_validation(False)
     elbo = TraceMeanField_ELBO().differentiable_loss
     reference = references()[name]
@@ -89,14 +97,15 @@ def step_functions(args: dict) -> tuple[dict, torch.device]:
     }
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
-    def make_step(loss_fn):
+    def make_step(loss_fn, anomaly: bool = False):
         def step() -> float:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            loss = loss_fn()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            with torch.autograd.detect_anomaly() if anomaly else contextlib.nullcontext():
+                loss = loss_fn()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
             optimizer.step()
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -104,7 +113,13 @@ def step_functions(args: dict) -> tuple[dict, torch.device]:
 
         return step
 
-    return {k: make_step(f) for k, f in losses.items()}, device
+    def original_style_loss() -> torch.Tensor:
+        with original_formulas():
+            return reference(model, x)
+
+    steps = {k: make_step(f) for k, f in losses.items()}
+    steps["original_style"] = make_step(original_style_loss, anomaly=True)
+    return steps, device
 
 
 def time_both(args: dict) -> dict:
@@ -150,7 +165,7 @@ def compare(name: str, opts: argparse.Namespace) -> dict:
         "threads": opts.threads,
     }
     rounds = [in_child(time_both, args) for _ in range(opts.rounds)]
-    result = {k: statistics.median(r[k] for r in rounds) for k in ("pyro", "reference")}
+    result = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
     for variant in ("pyro", "reference"):
         result[f"mem_{variant}"] = in_child(peak_memory, {**args, "variant": variant})
     return result
@@ -193,6 +208,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "ms_per_step": round(measured["pyro"], 2),
                 "ms_per_step_reference": round(measured["reference"], 2),
                 "ratio_pyro_to_reference": round(measured["pyro"] / measured["reference"], 3),
+                "ms_per_step_original_style": round(measured["original_style"], 2),
+                "ratio_pyro_to_original_style": round(
+                    measured["pyro"] / measured["original_style"], 3
+                ),
                 "seq_per_s": round(1000 * opts.B / measured["pyro"], 1),
                 "peak_mem_mb": round(measured["mem_pyro"], 1),
                 "peak_mem_mb_reference": round(measured["mem_reference"], 1),
@@ -201,7 +220,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         r = rows[-1]
         print(
             f"{name:15s} pyro {r['ms_per_step']:8.1f} ms  ref {r['ms_per_step_reference']:8.1f} ms"
-            f"  ratio {r['ratio_pyro_to_reference']:.3f}  mem {r['peak_mem_mb']:.0f}/"
+            f"  ratio {r['ratio_pyro_to_reference']:.3f}"
+            f"  original-style {r['ms_per_step_original_style']:8.1f} ms"
+            f" (ratio {r['ratio_pyro_to_original_style']:.3f})  mem {r['peak_mem_mb']:.0f}/"
             f"{r['peak_mem_mb_reference']:.0f} MB",
             flush=True,
         )
@@ -247,14 +268,16 @@ def write_readme() -> None:
         parts.append(
             f"\n### {first['shape']}, {first['device']}, B={first['B']}, T={first['T']}"
             f"\n\nMachine: {saved['machine']}.\n\n"
-            "| model | Pyro ms/step | reference ms/step | ratio | seq/s | peak MB (Pyro / ref) |\n"
-            "|---|---|---|---|---|---|\n"
+            "| model | Pyro ms/step | reference ms/step | ratio | original-style ms/step | "
+            "ratio | seq/s | peak MB (Pyro / ref) |\n"
+            "|---|---|---|---|---|---|---|---|\n"
         )
         for r in rows:
+            original = [r.get("ms_per_step_original_style"), r.get("ratio_pyro_to_original_style")]
             parts.append(
                 f"| {r['model']} | {r['ms_per_step']} | {r['ms_per_step_reference']} | "
-                f"{r['ratio_pyro_to_reference']} | {r['seq_per_s']} | "
-                f"{r['peak_mem_mb']} / {r['peak_mem_mb_reference']} |\n"
+                f"{r['ratio_pyro_to_reference']} | {original[0] or '–'} | {original[1] or '–'} | "
+                f"{r['seq_per_s']} | {r['peak_mem_mb']} / {r['peak_mem_mb_reference']} |\n"
             )
     readme.write_text("".join(parts))
 

@@ -37,6 +37,33 @@ class Likelihood(nn.Module):
         raise NotImplementedError
 
 
+class _ExponentialNLL(torch.autograd.Function):
+    """``Σ_{t,f} (y + x·e^{−y})`` over the last two dims, with ``y`` clamped to ``±LOGVAR_BOUND``.
+
+    One fused function instead of a chain of autograd nodes: on a (128, 50, 513) batch the
+    chain and the clamp's masked backward were a fifth of a VAE training step. The gradient
+    ``1 − x·e^{−y}`` is taken at the clamped ``y``, also outside the bound, where it points back
+    into range (a clamp's own gradient would be zero there and leave ``y`` stranded).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        neg_y = y.neg().clamp_(-LOGVAR_BOUND, LOGVAR_BOUND)
+        nll = -neg_y.sum((-2, -1))
+        inv_mean = neg_y.exp_()
+        ratio = x * inv_mean
+        ctx.save_for_backward(ratio, inv_mean)
+        return nll + ratio.sum((-2, -1))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        ratio, inv_mean = ctx.saved_tensors
+        grad = grad[..., None, None]
+        grad_x = grad * inv_mean if ctx.needs_input_grad[0] else None
+        grad_y = (1 - ratio).mul_(grad) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_y
+
+
 class ExponentialLogMean(TorchDistribution):
     """``x ~ Exponential(mean = exp(y))`` on every element of ``(B, T, D)``, event ``(T, D)``.
 
@@ -48,18 +75,18 @@ class ExponentialLogMean(TorchDistribution):
     support = constraints.independent(constraints.nonnegative, 2)
 
     def __init__(self, y: torch.Tensor) -> None:
-        self.y = y.clamp(-LOGVAR_BOUND, LOGVAR_BOUND)
+        self.y = y
         super().__init__(y.shape[:-2], y.shape[-2:], validate_args=False)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        return -(self.y + x * torch.exp(-self.y)).sum((-2, -1))
+        return -_ExponentialNLL.apply(x, self.y)
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
-        return Exponential(torch.exp(-self.y)).sample(sample_shape)
+        return Exponential(1 / self.mean).sample(sample_shape)
 
     @property
     def mean(self) -> torch.Tensor:
-        return torch.exp(self.y)
+        return torch.exp(self.y.clamp(-LOGVAR_BOUND, LOGVAR_BOUND))
 
 
 class ExponentialPower(Likelihood):
@@ -69,7 +96,7 @@ class ExponentialPower(Likelihood):
         return ExponentialLogMean(y)
 
     def mean(self, y: torch.Tensor) -> torch.Tensor:
-        return torch.exp(y.clamp(-LOGVAR_BOUND, LOGVAR_BOUND))
+        return ExponentialLogMean(y).mean
 
 
 def itakura_saito(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:

@@ -31,6 +31,20 @@ def test_exponential_guards_zero_power_and_overflow():
     assert torch.isfinite(itakura_saito(x, y)).all()
 
 
+def test_exponential_gradient_is_the_analytic_one():
+    """The fused log-density's backward: gradcheck in range, and 1 − x·e^{−y} at the bound."""
+    x = (torch.rand(2, 3, 4, dtype=torch.double) + 0.1).requires_grad_()
+    y = torch.randn(2, 3, 4, dtype=torch.double, requires_grad=True)
+    lik = build_likelihood(None, "speech", 4)
+    assert torch.autograd.gradcheck(lambda x, y: lik(y).log_prob(x), (x, y))
+    # outside ±B the gradient is the one at the bound: it points back into range
+    y = torch.tensor([[[-40.0, 40.0]]], requires_grad=True)
+    lik(y).log_prob(torch.tensor([[[1.0, 1.0]]])).sum().backward()
+    bound = LOGVAR_BOUND
+    expected = torch.tensor([[[math.exp(bound) - 1, math.exp(-bound) - 1]]])
+    torch.testing.assert_close(y.grad, expected)
+
+
 def test_mpjpe_is_minus_mean_joint_error_in_mm():
     J = 4
     x = torch.zeros(1, 2, 3 * J)
