@@ -39,6 +39,32 @@ class MLP(nn.Sequential):
                 layers.append(nn.Dropout(dropout))
         super().__init__(*layers)
         self.out_dim = dims[-1]
+        self.activation = activation
+
+
+INITS = ("torch", "glorot")
+"""Weight initialisations of :func:`initialise` (``model.init``)."""
+
+
+def initialise(module: nn.Module, scheme: str) -> None:
+    """Re-initialise the ``Linear`` layers of every :class:`MLP` inside ``module``.
+
+    ``torch`` keeps PyTorch's default (U(±1/√fan_in), as in the paper). ``glorot`` draws
+    Glorot-uniform weights with the gain of the MLP's activation and zero biases, which keeps
+    the signal's scale through deep tanh stacks: over z ~ N(0, I), the output of the paper's
+    DKF speech decoder (four tanh layers, then the output layer) varies by 0.04 (std, in
+    log-variance units) under the default and by 0.32 under ``glorot``. Heads, output layers
+    and RNNs keep their default.
+    """
+    if scheme not in INITS:
+        raise ValueError(f"model.init={scheme!r} is not known; expected one of {list(INITS)}")
+    if scheme == "torch":
+        return
+    for mlp in (m for m in module.modules() if isinstance(m, MLP)):
+        gain = nn.init.calculate_gain(mlp.activation)
+        for layer in (m for m in mlp if isinstance(m, nn.Linear)):
+            nn.init.xavier_uniform_(layer.weight, gain=gain)
+            nn.init.zeros_(layer.bias)
 
 
 class GaussianHead(nn.Module):

@@ -42,7 +42,13 @@ def build_model_for(cfg: DictConfig, task: Task) -> DVAE:
     )
     params = OmegaConf.to_container(cfg.model[task.modality], resolve=True)
     return build_model(
-        cfg.model.name, task.x_dim, likelihood, guide=cfg.guide.name, prior=cfg.prior.name, **params
+        cfg.model.name,
+        task.x_dim,
+        likelihood,
+        guide=cfg.guide.name,
+        prior=cfg.prior.name,
+        init=cfg.model.get("init", "torch"),
+        **params,
     )
 
 

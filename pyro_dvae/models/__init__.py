@@ -11,6 +11,7 @@ from pyro_dvae.models.srnn import SRNN
 from pyro_dvae.models.storn import STORN
 from pyro_dvae.models.vae import VAE
 from pyro_dvae.models.vrnn import VRNN
+from pyro_dvae.nn import initialise
 
 MODELS: dict[str, type[DVAE]] = {
     "vae": VAE,
@@ -30,9 +31,11 @@ def build_model(
     likelihood: Likelihood,
     guide: str | None = None,
     prior: str | None = None,
+    init: str = "torch",
     **params,
 ) -> DVAE:
-    """Model ``name`` with layer sizes ``params``; ``guide``/``prior`` None picks its default.
+    """Model ``name`` with layer sizes ``params``; ``guide``/``prior`` None picks its default;
+    ``init`` is the MLP weight initialisation (:func:`~pyro_dvae.nn.initialise`).
 
     Models with a single guide or prior reject other names with a clear error.
     """
@@ -47,7 +50,9 @@ def build_model(
             if key not in cls.__init__.__code__.co_varnames:
                 raise ValueError(f"{key}.name={value!r}: model {name!r} has a single {key}")
             options[key] = value
-    return cls(x_dim=x_dim, likelihood=likelihood, **options)
+    model = cls(x_dim=x_dim, likelihood=likelihood, **options)
+    initialise(model, init)
+    return model
 
 
 __all__ = ["DVAE", "MODELS", "build_model"]
