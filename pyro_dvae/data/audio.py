@@ -124,23 +124,28 @@ def peak_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.where(peak > 0, peak, 1.0)
 
 
-def chunk(x: np.ndarray, hop: int, seq_len: int) -> np.ndarray:
-    """Non-overlapping chunks ``(n, (seq_len - 1) * hop)`` of ``x``, each of ``seq_len`` frames.
+def chunk(x: np.ndarray, hop: int, seq_len: int, step: int | None = None) -> np.ndarray:
+    """Chunks ``(n, (seq_len - 1) * hop)`` of ``x``, each of ``seq_len`` frames, one every ``step``
+    frames (default ``seq_len``: non-overlapping, spec §8.1).
 
-    Chunk ``i`` covers the STFT frames ``i * seq_len .. (i + 1) * seq_len - 1`` of ``x``: it starts
-    at sample ``i * seq_len * hop``. ``n = (1 + len(x) // hop) // seq_len`` (spec §8.1); the rest
-    is dropped.
+    Chunk ``i`` covers the STFT frames ``i * step .. i * step + seq_len - 1`` of ``x``: it starts
+    at sample ``i * step * hop``. With ``step = seq_len``, ``n = (1 + len(x) // hop) // seq_len``
+    (spec §8.1); the rest is dropped.
     """
-    n = (1 + len(x) // hop) // seq_len
+    step = step or seq_len
+    n_frames = 1 + len(x) // hop
+    n = max(0, (n_frames - seq_len) // step + 1)
     length = (seq_len - 1) * hop
-    starts = np.arange(n) * seq_len * hop
+    starts = np.arange(n) * step * hop
     return np.stack([x[s : s + length] for s in starts]) if n else np.zeros((0, length), x.dtype)
 
 
-def chunk_power(x: np.ndarray, wlen: int, hop: int, seq_len: int) -> torch.Tensor:
+def chunk_power(
+    x: np.ndarray, wlen: int, hop: int, seq_len: int, step: int | None = None
+) -> torch.Tensor:
     """Training features of one stream ``(N,)``: every :func:`chunk` divided by its own peak, then
     ``|STFT|^2``; float32 ``(n, seq_len, F)``. Chunks that are all zeros are dropped."""
-    chunks = chunk(x, hop, seq_len)
+    chunks = chunk(x, hop, seq_len, step)
     chunks = chunks[np.any(chunks, axis=1)]
     if len(chunks) == 0:
         return torch.zeros(0, seq_len, wlen // 2 + 1)

@@ -197,18 +197,20 @@ def load_utterances(files: Sequence[Path], features: Features) -> tuple[list, li
 
 
 def build_chunks(
-    files: Sequence[Path], features: Features, groups: Sequence[str] | None
+    files: Sequence[Path], features: Features, groups: Sequence[str] | None,
+    step: int | None = None,
 ) -> tuple[torch.Tensor, list[str]]:
     """Training features ``(N, seq_len, F)`` of ``files`` and the warnings raised on the way.
 
     ``groups`` (one label per file) switches on concatenation: the trimmed utterances of a group,
     each divided by its peak, are joined in file order into one stream before chunking.
+    ``step``: frames between chunk starts (default ``seq_len``, non-overlapping).
     """
     f = features
     utterances, problems = load_utterances(files, f)
     if groups is None:
         streams = [x for _, x in utterances]
-        power = [audio.chunk_power(x, f.wlen, f.hop, f.seq_len) for x in streams]
+        power = [audio.chunk_power(x, f.wlen, f.hop, f.seq_len, step) for x in streams]
         short = [str(path) for (path, _), p in zip(utterances, power, strict=True) if len(p) == 0]
         if short:
             problems.append(
@@ -221,7 +223,7 @@ def build_chunks(
         for path, x in utterances:
             joined.setdefault(label[path], []).append(audio.peak_normalise(x))
         streams = [np.concatenate(joined[g]) for g in sorted(joined)]
-        power = [audio.chunk_power(x, f.wlen, f.hop, f.seq_len) for x in streams]
+        power = [audio.chunk_power(x, f.wlen, f.hop, f.seq_len, step) for x in streams]
     return torch.cat(power) if power else torch.zeros(0, f.seq_len, f.n_freq), problems
 
 
@@ -280,19 +282,28 @@ def make_task(
     group_of: Callable[[Path], str],
     max_files: int | None = None,
     n_workers: int | None = None,
+    train_chunk_hop: int | None = None,
 ) -> SpeechTask:
     """Build (or load from the cache) the features of ``splits`` = ``{"train", "val", "test"}`` file
     lists and wrap them in a :class:`SpeechTask`. ``group_of`` gives a file's concatenation group
-    (its speaker); test names are paths below ``base``."""
+    (its speaker); test names are paths below ``base``. ``train_chunk_hop`` (frames between the
+    starts of training chunks; default ``seq_len``) makes training chunks overlap; validation
+    chunks never do."""
+    if train_chunk_hop is not None and not 0 < train_chunk_hop <= features.seq_len:
+        raise ValueError(
+            f"data.train_chunk_hop={train_chunk_hop}: expected null or 1..seq_len "
+            f"({features.seq_len}) frames between the starts of training chunks")
     config = {k: float(v) for k, v in asdict(features).items()}  # 30 and 30.0: the same key
     chunk_sets = {}
     for split in ("train", "val"):
         files = _cap(sorted(splits[split]), max_files)
         groups = [group_of(p) for p in files] if concat_utterances else None
-        path = _cache_path(name, split, files, {**config, "groups": groups})
+        step = train_chunk_hop if split == "train" and train_chunk_hop != features.seq_len else None
+        key = {**config, "groups": groups, **({"step": step} if step else {})}
+        path = _cache_path(name, split, files, key)
 
-        def build(files=files, groups=groups) -> dict:
-            power, problems = build_chunks(files, features, groups)
+        def build(files=files, groups=groups, step=step) -> dict:
+            power, problems = build_chunks(files, features, groups, step)
             return {"power": power, "problems": problems}
 
         power = _cached(path, build)["power"]
@@ -372,6 +383,7 @@ def build_fsdd(
     concat_utterances: bool = True,
     val_indices: Sequence[int] = (5, 6, 7, 8, 9),
     n_workers: int | None = None,
+    train_chunk_hop: int | None = None,
 ) -> SpeechTask:
     """Free Spoken Digit Dataset (``<root>/fsdd/recordings``), split by :func:`fsdd_split`;
     concatenation groups are speakers."""
@@ -380,7 +392,8 @@ def build_fsdd(
     splits = fsdd_split(audio.find_audio(folder), tuple(val_indices))
     features = Features(fs, wlen_sec, hop_percent, seq_len, top_db)
     return make_task(name, splits, folder, features, concat_utterances,
-                     lambda p: FSDD_NAME.fullmatch(p.stem).group(2), max_files, n_workers)
+                     lambda p: FSDD_NAME.fullmatch(p.stem).group(2), max_files, n_workers,
+                     train_chunk_hop)
 
 
 @register_task("asterisk16k")
@@ -399,6 +412,7 @@ def build_asterisk16k(
     test_fraction: float = 0.1,
     split_seed: int = 0,
     n_workers: int | None = None,
+    train_chunk_hop: int | None = None,
 ) -> SpeechTask:
     """Asterisk prompts of one speaker (``<root>/asterisk_en_allison_16k/audio``), split by
     :func:`random_split`; concatenation groups are folders."""
@@ -407,7 +421,8 @@ def build_asterisk16k(
     splits = random_split(audio.find_audio(folder), folder, val_fraction, test_fraction, split_seed)
     features = Features(fs, wlen_sec, hop_percent, seq_len, top_db)
     return make_task(name, splits, folder, features, concat_utterances,
-                     lambda p: str(p.parent), max_files, n_workers)
+                     lambda p: str(p.parent), max_files, n_workers,
+                     train_chunk_hop)
 
 
 @register_task("wav_folder")
@@ -426,6 +441,7 @@ def build_wav_folder(
     top_db: float = 30.0,
     concat_utterances: bool = False,
     n_workers: int | None = None,
+    train_chunk_hop: int | None = None,
 ) -> SpeechTask:
     """Your own recordings: every wav / flac below ``train_dir``, ``val_dir`` and ``test_dir``
     (relative paths are taken below ``root`` when it is given). Concatenation groups are folders."""
@@ -440,4 +456,5 @@ def build_wav_folder(
     splits = {split: audio.find_audio(folder) for split, folder in folders.items()}
     features = Features(fs, wlen_sec, hop_percent, seq_len, top_db)
     return make_task(name, splits, folders["test"], features, concat_utterances,
-                     lambda p: str(p.parent), max_files, n_workers)
+                     lambda p: str(p.parent), max_files, n_workers,
+                     train_chunk_hop)

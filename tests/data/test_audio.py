@@ -61,6 +61,17 @@ def test_chunk_count_and_positions_on_a_ramp():
     assert audio.chunk(x[:100], hop, seq_len).shape == (0, 6272)
 
 
+def test_overlapping_chunks_start_every_step_frames():
+    hop, seq_len = 128, 50
+    x = np.arange(3 * seq_len * hop - 1, dtype=np.float32)  # 150 frames
+    chunks = audio.chunk(x, hop, seq_len, step=20)
+    assert chunks.shape == (6, 49 * 128)  # starts at frames 0, 20, ..., 100; 100 + 49 = 149
+    assert chunks[:, 0].tolist() == [i * 20 * hop for i in range(6)]
+    assert chunks[-1, -1] <= x[-1]
+    np.testing.assert_array_equal(audio.chunk(x, hop, seq_len, step=seq_len),
+                                  audio.chunk(x, hop, seq_len))
+
+
 def test_each_chunk_is_divided_by_its_own_peak():
     wlen, hop, seq_len = 512, 128, 50
     rng = np.random.default_rng(1)

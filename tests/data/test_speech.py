@@ -149,6 +149,19 @@ def test_a_split_without_chunks_raises_a_helpful_error(tmp_path, fsdd_files):
                    test_dir=str(tmp_path), fs=8000)
 
 
+def test_train_chunk_hop_overlaps_training_chunks_only(arctic):
+    dirs = {"train_dir": str(arctic), "val_dir": str(arctic), "test_dir": str(arctic)}
+    plain = build_task("wav_folder", max_files=2, **dirs)
+    overlapping = build_task("wav_folder", max_files=2, train_chunk_hop=10, **dirs)
+    first = audio.trim_silence(audio.read_audio(audio.find_audio(arctic)[0], 16000))
+    expected = audio.chunk_power(first, 1024, 256, 50, step=10)
+    assert len(overlapping.train) >= 4 * len(plain.train)
+    torch.testing.assert_close(overlapping.train[: len(expected)], expected)
+    torch.testing.assert_close(overlapping.val.power, plain.val.power)
+    with pytest.raises(ValueError, match=r"data\.train_chunk_hop=60.*1\.\.seq_len \(50\)"):
+        build_task("wav_folder", max_files=2, train_chunk_hop=60, **dirs)
+
+
 def test_wav_folder_names_a_missing_folder_key(arctic):
     with pytest.raises(ValueError, match=r"data\.val_dir"):
         build_task("wav_folder", train_dir=str(arctic), test_dir=str(arctic))
