@@ -11,7 +11,8 @@ from pyro_dvae import runner
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    runner.train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    hydra_cfg = HydraConfig.get()
+    runner.train(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
 
 
 if __name__ == "__main__":

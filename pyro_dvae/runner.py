@@ -11,6 +11,7 @@ import json
 import logging
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -62,10 +63,72 @@ def train_config(cfg: DictConfig, modality: str) -> TrainConfig:
     return TrainConfig(**options)
 
 
-def train(cfg: DictConfig, run_dir: Path) -> Path:
-    """Train ``cfg.model`` on ``cfg.data`` in ``run_dir``; returns ``run_dir``."""
+CONTINUATION_KEYS = (
+    "train.epochs", "train.early_stop_patience", "train.progress", "train.num_workers",
+    "threads", "device", "resume",
+)
+"""Settings a resumed run may change; everything else is the run's own."""
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    """``{"a.b": value}`` for every non-dict value of a nested dict."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _given(overrides: Sequence[str], cfg: dict) -> set[str]:
+    """The leaves set on the command line: ``key=value`` sets ``key`` (and what is below it),
+    a config-group choice such as ``model=dkf`` sets only ``model.name``."""
+    given = set()
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        below = [leaf for leaf in _leaves(cfg) if leaf.startswith(f"{key}.")]
+        given.update([f"{key}.name"] if f"{key}.name" in below else below or [key])
+    return given
+
+
+def resumed_config(cfg: DictConfig, saved: dict, overrides: Sequence[str] | None) -> DictConfig:
+    """The configuration a resumed run continues with: the run's own (``saved``, from its
+    ``last.pt``), except for the :data:`CONTINUATION_KEYS` given on the command line.
+
+    ``overrides`` is the command line's ``key=value`` list (None: every key of ``cfg`` counts as
+    given). A given setting that differs from the run's and may not change is an error, so a
+    resumed run never silently trains a different model or on different data.
+    """
+    new = OmegaConf.to_container(cfg, resolve=True)
+    old, now = _leaves(saved), _leaves(new)
+    given = set(now) if overrides is None else _given(overrides, new)
+    changed = sorted(k for k in given if k in old and k in now and old[k] != now[k])
+    conflicts = [k for k in changed if k not in CONTINUATION_KEYS]
+    if conflicts:
+        listing = ", ".join(f"{k}={now[k]!r} (the run has {old[k]!r})" for k in conflicts)
+        raise ValueError(
+            f"resume=true: {listing}. A resumed run keeps its model, data and training settings; "
+            f"only {', '.join(CONTINUATION_KEYS)} may change. Drop those overrides, or start a "
+            f"new run in another hydra.run.dir")
+    merged = OmegaConf.create({**{k: v for k, v in new.items() if k not in saved}, **saved})
+    for key in changed:
+        OmegaConf.update(merged, key, now[key])
+    merged.resume = True
+    return merged
+
+
+def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] | None = None) -> Path:
+    """Train ``cfg.model`` on ``cfg.data`` in ``run_dir``; returns ``run_dir``.
+
+    With ``cfg.resume`` the run continues from ``run_dir/last.pt`` with its own settings
+    (:func:`resumed_config`; ``overrides`` are the command line's ``key=value`` strings).
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.resume:
+        saved = load_checkpoint(run_dir / "last.pt").get("config")
+        cfg = resumed_config(cfg, saved, overrides) if saved else cfg
     seed_everything(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

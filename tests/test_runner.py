@@ -76,11 +76,30 @@ def test_resume_through_the_runner_matches_uninterrupted(data_root, tmp_path):
     overrides = [*QUICK, "model=vae", "train.warmup_every=1"]
     full = runner.train(compose_config([*overrides, "train.epochs=3"]), tmp_path / "full")
     runner.train(compose_config(overrides), tmp_path / "part")
-    part = runner.train(
-        compose_config([*overrides, "train.epochs=3", "resume=true"]), tmp_path / "part"
-    )
+    # as on the command line: only what changes is given, the rest is the run's own (model=vae)
+    given = ["train.epochs=3", "resume=true", "train.progress=false"]
+    part = runner.train(compose_config(given), tmp_path / "part", given)
     read = [list(csv.DictReader(open(d / "metrics.csv"))) for d in (full, part)]
     assert [r["val_loss"] for r in read[0]] == [r["val_loss"] for r in read[1]]
+    assert "name: vae" in (part / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [(["model=dkf"], r"model\.name='dkf' \(the run has 'vae'\)"),
+     (["data.max_files=12"], r"data\.max_files=12 \(the run has 24\)"),
+     (["train.lr=0.01"], r"train\.lr=0\.01 \(the run has None\).*only train\.epochs")],
+)
+def test_resume_refuses_to_change_the_model_data_or_training(given, message):
+    saved = runner.OmegaConf.to_container(compose_config([*QUICK, "model=vae"]), resolve=True)
+    cfg = compose_config([*QUICK, *given, "resume=true"])
+    with pytest.raises(ValueError, match=message):
+        runner.resumed_config(cfg, saved, [*given, "resume=true"])
+    # the group choice of the run itself, or a continuation key, is accepted
+    again = runner.resumed_config(compose_config(["model=vae", "train.epochs=9"]), saved,
+                                  ["model=vae", "train.epochs=9"])
+    assert (again.model.name, again.train.epochs, again.data.max_files) == ("vae", 9, 24)
+    assert again.resume
 
 
 def test_evaluate_missing_run_dir_is_clear(tmp_path):
