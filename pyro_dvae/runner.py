@@ -84,10 +84,10 @@ def _leaves(tree: dict, prefix: str = "") -> dict:
 def _given(overrides: Sequence[str], cfg: dict) -> set[str]:
     """The leaves set on the command line: ``key=value`` sets ``key`` (and what is below it),
     a config-group choice such as ``model=dkf`` sets only ``model.name``."""
-    given = set()
+    leaves, given = _leaves(cfg), set()
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
-        below = [leaf for leaf in _leaves(cfg) if leaf.startswith(f"{key}.")]
+        below = [leaf for leaf in leaves if leaf.startswith(f"{key}.")]
         given.update([f"{key}.name"] if f"{key}.name" in below else below or [key])
     return given
 
@@ -126,9 +126,9 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] | None = None
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.resume:
-        saved = load_checkpoint(run_dir / "last.pt").get("config")
-        cfg = resumed_config(cfg, saved, overrides) if saved else cfg
+    last = load_checkpoint(run_dir / "last.pt") if cfg.resume else None
+    if last and last.get("config"):
+        cfg = resumed_config(cfg, last["config"], overrides)
     seed_everything(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -157,8 +157,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] | None = None
         cfg.seed,
         extra_state={"config": OmegaConf.to_container(cfg, resolve=True)},
     )
-    if cfg.resume:
-        trainer.resume(run_dir / "last.pt")
+    if last:
+        trainer.restore(last)
     state = trainer.fit()
     log.info(
         "done: %d epochs, best epoch %d, checkpoints in %s", state.epoch, state.best_epoch, run_dir

@@ -160,13 +160,17 @@ class Trainer:
         }
 
     def resume(self, path: Path) -> None:
-        """Continue from ``last.pt``: weights, optimiser, counters, history and RNG states."""
-        ckpt = load_checkpoint(path, self.device)
+        """Continue from the checkpoint ``path`` (``last.pt``)."""
+        self.restore(load_checkpoint(path, self.device))
+
+    def restore(self, ckpt: dict) -> None:
+        """Continue from a loaded checkpoint: weights, optimiser, counters, history and RNG
+        states."""
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.state = TrainState(**ckpt["state"])
         set_rng_state(ckpt["rng"], self.shuffle)
-        log.info("resumed from %s at epoch %d", path, self.state.epoch)
+        log.info("resumed at epoch %d", self.state.epoch)
 
     # --- loop --------------------------------------------------------------------------
 
