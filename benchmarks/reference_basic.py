@@ -48,7 +48,9 @@ def gaussian_kl(mq, sq, mp, sp) -> torch.Tensor:
 
 
 def noise(x: torch.Tensor, *shape: int) -> torch.Tensor:
-    """Standard-normal noise of ``shape`` on x's device, drawn as the Pyro guides draw it."""
+    """Standard-normal noise of ``shape`` on x's device, drawn as the Pyro guides draw it: one
+    (B, L) tensor per step where a guide samples step by step, one (B, T, L) tensor where it
+    samples every step at once."""
     return x.new_empty(shape).normal_()
 
 
@@ -65,16 +67,17 @@ def reference_loss_dkf(model: DKF, x: torch.Tensor) -> torch.Tensor:
     B, T, _ = x.shape
     inference = model.inference
     gx = inference.summary(x)
-    eps = noise(x, B, T, model.z_dim)
+    n_terms = 3 if inference.bidirectional else 2
     z_prev = x.new_zeros(B, model.z_dim)
     zs, locs, scales = [], [], []
     for t in range(T):
-        loc, scale = inference.combine(z_prev, gx[:, t])
-        z_prev = loc + scale * eps[:, t]
+        g = (inference.mlp_ztm1_g(z_prev) + gx[:, t]) / n_terms
+        loc, scale = inference.head(inference.mlp_g_z(g))
+        z_prev = loc + scale * noise(x, B, model.z_dim)
         zs.append(z_prev)
         locs.append(loc)
         scales.append(scale)
     z, mq, sq = torch.stack(zs, 1), torch.stack(locs, 1), torch.stack(scales, 1)
-    mp, sp = model.prior(shift(z))
+    mp, sp = model.prior.loc_scale(shift(z))
     y = model.decoder(z)
     return (exponential_nll(x, y) + gaussian_kl(mq, sq, mp, sp)) / (B * T)

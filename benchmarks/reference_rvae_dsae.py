@@ -22,13 +22,12 @@ def rvae_loss(model: RVAE, x: torch.Tensor) -> torch.Tensor:
     B, T, _ = x.shape
     inference = model.inference
     gx = inference.summary(x)
-    eps = noise(x, B, T, model.z_dim)
     z_prev, state = x.new_zeros(B, model.z_dim), None
     zs, locs, scales = [], [], []
     for t in range(T):
         state = lstm_step(inference.rnn_gz, inference.mlp_z_gz(z_prev), state)
         loc, scale = inference.head(inference.mlp_g_z(torch.cat([gx[:, t], state[0]], -1)))
-        z_prev = loc + scale * eps[:, t]
+        z_prev = loc + scale * noise(x, B, model.z_dim)
         zs.append(z_prev)
         locs.append(loc)
         scales.append(scale)

@@ -6,8 +6,8 @@ Pyro, the same per-frame loss as the Pyro ELBO at KL weight 1:
     (Σ Exponential NLL(x | y) + Σ_t KL(q(z_t | ·) ‖ p(z_t | ·))) / (B·T)
 
 with one reparameterised sample z and the analytic per-step KL given the sampled past. The
-noise is drawn as one (B, T, L) standard-normal tensor, as the Pyro guide does, so both give
-the same number for the same seed. Loops follow the original implementation (spec §1, §2):
+noise is drawn as the Pyro guide draws it (:func:`~benchmarks.reference_basic.noise`), so both
+give the same number for the same seed. Loops follow the original implementation (spec §1, §2):
 STORN is vectorised, VRNN loops over the whole model, SRNN loops over its inference combiner.
 """
 
@@ -39,13 +39,12 @@ def reference_loss_storn(model: STORN, x: torch.Tensor) -> torch.Tensor:
 def reference_loss_vrnn(model: VRNN, x: torch.Tensor) -> torch.Tensor:
     """VRNN, one loop over t for the encoder, decoder and recurrence; the prior on all h_t."""
     B, T, _ = x.shape
-    eps = noise(x, *x.shape[:2], model.z_dim)
     fx = model.phi_x(x)
     h = c = x.new_zeros(B, model.rnn.hidden_size)
     hs, mqs, sqs, ys = [], [], [], []
     for t in range(T):
         mq, sq = model.encoder(torch.cat([fx[:, t], h], dim=-1))
-        fz = model.phi_z(mq + sq * eps[:, t])
+        fz = model.phi_z(mq + sq * noise(x, B, model.z_dim))
         ys.append(model.decoder(torch.cat([fz, h], dim=-1)))
         hs.append(h)
         mqs.append(mq)
@@ -60,16 +59,15 @@ def reference_loss_vrnn(model: VRNN, x: torch.Tensor) -> torch.Tensor:
 def reference_loss_srnn(model: SRNN, x: torch.Tensor) -> torch.Tensor:
     """SRNN: h and g vectorised, a loop over t for q(z_t | z_{t−1}, g_t), prior and decoder
     vectorised. Works with either guide (the direction of LSTM_g)."""
-    T = x.shape[1]
-    eps = noise(x, *x.shape[:2], model.z_dim)
+    B, T, _ = x.shape
     h = run_rnn(model.rnn_h, model.mlp_x_h(shift(x)))
     inf = model.inference
     g = run_rnn(inf.rnn_g, inf.mlp_hx_g(torch.cat([h, x], dim=-1)), backward=inf.backward)
-    z_prev = x.new_zeros(x.shape[0], model.z_dim)
+    z_prev = x.new_zeros(B, model.z_dim)
     zs, mqs, sqs = [], [], []
     for t in range(T):
         mq, sq = inf.combiner.head(inf.combiner.mlp(torch.cat([g[:, t], z_prev], dim=-1)))
-        z_prev = mq + sq * eps[:, t]
+        z_prev = mq + sq * noise(x, B, model.z_dim)
         zs.append(z_prev)
         mqs.append(mq)
         sqs.append(sq)

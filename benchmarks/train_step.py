@@ -10,9 +10,10 @@ switched on for every step (spec §10.1). The three alternate step by step in a 
 process; the Pyro and reference steps' peak memory is measured in a process of its own.
 
     python benchmarks/train_step.py --models all --shape speech --B 128 --json out.json
+    python benchmarks/train_step.py --sites markov ...   # the per-step (pyro.markov) site form
 
 Prints a table and writes a JSON list of objects with the keys ``model``, ``shape``,
-``device``, ``ms_per_step``, ``ms_per_step_reference``, ``ratio_pyro_to_reference``,
+``device``, ``sites``, ``ms_per_step``, ``ms_per_step_reference``, ``ratio_pyro_to_reference``,
 ``ms_per_step_original_style``, ``ratio_pyro_to_original_style``, ``peak_mem_mb`` (Pyro
 step), ``peak_mem_mb_reference``, ``seq_per_s``, ``B``, ``T``.
 """
@@ -53,8 +54,8 @@ def references() -> dict:
     return found
 
 
-def build(name: str, shape: str, x_dim: int, device: torch.device):
-    """The model of ``configs/model/<name>.yaml`` for ``shape``, and its likelihood name."""
+def build(name: str, shape: str, x_dim: int, device: torch.device, sites: str = "trajectory"):
+    """The model of ``configs/model/<name>.yaml`` for ``shape`` with latent sites ``sites``."""
     from omegaconf import OmegaConf
 
     from pyro_dvae.likelihoods import build_likelihood
@@ -63,7 +64,7 @@ def build(name: str, shape: str, x_dim: int, device: torch.device):
     cfg = OmegaConf.load(CONFIGS / f"{name}.yaml")
     params = OmegaConf.to_container(cfg[shape], resolve=True)
     likelihood = build_likelihood(None, shape, x_dim)
-    return build_model(cfg.name, x_dim, likelihood, **params).to(device)
+    return build_model(cfg.name, x_dim, likelihood, sites=sites, **params).to(device)
 
 
 def data(shape: str, B: int, T: int, x_dim: int, device: torch.device) -> torch.Tensor:
@@ -84,7 +85,7 @@ def step_functions(args: dict) -> tuple[dict, torch.device]:
     torch.manual_seed(0)
     name, shape, B, T = args["model"], args["shape"], args["B"], args["T"]
     x_dim = args["x_dim"] or SHAPES[shape]
-    model = build(name, shape, x_dim, device)
+    model = build(name, shape, x_dim, device, args["sites"])
     x = data(shape, B, T, x_dim, device)
     from benchmarks.reference_basic import original_formulas
 
@@ -163,6 +164,7 @@ def compare(name: str, opts: argparse.Namespace) -> dict:
         "steps": opts.steps,
         "warmup": opts.warmup,
         "threads": opts.threads,
+        "sites": opts.sites,
     }
     rounds = [in_child(time_both, args) for _ in range(opts.rounds)]
     result = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
@@ -179,6 +181,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--B", type=int, default=128)
     parser.add_argument("--x-dim", type=int, default=None, help="override D (tiny smoke runs)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument(
+        "--sites", default="trajectory", choices=["trajectory", "markov"],
+        help="latent sample sites of the Pyro step (model.sites)",
+    )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -203,6 +209,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "model": name,
                 "shape": opts.shape,
                 "device": opts.device,
+                "sites": opts.sites,
                 "B": opts.B,
                 "T": opts.T,
                 "ms_per_step": round(measured["pyro"], 2),
@@ -231,6 +238,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if opts.readme:
         RESULTS.mkdir(exist_ok=True)
         stem = f"{opts.shape}_{opts.device}_B{opts.B}_T{opts.T}"
+        stem += "" if opts.sites == "trajectory" else f"_{opts.sites}"
         (RESULTS / f"{stem}.json").write_text(
             json.dumps({"machine": machine(), "rows": rows}, indent=2)
         )
@@ -266,7 +274,8 @@ def write_readme() -> None:
         rows = saved["rows"]
         first = rows[0]
         parts.append(
-            f"\n### {first['shape']}, {first['device']}, B={first['B']}, T={first['T']}"
+            f"\n### {first['shape']}, {first['device']}, B={first['B']}, T={first['T']}, "
+            f"sites={first.get('sites', 'trajectory')}"
             f"\n\nMachine: {saved['machine']}.\n\n"
             "| model | Pyro ms/step | reference ms/step | ratio | original-style ms/step | "
             "ratio | seq/s | peak MB (Pyro / ref) |\n"

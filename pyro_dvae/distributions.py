@@ -1,46 +1,83 @@
-"""Sequence distributions: a whole latent trajectory ``z_{1:T}`` as one Pyro sample site.
+"""Sequence distributions: a latent trajectory ``z_{1:T}`` built from its step conditionals.
 
-Every DVAE latent sequence is a product of diagonal Gaussians whose parameters at step t may
-depend on the past of the trajectory itself::
+Every DVAE latent sequence factorises over time, ``p(z_{1:T}) = ∏_t p(z_t | z_{<t}, ·)``, and a
+model states it once, as its *step conditionals*:
 
-    p(z_{1:T}) = ∏_t N(z_t; μ_t(z_{<t}), σ_t(z_{<t})²)
+* ``step(t, z_prev, state) -> (d_t, state)``: the distribution ``d_t`` of z_t given the sampled
+  z_{t−1} (``z_prev (B, L)``, z_0 = 0) and whatever recurrent ``state`` the model carries
+  (None at t = 0). ``d_t`` is any Pyro distribution with ``rsample``, batch ``(B,)``, event
+  ``(L,)``: :func:`diag_normal` for every model of the paper, but a Student-t, a mixture or a
+  flow (``TransformedDistribution``) work the same way.
+* ``parallel(z) -> d``: the same conditionals along a given trajectory ``z (B, T, L)``, all
+  steps at once ("teacher forcing"), batch ``(B, T)``, event ``(L,)``.
 
-:class:`GaussianTrajectory` represents such a product with ``batch_shape (B,)`` and
-``event_shape (T, L)``. Sampling walks the steps one at a time (only where the parameters
-depend on the sampled past); scoring a *given* trajectory needs no loop, because every
-``μ_t(z_{<t})`` can be computed in parallel from the shifted trajectory ("teacher forcing").
+A :class:`Trajectory` holds the two. A latent is emitted in one of two forms, chosen by the
+model's ``sites`` (``model.sites`` in the config):
 
-A guide draws ``z`` from its trajectory distribution; the model scores that same ``z`` under
-its prior trajectory. The registered :func:`kl_divergence` is the spec's Rao–Blackwellised
-one-sample estimator: the analytic KL of every step given the sampled past,
-``Σ_t KL(q(z_t | z_{<t}, x) ‖ p(z_t | z_{<t}, …))``, evaluated at the guide's last sample.
-It is an unbiased estimate of the trajectory KL, and exact when neither side depends on the
-past. ``TraceMeanField_ELBO`` uses it; ``Trace_ELBO`` uses :meth:`log_prob` instead.
+* ``trajectory``: one Pyro sample site for all of z (batch ``(B,)``, event ``(T, L)``). It is
+  drawn step by step only where a step depends on the sampled past, and scored with every
+  step in parallel. The fast form, and the default.
+* ``markov``: T sample sites ``z_1 … z_T`` inside ``pyro.markov`` (:func:`markov_sites`), as
+  in Pyro's deep Markov model example: model and guide both walk the steps. Each step is a site
+  of its own that Pyro's handlers can condition, mask or inspect.
+
+Both forms give the same ELBO. Under ``TraceMeanField_ELBO`` the latent term is the analytic KL
+of every step given the sampled past, ``Σ_t KL(q(z_t | z_{<t}, x) ‖ p(z_t | z_{<t}, ·))`` (the
+spec's estimator, with the −1 term it omits), wherever a KL is registered for the pair of step
+distributions; otherwise the KL raises ``NotImplementedError`` and the ELBO falls back to
+``log q(z) − log p(z)`` of the sample.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
+from typing import Any
 
+import pyro
 import torch
-from pyro.distributions import TorchDistribution, constraints
+from pyro.distributions import Normal, TorchDistribution, constraints
 from pyro.poutine.messenger import Messenger
-from torch.distributions import kl_divergence, register_kl
+from torch.distributions import Distribution, Independent, kl_divergence, register_kl
 
-Params = tuple[torch.Tensor, torch.Tensor]
-"""``(loc, scale)`` of every step, each ``(B, T, L)``."""
+Step = Callable[[int, torch.Tensor, Any], tuple[Distribution, Any]]
+"""``step(t, z_prev (B, L), state) -> (distribution of z_t, state)``; state starts None."""
 
-StepFn = Callable[[int, torch.Tensor, object], tuple[torch.Tensor, torch.Tensor, object]]
-"""``step(t, z_prev (B, L), state) -> (loc_t (B, L), scale_t (B, L), state)``; state starts None."""
+Parallel = Callable[[torch.Tensor], Distribution]
+"""``parallel(z (B, T, L)) -> distribution`` of every z_t given z_{<t}: batch (B, T), event (L,)."""
+
+SITES = ("trajectory", "markov")
+"""The two forms in which a latent trajectory becomes Pyro sample sites (``model.sites``)."""
 
 
-class GaussianTrajectory(TorchDistribution):
-    """Base class: a Gaussian trajectory ``z (B, T, L)``, ``batch_shape (B,)``, event ``(T, L)``.
+def diag_normal(loc: torch.Tensor, scale: torch.Tensor) -> Distribution:
+    """``N(loc, diag(scale²))`` over the last dimension; any leading (batch) dimensions."""
+    return Normal(loc, scale).to_event(1)
 
-    Subclasses implement :meth:`params` (all steps' parameters given a trajectory) and
-    :meth:`draw` (a reparameterised trajectory from standard-normal noise). The last
-    trajectory drawn or scored is cached with its parameters, so scoring it again costs nothing.
+
+def point(d: Distribution) -> torch.Tensor:
+    """A point summary of ``d``: its mean, or, where the mean has no closed form (a flow), the
+    base distribution's point pushed through the transforms."""
+    try:
+        return d.mean
+    except NotImplementedError:
+        value = point(d.base_dist)  # Independent or TransformedDistribution
+        for transform in getattr(d, "transforms", ()):
+            value = transform(value)
+        return value
+
+
+class Trajectory(TorchDistribution):
+    """A trajectory ``z (B, T, L)`` from its step conditionals; batch ``(B,)``, event ``(T, L)``.
+
+    Args:
+        step: see :data:`Step`; called for t = 0..T−1 with ``z_prev`` = z_{t−1} (z_0 = 0).
+        parallel: see :data:`Parallel`; must describe the same conditionals as ``step``.
+        batch_size, T, L: shape of the trajectory.
+        like: a tensor giving the device and dtype.
+
+    The last trajectory drawn or scored is cached with its conditionals, so that an ELBO that
+    scores the guide's draw under q (and its KL) computes them once. Diagonal-Gaussian steps
+    drawn in sequence are scored from the draw's own parameters, without a parallel pass.
     """
 
     arg_constraints: dict = {}
@@ -48,33 +85,41 @@ class GaussianTrajectory(TorchDistribution):
     has_rsample = True
     depends_on_past = True
 
-    def __init__(self, batch_size: int, T: int, L: int, like: torch.Tensor) -> None:
+    def __init__(
+        self, step: Step, parallel: Parallel, batch_size: int, T: int, L: int, like: torch.Tensor
+    ) -> None:
         super().__init__(torch.Size([batch_size]), torch.Size([T, L]), validate_args=False)
-        self._like = like
-        self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.step, self.parallel, self._like = step, parallel, like
+        self._last: tuple[torch.Tensor, Distribution | None] | None = None
 
-    def params(self, z: torch.Tensor) -> Params:
-        """``(loc, scale)`` of ``z_t`` given ``z_{<t}`` for every t, computed in parallel."""
-        raise NotImplementedError
+    @property
+    def T(self) -> int:
+        return self.event_shape[0]
 
-    def draw(self, noise: torch.Tensor) -> tuple[torch.Tensor, Params]:
-        """``z = loc + scale · noise`` step by step; returns ``z`` and its parameters."""
-        raise NotImplementedError
+    def initial(self) -> torch.Tensor:
+        """z_0 = 0, ``(B, L)``."""
+        return self._like.new_zeros(self.batch_shape[0], self.event_shape[1])
+
+    def walk(self, choose: Callable[[int, Distribution], torch.Tensor]) -> torch.Tensor:
+        """Walk the steps, z_t = ``choose(t, d_t)``; returns z (B, T, L) and caches it."""
+        z_prev, state, zs, steps = self.initial(), None, [], []
+        for t in range(self.T):
+            d, state = self.step(t, z_prev, state)
+            z_prev = choose(t, d)
+            zs.append(z_prev)
+            steps.append(d)
+        z = torch.stack(zs, dim=1)
+        self._last = (z, _stack_diag_normals(steps))
+        return z
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
         if sample_shape != torch.Size():
-            raise ValueError("GaussianTrajectory draws one trajectory per batch element")
-        return self.draw_and_cache(self._like.new_empty(self.shape()).normal_())
+            raise ValueError("a Trajectory draws one trajectory per batch element")
+        return self.walk(lambda t, d: d.rsample())
 
     def mean_path(self) -> torch.Tensor:
-        """The trajectory drawn with zero noise: each step's mean fed forward."""
-        return self.draw_and_cache(self._like.new_zeros(self.shape()))
-
-    def draw_and_cache(self, noise: torch.Tensor) -> torch.Tensor:
-        """Draw with the given noise (zeros give the mean path) and remember the result."""
-        z, (loc, scale) = self.draw(noise)
-        self._last = (z, loc, scale)
-        return z
+        """Each step's point summary (its mean) fed forward: z_t = E[z_t | z_{<t} = mean path]."""
+        return self.walk(lambda t, d: point(d))
 
     def last_sample(self) -> torch.Tensor:
         """The trajectory drawn (or scored) last."""
@@ -82,21 +127,16 @@ class GaussianTrajectory(TorchDistribution):
             raise RuntimeError("this trajectory has not been sampled yet")
         return self._last[0]
 
-    def conditionals(self, z: torch.Tensor) -> Params:
-        """Parameters of every step along ``z``, cached: an ELBO scores the same trajectory
-        (the guide's draw) several times, and the parameters are computed once."""
-        if self._last is None or z is not self._last[0]:
-            self._last = (z, *self.params(z))
-        return self._last[1], self._last[2]
+    def conditionals(self, z: torch.Tensor | None) -> Distribution:
+        """The steps' distributions along ``z`` (batch (B, T), event (L,)), cached per z."""
+        if self._last is None or z is not self._last[0] or self._last[1] is None:
+            self._last = (z, self.parallel(z))
+        return self._last[1]
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        loc, scale = self.conditionals(z)
-        return normal_log_prob(z, loc, scale).sum((-2, -1))
+        return self.conditionals(z).log_prob(z).sum(-1)
 
-    def shape(self) -> torch.Size:
-        return self.batch_shape + self.event_shape
-
-    def expand(self, batch_shape, _instance=None) -> GaussianTrajectory:
+    def expand(self, batch_shape, _instance=None) -> Trajectory:
         """Plates may only confirm the batch shape: a trajectory is never broadcast."""
         if torch.Size(batch_shape) != self.batch_shape:
             raise ValueError(
@@ -105,78 +145,80 @@ class GaussianTrajectory(TorchDistribution):
         return self
 
 
-class IndependentTrajectory(GaussianTrajectory):
-    """Steps independent of the past: ``z_t ~ N(loc_t, scale_t²)`` with fixed parameters.
+class IndependentTrajectory(Trajectory):
+    """Steps that do not depend on the past: ``z_t ~ family(*params[:, t])``.
 
     Args:
-        loc, scale: ``(B, T, L)``.
+        family: ``family(*params) -> distribution`` with event ``(L,)`` over any leading dims,
+            e.g. :func:`diag_normal`.
+        params: its parameters, each ``(B, T, ·)``.
     """
 
     depends_on_past = False
 
-    def __init__(self, loc: torch.Tensor, scale: torch.Tensor) -> None:
-        super().__init__(*loc.shape, like=loc)
-        self.loc, self.scale = loc, scale
+    def __init__(self, family: Callable[..., Distribution], *params: torch.Tensor) -> None:
+        self.family, self.params = family, params
+        self._all = family(*params)
+        B, T = params[0].shape[:2]
+        super().__init__(self._at, lambda z: self._all, B, T, self._all.event_shape[0], params[0])
+
+    def _at(self, t: int, z_prev: torch.Tensor, state: None) -> tuple[Distribution, None]:
+        return self.family(*(p[:, t] for p in self.params)), None
 
     @classmethod
     def standard(cls, batch_size: int, T: int, L: int, like: torch.Tensor) -> IndependentTrajectory:
         """N(0, I) at every step, on the device and dtype of ``like``."""
         zeros = like.new_zeros(batch_size, T, L)
-        return cls(zeros, torch.ones_like(zeros))
+        return cls(diag_normal, zeros, torch.ones_like(zeros))
 
-    def params(self, z: torch.Tensor) -> Params:
-        return self.loc, self.scale
-
-    def draw(self, noise: torch.Tensor) -> tuple[torch.Tensor, Params]:
-        return self.loc + self.scale * noise, (self.loc, self.scale)
+    def walk(self, choose: Callable[[int, Distribution], torch.Tensor]) -> torch.Tensor:
+        """All steps at once: ``choose`` is applied to the whole (B, T) distribution."""
+        z = choose(-1, self._all)
+        self._last = (z, self._all)
+        return z
 
     @property
     def mean(self) -> torch.Tensor:
-        return self.loc
+        return self._all.mean
 
 
-class MarkovTrajectory(GaussianTrajectory):
-    """Steps that depend on the sampled past through ``step`` (sampling) and ``parallel``
-    (scoring a given trajectory); both must describe the same conditionals.
-
-    Args:
-        step: see :data:`StepFn`; called for t = 0..T−1 with ``z_prev`` = z_{t−1} (z_0 = 0).
-        parallel: ``parallel(z (B, T, L)) -> (loc, scale)``, each ``(B, T, L)``.
-        batch_size, T, L: shape of the trajectory.
-        like: a tensor giving the device and dtype.
-    """
-
-    def __init__(
-        self,
-        step: StepFn,
-        parallel: Callable[[torch.Tensor], Params],
-        batch_size: int,
-        T: int,
-        L: int,
-        like: torch.Tensor,
-    ) -> None:
-        super().__init__(batch_size, T, L, like)
-        self._step, self._parallel = step, parallel
-
-    def params(self, z: torch.Tensor) -> Params:
-        return self._parallel(z)
-
-    def draw(self, noise: torch.Tensor) -> tuple[torch.Tensor, Params]:
-        z_prev = self._like.new_zeros(self.batch_shape[0], self.event_shape[1])
-        state = None
-        zs, locs, scales = [], [], []
-        for t in range(self.event_shape[0]):
-            loc, scale, state = self._step(t, z_prev, state)
-            z_prev = loc + scale * noise[:, t]
-            zs.append(z_prev)
-            locs.append(loc)
-            scales.append(scale)
-        return torch.stack(zs, 1), (torch.stack(locs, 1), torch.stack(scales, 1))
+def _stack_diag_normals(steps: list[Distribution]) -> Distribution | None:
+    """Per-step diagonal Gaussians (batch (B,)) as one over (B, T); None for other families."""
+    if not all(isinstance(d, Independent) and type(d.base_dist) is Normal for d in steps):
+        return None
+    loc = torch.stack([d.base_dist.loc for d in steps], dim=1)
+    return diag_normal(loc, torch.stack([d.base_dist.scale for d in steps], dim=1))
 
 
-def normal_log_prob(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Element-wise ``log N(z; loc, scale²)``."""
-    return -0.5 * ((z - loc) / scale) ** 2 - scale.log() - 0.5 * math.log(2 * math.pi)
+@register_kl(Trajectory, Trajectory)
+def _kl_trajectories(q: Trajectory, p: Trajectory) -> torch.Tensor:
+    """Σ_t KL(q_t ‖ p_t) given the past of q's last sample, ``(B,)``; raises
+    ``NotImplementedError`` where no KL is registered for the step distributions."""
+    z = q.last_sample() if (q.depends_on_past or p.depends_on_past) else None
+    return kl_divergence(q.conditionals(z), p.conditionals(z)).sum(-1)
+
+
+def markov_sites(name: str, trajectory: Trajectory) -> torch.Tensor:
+    """Emit ``trajectory`` as T sample sites ``{name}_1 … {name}_T`` inside ``pyro.markov``;
+    returns z (B, T, L). In a model the values are those the guide drew (replayed)."""
+    z_prev, state, zs = trajectory.initial(), None, []
+    for t in pyro.markov(range(trajectory.T)):
+        d, state = trajectory.step(t, z_prev, state)
+        z_prev = pyro.sample(f"{name}_{t + 1}", d)
+        zs.append(z_prev)
+    return torch.stack(zs, dim=1)
+
+
+class PosteriorMean(Messenger):
+    """Replace every unobserved site with ``rsample`` by its point summary (:func:`point`)
+    instead of a random draw. A :class:`Trajectory` site takes its mean path (each step's mean
+    fed forward); per-step sites get the same path one step at a time. Used for evaluation."""
+
+    def _pyro_sample(self, msg: dict) -> None:
+        fn = msg["fn"]
+        if msg["is_observed"] or msg["value"] is not None or not fn.has_rsample:
+            return
+        msg["value"] = fn.mean_path() if isinstance(fn, Trajectory) else point(fn)
 
 
 def normal_kl(
@@ -187,35 +229,14 @@ def normal_kl(
     return 0.5 * (var_ratio + ((mq - mp) / sp) ** 2 - 1.0 - var_ratio.log())
 
 
-@register_kl(GaussianTrajectory, GaussianTrajectory)
-def _kl_trajectories(q: GaussianTrajectory, p: GaussianTrajectory) -> torch.Tensor:
-    """Σ_t KL(q_t ‖ p_t) given the past of q's last sample; shape ``(B,)``."""
-    z = q.last_sample() if (q.depends_on_past or p.depends_on_past) else None
-    mq, sq = q.conditionals(z) if z is not None else q.params(z)
-    mp, sp = p.conditionals(z) if z is not None else p.params(z)
-    return normal_kl(mq, sq, mp, sp).sum((-2, -1))
-
-
-class PosteriorMean(Messenger):
-    """Replace every unobserved Gaussian site by its mean path instead of a random draw.
-
-    For a trajectory whose steps depend on the past this feeds each step's mean forward
-    (z_t = μ_t(z_{<t})). Used for evaluation with the posterior mean.
-    """
-
-    def _pyro_sample(self, msg: dict) -> None:
-        fn = msg["fn"]
-        if msg["is_observed"] or msg["value"] is not None or not fn.has_rsample:
-            return
-        msg["value"] = fn.mean_path() if isinstance(fn, GaussianTrajectory) else fn.mean
-
-
 __all__ = [
-    "GaussianTrajectory",
+    "SITES",
     "IndependentTrajectory",
-    "MarkovTrajectory",
     "PosteriorMean",
+    "Trajectory",
+    "diag_normal",
     "kl_divergence",
+    "markov_sites",
     "normal_kl",
-    "normal_log_prob",
+    "point",
 ]

@@ -49,6 +49,7 @@ def build_model_for(cfg: DictConfig, task: Task) -> DVAE:
         guide=cfg.guide.name,
         prior=cfg.prior.name,
         init=cfg.model.get("init", "torch"),
+        sites=cfg.model.get("sites", "trajectory"),
         **params,
     )
 

@@ -33,9 +33,15 @@ def test_speech_one_epoch(data_root, tmp_path, model, guide):
 
 
 @pytest.mark.parametrize("model", sorted({m for m, _ in PAIRS}))
+def test_speech_one_epoch_with_markov_sites(data_root, tmp_path, model):
+    _one_epoch(tmp_path, [f"model={model}", "model.sites=markov", "data.max_files=6"])
+
+
+@pytest.mark.parametrize("model", sorted({m for m, _ in PAIRS}))
 def test_motion_one_epoch(data_root, tmp_path, model):
     _one_epoch(tmp_path, [f"model={model}", "data=cmu_mocap", "data.max_files=2"])
 
 
-def test_dkf_linear_prior_one_epoch(data_root, tmp_path):
-    _one_epoch(tmp_path, ["model=dkf", "prior=linear", "data.max_files=6"])
+@pytest.mark.parametrize("choice", ["prior=linear", "prior=student_t", "guide=mean_field"])
+def test_dkf_components_one_epoch(data_root, tmp_path, choice):
+    _one_epoch(tmp_path, ["model=dkf", choice, "data.max_files=6"])

@@ -32,10 +32,12 @@ def build_model(
     guide: str | None = None,
     prior: str | None = None,
     init: str = "torch",
+    sites: str = "trajectory",
     **params,
 ) -> DVAE:
     """Model ``name`` with layer sizes ``params``; ``guide``/``prior`` None picks its default;
-    ``init`` is the MLP weight initialisation (:func:`~pyro_dvae.nn.initialise`).
+    ``init`` is the MLP weight initialisation (:func:`~pyro_dvae.nn.initialise`); ``sites`` the
+    form of its latent sample sites (:meth:`~pyro_dvae.models.base.DVAE.use_sites`).
 
     Models with a single guide or prior reject other names with a clear error.
     """
@@ -52,7 +54,7 @@ def build_model(
             options[key] = value
     model = cls(x_dim=x_dim, likelihood=likelihood, **options)
     initialise(model, init)
-    return model
+    return model.use_sites(sites)
 
 
 __all__ = ["DVAE", "MODELS", "build_model"]

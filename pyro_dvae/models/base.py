@@ -6,9 +6,12 @@ A DVAE is a :class:`~pyro.nn.PyroModule` with two methods that read like the equ
 * ``guide(x, kl_weight)``: the inference model q(z_{1:T} | x_{1:T}).
 
 Both run under :meth:`DVAE.sequences`, a plate over the B sequences of the batch that also
-scales every log-density by 1/(T·B), so the ELBO is reported per frame as in the paper.
-Latent sites go through :meth:`DVAE.latent`, which multiplies their log-densities by the KL
-warm-up weight β·w in both model and guide (``poutine.scale``).
+scales every log-density by 1/(T·B), so the ELBO is reported per frame as in the paper, and
+registers the module's parameters with Pyro's param store (``pyro.module``), so that Pyro's
+own ``SVI`` and ``Predictive`` work on the pair. Latent sites go through :meth:`DVAE.latent`,
+which multiplies their log-densities by the KL warm-up weight β·w in both model and guide
+(``poutine.scale``) and emits a latent trajectory in the model's :attr:`DVAE.sites` form: one
+site ``z``, or Markov sites ``z_1 … z_T`` (see :mod:`pyro_dvae.distributions`).
 
 Everything else is derived: :meth:`reconstruct` (posterior mean or sample, decoded) and
 ``generate`` (ancestral sampling; each model writes its own).
@@ -25,7 +28,7 @@ from pyro import poutine
 from pyro.distributions import TorchDistribution
 from pyro.nn import PyroModule
 
-from pyro_dvae.distributions import PosteriorMean
+from pyro_dvae.distributions import SITES, PosteriorMean, Trajectory, markov_sites
 from pyro_dvae.likelihoods import Likelihood
 
 
@@ -40,6 +43,9 @@ class DVAE(PyroModule):
 
     guide_name: str = "default"
     """The inference network in use (reported in results)."""
+
+    sites: str = "trajectory"
+    """How latent trajectories become sample sites: ``trajectory`` or ``markov`` (:data:`SITES`)."""
 
     def __init__(self, x_dim: int, z_dim: int, likelihood: Likelihood) -> None:
         super().__init__()
@@ -58,21 +64,32 @@ class DVAE(PyroModule):
         self.guide_name = name
         return choices[name]
 
+    def use_sites(self, sites: str) -> DVAE:
+        """Emit latent trajectories as one site (``trajectory``) or per step (``markov``)."""
+        if sites not in SITES:
+            raise ValueError(f"model.sites={sites!r} is not known; expected one of {list(SITES)}")
+        self.sites = sites
+        return self
+
     @contextmanager
     def sequences(self, x: torch.Tensor) -> Iterator[None]:
         """Plate over the batch of sequences ``x (B, T, D)``, log-densities scaled by 1/(T·B)."""
         B, T = x.shape[:2]
+        pyro.module("dvae", self)
         with pyro.plate("sequences", B, dim=-1), poutine.scale(scale=1.0 / (B * T)):
             yield
 
-    @staticmethod
-    def latent(name: str, fn: TorchDistribution, kl_weight: float) -> torch.Tensor:
-        """A latent sample site whose log-density (hence KL) is weighted by ``kl_weight``.
+    def latent(self, name: str, fn: TorchDistribution, kl_weight: float) -> torch.Tensor:
+        """A latent sample site whose log-density (hence KL) is weighted by ``kl_weight``; a
+        :class:`~pyro_dvae.distributions.Trajectory` becomes one site ``name`` or, with
+        ``sites="markov"``, the sites ``name_1 … name_T``. Returns the value (B, ·).
 
         Weight 0 (the first warm-up epochs) masks the KL out: Pyro scales must be positive.
         """
         weighting = poutine.mask(mask=False) if kl_weight == 0 else poutine.scale(scale=kl_weight)
         with weighting:
+            if self.sites == "markov" and isinstance(fn, Trajectory):
+                return markov_sites(name, fn)
             return pyro.sample(name, fn)
 
     def observe(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -110,9 +127,9 @@ class LatentDecoderDVAE(DVAE):
 
     VAE, DKF and RVAE differ only in their parts, which subclasses set:
 
-    * ``self.prior``: ``trajectory(B, T, L, like) -> GaussianTrajectory`` (p(z));
+    * ``self.prior``: ``trajectory(B, T, L, like) -> Trajectory`` (p(z));
     * ``self.decoder``: ``z (B, T, L) -> y (B, T, D)``;
-    * ``self.inference``: ``x (B, T, D) -> GaussianTrajectory`` (q(z | x)).
+    * ``self.inference``: ``x (B, T, D) -> Trajectory`` (q(z | x)), the guide.
     """
 
     def model(self, x: torch.Tensor, kl_weight: float = 1.0) -> torch.Tensor:

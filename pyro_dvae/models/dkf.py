@@ -7,31 +7,51 @@ that the inference network feeds to its combiner, y_t (B, T, D) decoder output.
     q(z | x) = ∏_t q(z_t | z_{t−1}, g_t)
 
 The transition p(z_t | z_{t−1}) is a prior component (``prior=gated`` by default, or any
-registered :class:`~pyro_dvae.models.priors.Transition`). The inference network is swappable:
+registered :class:`~pyro_dvae.models.priors.Transition`). The inference network is swappable
+(``guide=``, any class registered with :func:`register_guide`):
 
-* ``guide=dks`` (default): g^x = backward LSTM over MLP(x), so g^x_t summarises x_{t:T};
+* ``dks`` (default): g^x = backward LSTM over MLP(x), so g^x_t summarises x_{t:T};
   combiner g_t = (MLP(z_{t−1}) + g^x_t) / 2.
-* ``guide=st_lr``: bidirectional LSTM; g_t = (MLP(z_{t−1}) + g^→_t + g^←_t) / 3.
+* ``st_lr``: bidirectional LSTM; g_t = (MLP(z_{t−1}) + g^→_t + g^←_t) / 3.
+* ``mean_field``: q(z_t | x_t), a frame-wise encoder with no dynamics (the worked example of a
+  new guide: one class and ``configs/guide/mean_field.yaml``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 from torch import nn
+from torch.distributions import Distribution
 
-from pyro_dvae.distributions import GaussianTrajectory, MarkovTrajectory
+from pyro_dvae.distributions import IndependentTrajectory, Trajectory, diag_normal
 from pyro_dvae.likelihoods import Likelihood
 from pyro_dvae.models.base import LatentDecoderDVAE
 from pyro_dvae.models.priors import build_transition
 from pyro_dvae.nn import MLP, GaussianHead, lstm, shift
 
+GUIDES: dict[str, Callable[..., nn.Module]] = {}
+"""Guide name → inference-network class. Each is built with the model's inference sizes
+(``x_dim, z_dim, dense_x_gx, dim_rnn_gx, dense_ztm1_g, dense_g_z, activation``) and maps
+``x (B, T, D)`` to a :class:`~pyro_dvae.distributions.Trajectory` over z (B, T, L)."""
+
+
+def register_guide(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Make an inference network available as ``guide=<name>`` for DKF."""
+
+    def wrap(cls: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        GUIDES[name] = cls
+        return cls
+
+    return wrap
+
 
 class DKFInference(nn.Module):
     """q(z_t | z_{t−1}, g_t) with the combiner of the DKS / ST-LR inference networks.
 
-    ``forward(x (B, T, D)) -> MarkovTrajectory`` over z (B, T, L).
+    ``forward(x (B, T, D)) -> Trajectory`` over z (B, T, L).
     """
 
     def __init__(
@@ -60,17 +80,17 @@ class DKFInference(nn.Module):
             return self.rnn_gx(h)[0].unflatten(-1, (2, -1)).sum(-2)
         return self.rnn_gx(h.flip(1))[0].flip(1)
 
-    def combine(self, z_prev: torch.Tensor, gx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loc, scale) of z_t from z_{t−1} and g^x_t; any leading dims."""
+    def combine(self, z_prev: torch.Tensor, gx: torch.Tensor) -> Distribution:
+        """q(z_t | z_{t−1}, g^x_t) from z_{t−1} and g^x_t; any leading dims."""
         n_terms = 3 if self.bidirectional else 2
         g = (self.mlp_ztm1_g(z_prev) + gx) / n_terms
-        return self.head(self.mlp_g_z(g))
+        return diag_normal(*self.head(self.mlp_g_z(g)))
 
-    def forward(self, x: torch.Tensor) -> GaussianTrajectory:
+    def forward(self, x: torch.Tensor) -> Trajectory:
         gx = self.summary(x)
         B, T, _ = x.shape
-        return MarkovTrajectory(
-            step=lambda t, z_prev, state: (*self.combine(z_prev, gx[:, t]), None),
+        return Trajectory(
+            step=lambda t, z_prev, state: (self.combine(z_prev, gx[:, t]), None),
             parallel=lambda z: self.combine(shift(z), gx),
             batch_size=B,
             T=T,
@@ -79,8 +99,27 @@ class DKFInference(nn.Module):
         )
 
 
-GUIDES = {"dks": False, "st_lr": True}
-"""Guide name → bidirectional g^x."""
+register_guide("dks")(partial(DKFInference, bidirectional=False))
+register_guide("st_lr")(partial(DKFInference, bidirectional=True))
+
+
+@register_guide("mean_field")
+class MeanFieldInference(nn.Module):
+    """q(z_t | x_t) = N(heads(MLP(x_t))): every frame on its own, as in the VAE, so the guide
+    ignores the dynamics the prior models. ``forward(x (B, T, D)) -> Trajectory`` over z.
+
+    It takes DKF's inference sizes and uses ``dense_x_gx`` for its MLP.
+    """
+
+    def __init__(
+        self, x_dim: int, z_dim: int, dense_x_gx: Sequence[int], activation: str = "tanh", **_
+    ) -> None:
+        super().__init__()
+        self.mlp = MLP(x_dim, dense_x_gx, activation)
+        self.head = GaussianHead(self.mlp.out_dim, z_dim)
+
+    def forward(self, x: torch.Tensor) -> Trajectory:
+        return IndependentTrajectory(diag_normal, *self.head(self.mlp(x)))
 
 
 class DKF(LatentDecoderDVAE):
@@ -88,7 +127,7 @@ class DKF(LatentDecoderDVAE):
 
     Args:
         x_dim, z_dim, likelihood: see :class:`DVAE`.
-        guide: ``dks`` (default) or ``st_lr``.
+        guide: a registered guide (:data:`GUIDES`): ``dks`` (default), ``st_lr``, ``mean_field``.
         prior: a registered transition, ``gated`` (default) or ``linear``.
         dense_x_gx, dim_rnn_gx, dense_ztm1_g, dense_g_z: inference-network sizes.
         dense_z_x: decoder hidden sizes.
@@ -109,10 +148,11 @@ class DKF(LatentDecoderDVAE):
         activation: str = "tanh",
     ) -> None:
         super().__init__(x_dim, z_dim, likelihood)
-        bidirectional = self.choose_guide(guide, GUIDES, default="dks")
+        inference = self.choose_guide(guide, GUIDES, default="dks")
         self.prior = build_transition(prior or "gated", z_dim)
         mlp_z_x = MLP(z_dim, dense_z_x, activation)
         self.decoder = nn.Sequential(mlp_z_x, nn.Linear(mlp_z_x.out_dim, x_dim))
-        self.inference = DKFInference(
-            x_dim, z_dim, dense_x_gx, dim_rnn_gx, dense_ztm1_g, dense_g_z, bidirectional, activation
+        self.inference = inference(
+            x_dim=x_dim, z_dim=z_dim, dense_x_gx=dense_x_gx, dim_rnn_gx=dim_rnn_gx,
+            dense_ztm1_g=dense_ztm1_g, dense_g_z=dense_g_z, activation=activation,
         )

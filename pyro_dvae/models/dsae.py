@@ -39,14 +39,9 @@ import pyro
 import torch
 from pyro.distributions import Normal, TorchDistribution
 from torch import nn
+from torch.distributions import Distribution
 
-from pyro_dvae.distributions import (
-    GaussianTrajectory,
-    IndependentTrajectory,
-    MarkovTrajectory,
-    Params,
-    normal_kl,
-)
+from pyro_dvae.distributions import IndependentTrajectory, Trajectory, diag_normal, normal_kl
 from pyro_dvae.likelihoods import Likelihood
 from pyro_dvae.models.base import DVAE
 from pyro_dvae.nn import MLP, GaussianHead, LSTMState, lstm, lstm_step, shift
@@ -67,17 +62,17 @@ class LSTMPrior(nn.Module):
 
     def step(
         self, z_prev: torch.Tensor, state: LSTMState | None
-    ) -> tuple[torch.Tensor, torch.Tensor, LSTMState]:
-        """One frame: advance the LSTM on z_{t−1} (B, L), then (loc_t, scale_t, state)."""
+    ) -> tuple[Distribution, LSTMState]:
+        """One frame: advance the LSTM on z_{t−1} (B, L), then (p(z_t | z_{<t}), state)."""
         state = lstm_step(self.rnn, z_prev, state)
-        return (*self.head(state[0]), state)
+        return diag_normal(*self.head(state[0])), state
 
-    def parallel(self, z: torch.Tensor) -> Params:
-        """All frames' (loc, scale) along a given z (B, T, L): one LSTM call over shift(z)."""
-        return self.head(self.rnn(shift(z))[0])
+    def parallel(self, z: torch.Tensor) -> Distribution:
+        """All frames' p(z_t | z_{<t}) along a given z (B, T, L): one LSTM call over shift(z)."""
+        return diag_normal(*self.head(self.rnn(shift(z))[0]))
 
-    def trajectory(self, B: int, T: int, L: int, like: torch.Tensor) -> GaussianTrajectory:
-        return MarkovTrajectory(
+    def trajectory(self, B: int, T: int, L: int, like: torch.Tensor) -> Trajectory:
+        return Trajectory(
             step=lambda t, z_prev, state: self.step(z_prev, state),
             parallel=self.parallel,
             batch_size=B,
@@ -119,12 +114,12 @@ class DSAEInference(nn.Module):
         """φ = MLP_x(x) (B, T, D_φ)."""
         return self.mlp_x(x)
 
-    def static(self, phi: torch.Tensor) -> Params:
+    def static(self, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loc, scale) of q(v | x), each (B, V), from the bi-LSTM's final states [h^→_T, h^←_1]."""
         h_n = self.rnn_gv(phi)[1][0]
         return self.head_v(self.mlp_gv_v(torch.cat([h_n[0], h_n[1]], dim=-1)))
 
-    def dynamic(self, phi: torch.Tensor, v: torch.Tensor) -> Params:
+    def dynamic(self, phi: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loc, scale) of q(z_t | x, v), each (B, T, L)."""
         u = self.mlp_xv_gxv(torch.cat([phi, over_time(v, phi.shape[1])], dim=-1))
         g = self.mlp_gxv_gz(self.rnn_gxv(u)[0])
@@ -206,7 +201,8 @@ class DSAE(DVAE):
         with self.sequences(x):
             q_v = Normal(*self.inference.static(phi)).to_event(1)
             v = self.latent("v", q_v, kl_weight)
-            self.latent("z", IndependentTrajectory(*self.inference.dynamic(phi, v)), kl_weight)
+            q_z = IndependentTrajectory(diag_normal, *self.inference.dynamic(phi, v))
+            self.latent("z", q_z, kl_weight)
 
     def free_bits(self, x: torch.Tensor, kl_weight: float) -> None:
         """With λ > 0, the factor −β·w·max(0, λ − KL_v) per sequence: KL_v becomes max(KL_v, λ)."""

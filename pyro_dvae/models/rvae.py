@@ -34,8 +34,9 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+from torch.distributions import Distribution
 
-from pyro_dvae.distributions import GaussianTrajectory, MarkovTrajectory, Params
+from pyro_dvae.distributions import Trajectory, diag_normal
 from pyro_dvae.likelihoods import Likelihood
 from pyro_dvae.models.base import LatentDecoderDVAE
 from pyro_dvae.models.priors import StandardNormal
@@ -46,7 +47,7 @@ GUIDES = {"causal": False, "noncausal": True}
 
 
 class RVAEInference(nn.Module):
-    """q(z_t | z_{1:t−1}, g^x_t). ``forward(x (B, T, D)) -> MarkovTrajectory`` over z (B, T, L)."""
+    """q(z_t | z_{1:t−1}, g^x_t). ``forward(x (B, T, D)) -> Trajectory`` over z (B, T, L)."""
 
     def __init__(
         self,
@@ -74,26 +75,26 @@ class RVAEInference(nn.Module):
         """g^x (B, T, H_x or 2·H_x): the LSTM over MLP_xgx(x) on the time-reversed sequence."""
         return run_rnn(self.rnn_gx, self.mlp_x_gx(x), backward=True)
 
-    def posterior(self, gx: torch.Tensor, gz: torch.Tensor) -> Params:
-        """(loc, scale) of z_t from [g^x_t, g^z_t]; any leading dims."""
-        return self.head(self.mlp_g_z(torch.cat([gx, gz], dim=-1)))
+    def posterior(self, gx: torch.Tensor, gz: torch.Tensor) -> Distribution:
+        """q(z_t | ·) from [g^x_t, g^z_t]; any leading dims."""
+        return diag_normal(*self.head(self.mlp_g_z(torch.cat([gx, gz], dim=-1))))
 
     def step(
         self, gx_t: torch.Tensor, z_prev: torch.Tensor, state: LSTMState | None
-    ) -> tuple[torch.Tensor, torch.Tensor, LSTMState]:
-        """One frame: advance LSTM_gz on z_{t−1} (B, L), then (loc_t, scale_t, state)."""
+    ) -> tuple[Distribution, LSTMState]:
+        """One frame: advance LSTM_gz on z_{t−1} (B, L), then (q(z_t | ·), state)."""
         state = lstm_step(self.rnn_gz, self.mlp_z_gz(z_prev), state)
-        return (*self.posterior(gx_t, state[0]), state)
+        return self.posterior(gx_t, state[0]), state
 
-    def parallel(self, gx: torch.Tensor, z: torch.Tensor) -> Params:
-        """All frames' (loc, scale) along a given z (B, T, L): LSTM_gz in one call."""
+    def parallel(self, gx: torch.Tensor, z: torch.Tensor) -> Distribution:
+        """All frames' q(z_t | ·) along a given z (B, T, L): LSTM_gz in one call."""
         gz = self.rnn_gz(self.mlp_z_gz(shift(z)))[0]
         return self.posterior(gx, gz)
 
-    def forward(self, x: torch.Tensor) -> GaussianTrajectory:
+    def forward(self, x: torch.Tensor) -> Trajectory:
         gx = self.summary(x)
         B, T, _ = x.shape
-        return MarkovTrajectory(
+        return Trajectory(
             step=lambda t, z_prev, state: self.step(gx[:, t], z_prev, state),
             parallel=lambda z: self.parallel(gx, z),
             batch_size=B,

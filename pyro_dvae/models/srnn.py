@@ -28,9 +28,10 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.distributions import Distribution
 from torch.nn import functional as F
 
-from pyro_dvae.distributions import MarkovTrajectory, StepFn
+from pyro_dvae.distributions import Step, Trajectory, diag_normal
 from pyro_dvae.likelihoods import Likelihood
 from pyro_dvae.models.base import DVAE
 from pyro_dvae.models.handoff import Handoff
@@ -40,7 +41,7 @@ from pyro_dvae.nn import MLP, GaussianHead, lstm, lstm_step, run_rnn, shift
 class Combiner(nn.Module):
     """``N(heads(MLP([c_t, z_{t−1}])))``: a Gaussian over z_t from a context c_t and z_{t−1}.
 
-    ``forward(c (..., C), z_prev (..., L)) -> (loc, scale)``, any leading dims;
+    ``forward(c (..., C), z_prev (..., L)) -> distribution`` (event (L,)), any leading dims;
     :meth:`trajectory` chains it over a context sequence c (B, T, C) from z_0 = 0.
     """
 
@@ -52,13 +53,13 @@ class Combiner(nn.Module):
         self.mlp = MLP(context_dim + z_dim, hidden, activation)
         self.head = GaussianHead(self.mlp.out_dim, z_dim)
 
-    def forward(self, c: torch.Tensor, z_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.head(self.mlp(torch.cat([c, z_prev], dim=-1)))
+    def forward(self, c: torch.Tensor, z_prev: torch.Tensor) -> Distribution:
+        return diag_normal(*self.head(self.mlp(torch.cat([c, z_prev], dim=-1))))
 
-    def trajectory(self, c: torch.Tensor) -> MarkovTrajectory:
+    def trajectory(self, c: torch.Tensor) -> Trajectory:
         """The chain over T steps: sampled one step at a time, scored in parallel."""
         B, T, _ = c.shape
-        return MarkovTrajectory(
+        return Trajectory(
             step=self.stepper(c),
             parallel=lambda z: self(c, shift(z)),
             batch_size=B,
@@ -67,18 +68,18 @@ class Combiner(nn.Module):
             like=c,
         )
 
-    def stepper(self, c: torch.Tensor) -> StepFn:
+    def stepper(self, c: torch.Tensor) -> Step:
         """The sampling step along c (B, T, C). The context's share of the first layer,
         W_c c_t + b, is computed for all t in one product, so that a step only adds W_z z_{t−1}
         (same parameters and values as :meth:`forward`, fewer operations in the loop)."""
         if len(self.mlp) == 0:
-            return lambda t, z_prev, state: (*self(c[:, t], z_prev), None)
+            return lambda t, z_prev, state: (self(c[:, t], z_prev), None)
         first, rest = self.mlp[0], nn.Sequential(*list(self.mlp)[1:])
         w_c, w_z = first.weight.split([c.shape[-1], self.z_dim], dim=1)
         context = F.linear(c, w_c, first.bias)
 
         def step(t: int, z_prev: torch.Tensor, state: None):
-            return *self.head(rest(torch.addmm(context[:, t], z_prev, w_z.t()))), None
+            return diag_normal(*self.head(rest(torch.addmm(context[:, t], z_prev, w_z.t())))), None
 
         return step
 
@@ -91,7 +92,7 @@ class SRNNPrior(Combiner):
 class SRNNInference(nn.Module):
     """q(z_t | z_{t−1}, g_t), g = LSTM_g over MLP_hxg([h_t, x_t]), backward or forward.
 
-    ``forward(h (B, T, H_h), x (B, T, D)) -> MarkovTrajectory`` over z (B, T, L).
+    ``forward(h (B, T, H_h), x (B, T, D)) -> Trajectory`` over z (B, T, L).
     """
 
     def __init__(
@@ -115,7 +116,7 @@ class SRNNInference(nn.Module):
         """g (B, T, H_g) in one LSTM call."""
         return run_rnn(self.rnn_g, self.mlp_hx_g(torch.cat([h, x], dim=-1)), self.backward)
 
-    def forward(self, h: torch.Tensor, x: torch.Tensor) -> MarkovTrajectory:
+    def forward(self, h: torch.Tensor, x: torch.Tensor) -> Trajectory:
         return self.combiner.trajectory(self.summary(h, x))
 
 
@@ -190,8 +191,7 @@ class SRNN(DVAE):
         state, ys = None, []
         for _ in range(T):
             state = lstm_step(self.rnn_h, self.mlp_x_h(x_prev), state)
-            loc, scale = self.prior(state[0], z)
-            z = loc + scale * torch.randn_like(loc)
+            z = self.prior(state[0], z).rsample()
             ys.append(self.decode(state[0], z))
             x_prev = self.likelihood.mean(ys[-1])
         return self.likelihood.mean(torch.stack(ys, dim=1))

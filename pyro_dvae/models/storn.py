@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from pyro_dvae.distributions import IndependentTrajectory
+from pyro_dvae.distributions import IndependentTrajectory, diag_normal
 from pyro_dvae.likelihoods import Likelihood
 from pyro_dvae.models.base import DVAE
 from pyro_dvae.models.priors import StandardNormal
@@ -65,7 +65,8 @@ class STORN(DVAE):
 
     def posterior(self, x: torch.Tensor) -> IndependentTrajectory:
         """q(z_t | x_{1:t}) for every t from one forward LSTM call over x (B, T, D)."""
-        return IndependentTrajectory(*self.encoder(run_rnn(self.rnn_g, self.mlp_x_g(x))))
+        features = self.encoder(run_rnn(self.rnn_g, self.mlp_x_g(x)))
+        return IndependentTrajectory(diag_normal, *features)
 
     def decode(self, z: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
         """y (B, T, D) from z_t and x_{t−1} (both (B, T, ·)), teacher-forced, one LSTM call."""

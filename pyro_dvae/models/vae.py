@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from pyro_dvae.distributions import IndependentTrajectory
+from pyro_dvae.distributions import IndependentTrajectory, diag_normal
 from pyro_dvae.likelihoods import Likelihood
 from pyro_dvae.models.base import LatentDecoderDVAE
 from pyro_dvae.models.priors import StandardNormal
@@ -48,4 +48,4 @@ class VAE(LatentDecoderDVAE):
 
     def inference(self, x: torch.Tensor) -> IndependentTrajectory:
         """q(z | x) = ∏_t N(z_t; μ(x_t), σ(x_t)²)."""
-        return IndependentTrajectory(*self.encoder(x))
+        return IndependentTrajectory(diag_normal, *self.encoder(x))

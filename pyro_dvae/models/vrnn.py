@@ -23,8 +23,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.distributions import Distribution
 
-from pyro_dvae.distributions import MarkovTrajectory, Params, StepFn
+from pyro_dvae.distributions import Parallel, Step, Trajectory, diag_normal
 from pyro_dvae.likelihoods import Likelihood
 from pyro_dvae.models.base import DVAE
 from pyro_dvae.models.handoff import Handoff
@@ -88,29 +89,36 @@ class VRNN(DVAE):
             return zeros, zeros
         return lstm_step(self.rnn, torch.cat([features_x, self.phi_z(z_prev)], dim=-1), state)
 
-    def posterior(self, features_x: torch.Tensor, hs: list[torch.Tensor]) -> MarkovTrajectory:
+    def posterior(self, features_x: torch.Tensor, hs: list[torch.Tensor]) -> Trajectory:
         """q(z_t | x_t, h_t): sampled one LSTM cell at a time (the h_t of the draw are written
         to ``hs``), scored along a given z with one LSTM call."""
 
         def step(t: int, z_prev: torch.Tensor, state: LSTMState | None):
             state = self.advance(state, features_x[:, t - 1], z_prev)
             hs[t:] = [state[0]]  # hs[t] = h_t, dropping any earlier draw's
-            return *self.encoder(torch.cat([features_x[:, t], state[0]], dim=-1)), state
+            return self.q_step(features_x[:, t], state[0]), state
 
-        def parallel(z: torch.Tensor) -> Params:
-            h = self.hidden(features_x, self.phi_z(z))
-            return self.encoder(torch.cat([features_x, h], dim=-1))
+        def parallel(z: torch.Tensor) -> Distribution:
+            return self.q_step(features_x, self.hidden(features_x, self.phi_z(z)))
 
         return _trajectory(step, parallel, features_x, self.z_dim)
 
-    def prior(self, x: torch.Tensor, path: Callable[[torch.Tensor], Path]) -> MarkovTrajectory:
+    def q_step(self, features_x: torch.Tensor, h: torch.Tensor) -> Distribution:
+        """q(z_t | x_t, h_t) = N(heads(MLP_hxz([φx(x_t), h_t]))); any leading dims."""
+        return diag_normal(*self.encoder(torch.cat([features_x, h], dim=-1)))
+
+    def p_step(self, h: torch.Tensor) -> Distribution:
+        """p(z_t | h_t) = N(heads(MLP_hz(h_t))); any leading dims."""
+        return diag_normal(*self.prior_net(h))
+
+    def prior(self, x: torch.Tensor, path: Callable[[torch.Tensor], Path]) -> Trajectory:
         """p(z_t | h_t), teacher-forced on x; ``path(z)`` gives (φz(z), h) for scoring."""
 
         def step(t: int, z_prev: torch.Tensor, state: LSTMState | None):
             state = self.advance(state, self.phi_x(x[:, t - 1]) if t else None, z_prev)
-            return *self.prior_net(state[0]), state
+            return self.p_step(state[0]), state
 
-        return _trajectory(step, lambda z: self.prior_net(path(z)[1]), x, self.z_dim)
+        return _trajectory(step, lambda z: self.p_step(path(z)[1]), x, self.z_dim)
 
     def model(self, x: torch.Tensor, kl_weight: float = 1.0) -> torch.Tensor:
         def along(z: torch.Tensor) -> Path:
@@ -136,8 +144,7 @@ class VRNN(DVAE):
         z, features_x, state, ys = like.new_zeros(n, self.z_dim), None, None, []
         for _ in range(T):
             state = self.advance(state, features_x, z)
-            loc, scale = self.prior_net(state[0])
-            z = loc + scale * torch.randn_like(loc)
+            z = self.p_step(state[0]).rsample()
             ys.append(self.decoder(torch.cat([self.phi_z(z), state[0]], dim=-1)))
             features_x = self.phi_x(self.likelihood.mean(ys[-1]))
         return self.likelihood.mean(torch.stack(ys, dim=1))
@@ -151,11 +158,9 @@ def _head(
     return nn.Sequential(mlp, out(mlp.out_dim, out_dim))
 
 
-def _trajectory(
-    step: StepFn, parallel: Callable[[torch.Tensor], Params], like: torch.Tensor, z_dim: int
-) -> MarkovTrajectory:
+def _trajectory(step: Step, parallel: Parallel, like: torch.Tensor, z_dim: int) -> Trajectory:
     B, T, _ = like.shape
-    return MarkovTrajectory(step, parallel, batch_size=B, T=T, L=z_dim, like=like)
+    return Trajectory(step, parallel, batch_size=B, T=T, L=z_dim, like=like)
 
 
 class _LastCall:

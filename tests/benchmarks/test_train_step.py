@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-KEYS = {"model", "shape", "device", "ms_per_step", "ms_per_step_reference",
+KEYS = {"model", "shape", "device", "sites", "ms_per_step", "ms_per_step_reference",
         "ratio_pyro_to_reference", "ms_per_step_original_style", "ratio_pyro_to_original_style",
         "peak_mem_mb"}
 
@@ -16,7 +16,7 @@ def test_benchmark_smoke_json(tmp_path):
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--models", "vae,dkf",
          "--steps", "2", "--warmup", "0", "--B", "2", "--T", "4", "--x-dim", "8",
-         "--threads", "1", "--rounds", "1", "--json", str(out)],
+         "--threads", "1", "--rounds", "1", "--sites", "markov", "--json", str(out)],
         capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr
@@ -24,7 +24,7 @@ def test_benchmark_smoke_json(tmp_path):
     assert [r["model"] for r in rows] == ["vae", "dkf"]
     for row in rows:
         assert KEYS <= set(row)
-        assert row["shape"] == "speech" and row["device"] == "cpu"
+        assert (row["shape"], row["device"], row["sites"]) == ("speech", "cpu", "markov")
         assert row["ms_per_step"] > 0 and row["ms_per_step_reference"] > 0
         ratio = row["ms_per_step"] / row["ms_per_step_reference"]
         assert abs(row["ratio_pyro_to_reference"] - ratio) < 0.01 * ratio + 1e-3

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from pyro import poutine
@@ -34,6 +36,16 @@ def test_parameter_count_matches_spec(modality, x_dim, params, count):
     assert sum(p.numel() for p in model.parameters()) == count
 
 
+def _transition_by_hand(tr, z_prev):
+    """(μ, σ) of p(z_t | z_{t−1}): the gated transition's equations, or the linear one's."""
+    if hasattr(tr, "linear"):
+        return tr.linear(z_prev), tr.log_scale.exp().expand_as(z_prev)
+    gate = torch.sigmoid(tr.gate_out(torch.relu(tr.gate_hidden(z_prev))))
+    prop = tr.prop_out(torch.relu(tr.prop_hidden(z_prev)))
+    loc = (1 - gate) * tr.loc_linear(z_prev) + gate * prop
+    return loc, torch.nn.functional.softplus(tr.var_linear(torch.relu(prop))).sqrt()
+
+
 def _by_hand(model, x, z):
     """Networks' outputs along the sampled trajectory, step by step as on paper."""
     inf = model.inference
@@ -51,7 +63,7 @@ def _by_hand(model, x, z):
         loc, logvar = inf.head.linear(inf.mlp_g_z(g)).chunk(2, -1)
         mq.append(loc)
         sq.append(torch.exp(0.5 * logvar))
-        ploc, pscale = model.prior(z_prev)
+        ploc, pscale = _transition_by_hand(model.prior, z_prev)
         mp.append(ploc)
         sp.append(pscale)
         z_prev = z[:, t]
@@ -87,28 +99,42 @@ def test_trace_elbo_is_log_ratio_of_the_sampled_trajectory():
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_gated_transition_equations():
-    model = build_model("dkf", 10, ExponentialPower(), **TINY)
-    tr, z = model.prior, torch.randn(5, 3)
-    gate = torch.sigmoid(tr.gate_out(torch.relu(tr.gate_hidden(z))))
-    prop = tr.prop_out(torch.relu(tr.prop_hidden(z)))
-    loc, scale = tr(z)
-    torch.testing.assert_close(loc, (1 - gate) * tr.loc_linear(z) + gate * prop)
-    var = torch.nn.functional.softplus(tr.var_linear(torch.relu(prop)))
-    torch.testing.assert_close(scale**2, var, rtol=1e-5, atol=1e-8)
+@pytest.mark.parametrize("prior", ["gated", "linear"])
+def test_transition_equations(prior):
+    model = build_model("dkf", 10, ExponentialPower(), prior=prior, **TINY)
+    z = torch.randn(5, 3)
+    step = model.prior(z)
+    loc, scale = _transition_by_hand(model.prior, z)
+    torch.testing.assert_close(step.mean, loc)
+    torch.testing.assert_close(step.variance, scale**2, rtol=1e-5, atol=1e-8)
+    assert step.event_shape == (3,) and step.batch_shape == (5,)
 
 
-def test_posterior_mean_path_and_generation():
-    model = build_model("dkf", 10, ExponentialPower(), **TINY)
+@pytest.mark.parametrize("guide", ["dks", "st_lr"])
+def test_posterior_mean_path(guide):
+    """z_t = E[z_t | z_{<t}] fed forward: the fixed point of T passes of the hand-written
+    step equations (pass k fixes step k)."""
+    model = build_model("dkf", 10, ExponentialPower(), guide=guide, **TINY)
     x = torch.rand(2, 5, 10)
-    y = model.reconstruct(x)
-    gx = model.inference.summary(x)
-    z_prev, zs = torch.zeros(2, 3), []
-    for t in range(5):
-        z_prev, _ = model.inference.combine(z_prev, gx[:, t])
+    z = torch.zeros(2, 5, 3)
+    for _ in range(5):
+        z = _by_hand(model, x, z)[0][0]
+    assert z.abs().sum() > 0
+    torch.testing.assert_close(model.reconstruct(x), _by_hand(model, x, z)[1])
+
+
+def test_generation_is_ancestral_sampling_by_hand():
+    """z_t = μ(z_{t−1}) + σ(z_{t−1}) ε_t with ε_t drawn one step at a time; x̂ = exp(decoder(z))."""
+    model = build_model("dkf", 10, ExponentialPower(), **TINY)
+    torch.manual_seed(11)
+    generated = model.generate(3, 8)
+    torch.manual_seed(11)
+    z_prev, zs = torch.zeros(3, 3), []
+    for _ in range(8):
+        loc, scale = _transition_by_hand(model.prior, z_prev)
+        z_prev = loc + scale * torch.randn(3, 3)
         zs.append(z_prev)
-    torch.testing.assert_close(y, model.decoder(torch.stack(zs, 1)))
-    assert model.generate(3, 8).shape == (3, 8, 10)
+    torch.testing.assert_close(generated, torch.exp(model.decoder(torch.stack(zs, 1))))
     assert torch.equal(shift(torch.ones(1, 2, 1))[:, 0], torch.zeros(1, 1))
 
 
@@ -117,3 +143,24 @@ def test_unknown_guide_and_prior_are_clear_errors():
         build_model("dkf", 10, ExponentialPower(), guide="smoother", **TINY)
     with pytest.raises(ValueError, match="prior.name='lstm'"):
         build_model("dkf", 10, ExponentialPower(), prior="lstm", **TINY)
+
+
+def test_student_t_prior_falls_back_to_the_sampled_log_ratio():
+    """No KL(Normal ‖ Student-t) is registered: TraceMeanField_ELBO scores the prior with
+    log q(z) − log p(z) of the guide's draw; p is the Student-t density written out."""
+    x_dim, B, T = 10, 4, 6
+    model = build_model("dkf", x_dim, ExponentialPower(), prior="student_t", **TINY)
+    x = torch.rand(B, T, x_dim)
+    torch.manual_seed(3)
+    loss = TraceMeanField_ELBO().differentiable_loss(model.model, model.guide, x, 0.6)
+    torch.manual_seed(3)
+    z = poutine.trace(model.guide).get_trace(x).nodes["z"]["value"]
+    (mq, sq, mp, sp), y = _by_hand(model, x, z)
+    nu = 2 + model.prior.log_df_minus_2.exp()
+    u = (z - mp) / sp
+    log_p = (
+        torch.lgamma((nu + 1) / 2) - torch.lgamma(nu / 2) - 0.5 * torch.log(nu * math.pi)
+        - torch.log(sp) - (nu + 1) / 2 * torch.log1p(u**2 / nu)
+    ).sum()
+    expected = (exponential_nll(x, y) + 0.6 * (gaussian_log_density(z, mq, sq) - log_p)) / (B * T)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
