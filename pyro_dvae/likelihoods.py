@@ -13,6 +13,8 @@ used for evaluation and generation.
   log-density (like ``pyro.factor``) that the ELBO treats as any other.
 * ``gaussian``: ``y`` is the mean; a diagonal Gaussian with a learned (or fixed) per-dimension
   scale. A proper density, for likelihood comparisons.
+* ``bernoulli`` (binary data: piano rolls, binary video frames): ``y`` holds the logits of
+  independent Bernoulli variables, ``E[x | y] = sigmoid(y)``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import math
 
 import torch
+from pyro.distributions import Bernoulli as BernoulliDist
 from pyro.distributions import Exponential, Normal, TorchDistribution, constraints
 from torch import nn
 
@@ -166,7 +169,19 @@ class Gaussian(Likelihood):
         return y
 
 
-DEFAULT_FOR_MODALITY = {"speech": "exponential", "motion": "mpjpe"}
+class Bernoulli(Likelihood):
+    """``x ~ Bernoulli(sigmoid(y))`` per element; y the logits."""
+
+    def forward(self, y: torch.Tensor) -> TorchDistribution:
+        return BernoulliDist(logits=y).to_event(2)
+
+    def mean(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(y)
+
+
+DEFAULT_FOR_MODALITY = {
+    "speech": "exponential", "motion": "mpjpe", "music": "bernoulli", "video": "bernoulli"
+}
 
 
 def build_likelihood(name: str | None, modality: str, x_dim: int, **options) -> Likelihood:
@@ -178,6 +193,8 @@ def build_likelihood(name: str | None, modality: str, x_dim: int, **options) -> 
         return MPJPE()
     if name == "gaussian":
         return Gaussian(x_dim, **options)
+    if name == "bernoulli":
+        return Bernoulli()
     raise ValueError(
-        f"likelihood.name={name!r} is not known; expected exponential, mpjpe or gaussian"
+        f"likelihood.name={name!r} is not known; expected exponential, mpjpe, gaussian or bernoulli"
     )

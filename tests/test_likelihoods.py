@@ -68,3 +68,14 @@ def test_gaussian_learned_scale_density():
 def test_unknown_likelihood_names_the_key():
     with pytest.raises(ValueError, match="likelihood.name='poisson'"):
         build_likelihood("poisson", "speech", 3)
+
+
+def test_bernoulli_is_the_binary_cross_entropy():
+    x = torch.tensor([[[1.0, 0.0, 1.0]]])
+    y = torch.tensor([[[2.0, -1.0, -3.0]]])
+    lik = build_likelihood(None, "music", 3)
+    # log σ(2) + log(1 − σ(−1)) + log σ(−3), σ the logistic function
+    expected = -(math.log1p(math.exp(-2)) + math.log1p(math.exp(-1)) + math.log1p(math.exp(3)))
+    torch.testing.assert_close(lik(y).log_prob(x), torch.tensor([expected]))
+    torch.testing.assert_close(lik.mean(y), torch.sigmoid(y))
+    assert type(build_likelihood(None, "video", 3)) is type(lik)
