@@ -1,8 +1,10 @@
 """Speech quality metrics (spec §8.2) and their summary over a test set.
 
 Every metric is a small function of a reference waveform ``ref`` and an estimate ``est``: 1-D float
-arrays ``(N,)`` of the same length and sample rate. :func:`evaluate_pairs` computes them for many
-utterances in worker processes; :func:`summarise` turns the rows into a JSON-ready dict.
+arrays ``(N,)`` of the same length and sample rate. Signals of different lengths or shapes are an
+error (:class:`MetricInputError`), never trimmed silently: a length mismatch means the two signals
+are not aligned. :func:`evaluate_pairs` computes the metrics for many utterances in worker
+processes; :func:`summarise` turns the rows into a JSON-ready dict.
 """
 
 from __future__ import annotations
@@ -22,13 +24,39 @@ import pystoi
 EPS = float(np.finfo(np.float64).eps)
 
 
+class MetricInputError(ValueError):
+    """A reference / estimate pair a metric is not defined for; the message says why."""
+
+
+def as_pair(ref: np.ndarray, est: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``ref`` and ``est`` as float64 arrays ``(N,)``.
+
+    Raises:
+        MetricInputError: they are not 1-D or differ in length.
+    """
+    ref, est = np.asarray(ref, np.float64), np.asarray(est, np.float64)
+    if ref.ndim != 1 or est.shape != ref.shape:
+        raise MetricInputError(
+            f"reference {ref.shape} and estimate {est.shape}: expected two 1-D signals of the "
+            f"same length (samples at the same rate, aligned); trim or pad them first")
+    return ref, est
+
+
 def si_sdr(ref: np.ndarray, est: np.ndarray) -> float:
     """Scale-invariant SDR in dB, without mean removal (spec §8.2).
 
     ``a = (eps + <ref, est>) / (eps + |ref|^2)``, target ``a ref``, residual ``est - a ref``,
     ``10 log10((eps + |target|^2) / (eps + |residual|^2))``, ``eps`` the float64 machine epsilon.
+    A silent estimate scores 0 dB (target and residual are both ``~0``), as with the spec's ``eps``.
+
+    Raises:
+        MetricInputError: ``ref`` is silent (all zeros: there is no target to project on; a
+            reference is never silent in the test sets, whose silent files are skipped), or the
+            two differ in length (see :func:`as_pair`).
     """
-    ref, est = np.asarray(ref, np.float64), np.asarray(est, np.float64)
+    ref, est = as_pair(ref, est)
+    if not np.any(ref):
+        raise MetricInputError("SI-SDR is undefined for a silent (all-zero) reference")
     target = (EPS + ref @ est) / (EPS + ref @ ref) * ref
     residual = est - target
     return float(10 * np.log10((EPS + target @ target) / (EPS + residual @ residual)))
@@ -37,7 +65,7 @@ def si_sdr(ref: np.ndarray, est: np.ndarray) -> float:
 def rmse(ref: np.ndarray, est: np.ndarray) -> float:
     """Root-mean-square error after the least-squares gain ``alpha = <est, ref> / |est|^2``:
     ``sqrt(mean((alpha est - ref)^2))`` (spec §8.2; ``eps`` is added to ``|est|^2``)."""
-    ref, est = np.asarray(ref, np.float64), np.asarray(est, np.float64)
+    ref, est = as_pair(ref, est)
     alpha = (est @ ref) / (est @ est + EPS)
     return float(np.sqrt(np.mean((alpha * est - ref) ** 2)))
 
@@ -49,8 +77,9 @@ def pesq_score(ref: np.ndarray, est: np.ndarray, fs: int, mode: str = "nb") -> f
     The original code reports raw narrow-band P.862 scores (pypesq); the MOS-LQO ``m`` maps back to
     them by ``(ln(4 / (m - 0.999) - 1) - 4.6607) / -1.4945``.
     """
+    ref, est = as_pair(ref, est)
     try:
-        return float(pesq.pesq(fs, np.asarray(ref, np.float64), np.asarray(est, np.float64), mode))
+        return float(pesq.pesq(fs, ref, est, mode))
     except pesq.PesqError:
         return float("nan")
 
@@ -58,7 +87,7 @@ def pesq_score(ref: np.ndarray, est: np.ndarray, fs: int, mode: str = "nb") -> f
 def estoi(ref: np.ndarray, est: np.ndarray, fs: int) -> float:
     """Extended STOI (pystoi, ``extended=True``) in [0, 1]. NaN where the speech part of ``ref`` is
     shorter than one 384 ms analysis segment (pystoi then warns and returns 1e-5)."""
-    ref, est = np.asarray(ref, np.float64), np.asarray(est, np.float64)
+    ref, est = as_pair(ref, est)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         value = pystoi.stoi(ref, est, fs, extended=True)

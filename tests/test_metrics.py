@@ -4,20 +4,71 @@ import json
 import math
 
 import numpy as np
+import pesq
+import pystoi
 import pytest
 import soxr
 
 from pyro_dvae import metrics
 from pyro_dvae.data import audio
 
+# The packages' outputs on VoiceBank-DEMAND p287_001 (clean reference, noisy estimate, 16 kHz,
+# 31,367 samples), computed once with pesq 0.0.4 / pystoi 0.4.1 on the float64 samples read by
+# soundfile; the alternatives a wrong call would give are pinned beside them.
+PINNED_16K = {
+    "pesq_wb": 1.7623153924942017,  # pesq.pesq(16000, clean, noisy, "wb"): P.862.2 MOS-LQO
+    "pesq_nb": 2.4710869789123535,  # pesq.pesq(16000, clean, noisy, "nb"): P.862.1 MOS-LQO
+    "estoi": 0.6180148065942218,  # pystoi.stoi(clean, noisy, 16000, extended=True)
+    "si_sdr": 12.752437951123547,  # by hand: a = <c, n> / |c|^2, 10 log10(|a c|^2 / |n - a c|^2)
+    "rmse": 0.016975645838447594,  # by hand: g = <n, c> / |n|^2, sqrt(mean((g n - c)^2))
+}
+STOI_16K = 0.845798927010507  # pystoi.stoi(..., extended=False): what classic STOI would give
+# The same pair decimated by 2 (every other sample, no filter) at 8 kHz: narrow band only.
+PINNED_8K = {"pesq_nb": 2.5660078525543213, "estoi": 0.6183102100393667}
+PACKAGE_TOL = 1e-6  # PESQ is C code with float32 internals; pystoi resamples through scipy
+
 
 @pytest.fixture(scope="module")
 def clean_noisy(data_root):
-    """A VoiceBank-DEMAND clean / noisy pair at 16 kHz."""
+    """A VoiceBank-DEMAND clean / noisy pair at 16 kHz, float32 ``(31367,)`` each."""
     folder = data_root / "speech_fixtures_16k/voicebank_demand"
     clean = audio.read_audio(folder / "clean/p287_001.wav", 16000)
     noisy = audio.read_audio(folder / "noisy/p287_001.wav", 16000)
     return clean, noisy
+
+
+def test_metrics_are_pinned_to_the_packages_values_on_voicebank(clean_noisy):
+    clean, noisy = clean_noisy
+    assert len(clean) == 31367
+    row = metrics.utterance_metrics(clean, noisy, 16000)
+    assert row == {k: pytest.approx(v, abs=PACKAGE_TOL) for k, v in PINNED_16K.items()}
+    row_8k = metrics.utterance_metrics(clean[::2], noisy[::2], 8000)
+    assert set(row_8k) == {"si_sdr", "rmse", "estoi", "pesq_nb"}
+    assert row_8k["pesq_nb"] == pytest.approx(PINNED_8K["pesq_nb"], abs=PACKAGE_TOL)
+    assert row_8k["estoi"] == pytest.approx(PINNED_8K["estoi"], abs=PACKAGE_TOL)
+    assert metrics.pesq_score(clean, noisy, 16000, "wb") == pytest.approx(PINNED_16K["pesq_wb"])
+    assert metrics.pesq_score(clean, noisy, 16000) == pytest.approx(PINNED_16K["pesq_nb"])
+
+
+def test_the_pinned_values_are_the_packages_outputs_and_tell_the_variants_apart(clean_noisy):
+    clean, noisy = (x.astype(np.float64) for x in clean_noisy)
+    assert pesq.pesq(16000, clean, noisy, "wb") == pytest.approx(PINNED_16K["pesq_wb"], abs=1e-6)
+    assert pesq.pesq(16000, clean, noisy, "nb") == pytest.approx(PINNED_16K["pesq_nb"], abs=1e-6)
+    assert pesq.pesq(8000, clean[::2], noisy[::2], "nb") == pytest.approx(PINNED_8K["pesq_nb"],
+                                                                         abs=1e-6)
+    estoi, stoi = (pystoi.stoi(clean, noisy, 16000, extended=e) for e in (True, False))
+    assert estoi == pytest.approx(PINNED_16K["estoi"], abs=1e-6)
+    assert stoi == pytest.approx(STOI_16K, abs=1e-6)
+    assert pystoi.stoi(clean[::2], noisy[::2], 8000, extended=True) == pytest.approx(
+        PINNED_8K["estoi"], abs=1e-6)
+    # the variants a wrong call would give are far outside the tolerance
+    assert abs(stoi - estoi) > 0.2 and PINNED_16K["pesq_nb"] - PINNED_16K["pesq_wb"] > 0.5
+    a = (clean @ noisy) / (clean @ clean)
+    by_hand = 10 * math.log10(a**2 * (clean @ clean) / ((noisy - a * clean) ** 2).sum())
+    assert by_hand == pytest.approx(PINNED_16K["si_sdr"], abs=1e-9)
+    g = (noisy @ clean) / (noisy @ noisy)
+    assert math.sqrt(((g * noisy - clean) ** 2).mean()) == pytest.approx(PINNED_16K["rmse"],
+                                                                        abs=1e-12)
 
 
 def test_si_sdr_with_orthogonal_noise_equals_the_closed_form():
@@ -37,6 +88,36 @@ def test_si_sdr_is_scale_invariant_and_has_no_mean_removal():
     offset = metrics.si_sdr(x, x + 1.0)
     a = 1 + x.sum() / (x @ x)
     assert offset == pytest.approx(10 * math.log10(a**2 * (x @ x) / ((x + 1 - a * x) ** 2).sum()))
+
+
+def test_si_sdr_of_half_the_reference_plus_orthogonal_noise_by_hand():
+    ref = np.array([1.0, 1.0, 1.0, 1.0])
+    noise = 0.25 * np.array([1.0, -1.0, 1.0, -1.0])  # <ref, noise> = 0, |noise|^2 = 0.25
+    # projection a = 1/2: |a ref|^2 = 1, residual = noise: 10 log10(1 / 0.25) = 6.0206 dB
+    # (without the projection, ref itself as target: 10 log10(4 / 1.25) = 5.05 dB)
+    assert metrics.si_sdr(ref, 0.5 * ref + noise) == pytest.approx(10 * math.log10(4), abs=1e-12)
+    assert metrics.si_sdr(ref, 0.5 * ref + noise / 10) == pytest.approx(
+        10 * math.log10(400), abs=1e-12)
+
+
+def test_si_sdr_of_a_silent_reference_is_an_error_and_of_a_silent_estimate_0_db():
+    with pytest.raises(metrics.MetricInputError, match="silent"):
+        metrics.si_sdr(np.zeros(100), np.ones(100))
+    # the spec's eps makes target and residual equally tiny: 0 dB, documented
+    assert metrics.si_sdr(np.ones(100), np.zeros(100)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_every_metric_rejects_signals_of_different_lengths(clean_noisy):
+    clean, noisy = clean_noisy
+    calls = [metrics.si_sdr, metrics.rmse,
+             lambda r, e: metrics.pesq_score(r, e, 16000, "wb"),  # the pesq package accepts it
+             lambda r, e: metrics.estoi(r, e, 16000),
+             lambda r, e: metrics.utterance_metrics(r, e, 16000)]
+    for metric in calls:
+        with pytest.raises(metrics.MetricInputError, match=r"\(31367,\).*\(31000,\).*same length"):
+            metric(clean, noisy[:31000])
+        with pytest.raises(metrics.MetricInputError, match="1-D"):
+            metric(np.stack([clean, clean]), np.stack([noisy, noisy]))
 
 
 def test_rmse_uses_the_optimal_gain():

@@ -96,15 +96,22 @@ def read_audio(path: Path, fs: int) -> np.ndarray:
     """Mono float32 waveform ``(N,)`` of ``path`` at ``fs`` Hz (channels averaged, soxr resampling).
 
     Raises:
-        AudioFileError: the file cannot be decoded, is empty or is all zeros.
+        AudioFileError: the file cannot be decoded, is empty, holds NaN or infinite samples (a
+            float file can; resampling would spread them) or is all zeros.
     """
     try:
         x, fs_file = sf.read(path, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as err:
         raise AudioFileError(f"{path}: unreadable audio file ({err})") from err
-    x = x.mean(axis=1)
     if x.size == 0:
         raise AudioFileError(f"{path}: empty audio file")
+    finite = np.isfinite(x)
+    if not finite.all():
+        first = int(np.argmin(finite.all(axis=1)))
+        raise AudioFileError(
+            f"{path}: {int((~finite).sum())} non-finite samples (NaN or inf), the first at "
+            f"{first / fs_file:.3f} s (sample {first}); expected finite audio")
+    x = x.mean(axis=1)
     if fs_file != fs:
         x = soxr.resample(x, fs_file, fs, quality="HQ").astype(np.float32)
     if not np.any(x):

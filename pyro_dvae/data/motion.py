@@ -316,8 +316,12 @@ def read_positions(path: Path, skeleton: Skeleton, sample_rate: int) -> torch.Te
         raise MotionFileError(
             f"{path}: {data.shape[1]} columns per frame, expected {skeleton.frame_columns} (3 root "
             f"position + {skeleton.n_joints} joints x 3 exp-map) for skeleton {skeleton.name}")
-    if not np.isfinite(data).all():
-        raise MotionFileError(f"{path}: contains non-finite values")
+    finite = np.isfinite(data)
+    if not finite.all():
+        line = int(np.argmin(finite.all(axis=1))) + 1
+        raise MotionFileError(
+            f"{path}: {int((~finite).sum())} non-finite values (NaN or inf), the first on line "
+            f"{line}; expected finite numbers")
     frames = torch.from_numpy(data[::sample_rate].copy())
     frames[:, list(skeleton.root_columns)] = 0
     return (skeleton.forward_kinematics(frames) / 1000).flatten(1).float()
@@ -326,12 +330,14 @@ def read_positions(path: Path, skeleton: Skeleton, sample_rate: int) -> torch.Te
 def load_clips(
     files: Sequence[Path], base: Path, skeleton: Skeleton, sample_rate: int, seq_len: int,
     action_of: Callable[[Path], str],
-) -> list[Clip]:
-    """The usable clips of ``files``; the others are skipped with a warning naming the problem."""
-    clips = []
+) -> tuple[list[Clip], int]:
+    """The usable clips of ``files`` and the frames of the longest readable file (0 if none is);
+    the others are skipped with a warning naming the problem."""
+    clips, longest = [], 0
     for path in files:
         try:
             x = read_positions(path, skeleton, sample_rate)
+            longest = max(longest, len(x))
             if len(x) < seq_len:
                 raise MotionFileError(
                     f"{path}: {len(x)} frames after downsampling by {sample_rate}, fewer than "
@@ -340,7 +346,7 @@ def load_clips(
             warnings.warn(f"skipped {err}", stacklevel=3)
             continue
         clips.append(Clip(path.relative_to(base).with_suffix("").as_posix(), action_of(path), x))
-    return clips
+    return clips, longest
 
 
 def window_starts(n: int, seq_len: int, skip_rate: int) -> list[int]:
@@ -371,14 +377,22 @@ def _cap(files: list[Path], max_files: int | None) -> list[Path]:
 
 
 def _windows(name: str, split: str, clips: list[Clip], starts: list[list[int]], seq_len: int,
-             n_files: int) -> WindowDataset:
-    """The windows of one split; ``ValueError`` naming the split when there are none."""
+             n_files: int, longest: int, rule: str = "") -> WindowDataset:
+    """The windows of one split. ``ValueError`` naming the split when there are none: naming
+    ``data.seq_len`` when it exceeds the ``longest`` readable file (frames after downsampling) or
+    the split's ``rule``."""
     dataset = WindowDataset(clips, starts, seq_len)
-    if len(dataset) == 0:
+    if len(dataset) > 0:
+        return dataset
+    if longest == 0:
         raise ValueError(
-            f"data={name}: the {split} split has no {seq_len}-frame window ({len(clips)} usable "
-            f"files of {n_files}); check the data folder, data.actions and data.max_files")
-    return dataset
+            f"data={name}: the {split} split has no usable file among its {n_files} (each "
+            f"skipped file is named in a warning); check the data folder, data.actions and "
+            f"data.max_files")
+    raise ValueError(
+        f"data.seq_len={seq_len} frames is too long for the {split} split of data={name}: the "
+        f"longest of its {n_files} files has {longest} frames after downsampling by "
+        f"data.sample_rate{rule}; lower data.seq_len")
 
 
 def _select_actions(name: str, actions: Sequence[str] | None, known: Sequence[str]) -> list[str]:
@@ -390,11 +404,13 @@ def _select_actions(name: str, actions: Sequence[str] | None, known: Sequence[st
     return list(actions)
 
 
-def _setup(name: str, modality: str, skeleton: str, root: str | None) -> Skeleton:
-    """Check the modality and read the skeleton: ``skeleton`` is a ``.json`` path or the name of a
-    file in ``<data root>/skeletons/``."""
+def _setup(name: str, modality: str, skeleton: str, root: str | None, seq_len: int) -> Skeleton:
+    """Check the modality and ``seq_len`` and read the skeleton: ``skeleton`` is a ``.json`` path
+    or the name of a file in ``<data root>/skeletons/``."""
     if modality != "motion":
         raise ValueError(f"data={name}: modality must be 'motion', got {modality!r}")
+    if seq_len < 2:
+        raise ValueError(f"data.seq_len={seq_len}: expected at least 2 frames per window")
     path = Path(skeleton).expanduser()
     if path.suffix != ".json":
         path = sources.locate("skeletons", root) / f"{skeleton}.json"
@@ -425,7 +441,7 @@ def build_h36m(
 ) -> MotionTask:
     """Human3.6M exp-map files ``<root>/h36m/S{s}/{action}_{1,2}.txt`` (spec §8.3). Missing files
     are reported in one warning. ``max_files`` caps the files of each split."""
-    skel = _setup(name, modality, skeleton, root)
+    skel = _setup(name, modality, skeleton, root, seq_len)
     folder = sources.locate("h36m", root)
     actions = _select_actions(name, actions, H36M_ACTIONS)
     subjects = {"train": train_subjects, "val": val_subjects, "test": test_subjects}
@@ -438,11 +454,11 @@ def build_h36m(
             warnings.warn(f"data={name}: {len(missing)} {split} files missing under {folder}: "
                           f"{missing}", stacklevel=2)
         files = _cap([p for p in files if p.is_file()], max_files)
-        clips = load_clips(files, folder, skel, sample_rate, seq_len,
-                           lambda p: p.stem.rsplit("_", 1)[0])
+        clips, longest = load_clips(files, folder, skel, sample_rate, seq_len,
+                                    lambda p: p.stem.rsplit("_", 1)[0])
         starts = [find_indices(len(c.x), seq_len, val_windows) if split == "val"
                   else window_starts(len(c.x), seq_len, skip_rate) for c in clips]
-        datasets[split] = _windows(name, split, clips, starts, seq_len, len(files))
+        datasets[split] = _windows(name, split, clips, starts, seq_len, len(files), longest)
     return MotionTask(name, skel, subset, datasets["train"], datasets["val"], datasets["test"],
                       SOURCE_RATE_HZ / sample_rate)
 
@@ -474,7 +490,7 @@ def build_cmu_mocap(
     """CMU mocap of Li et al. 2018 (``<root>/cmu_mocap_expmap/{train,test}/<action>/*.txt``);
     validation from the train files by :func:`split_validation`. ``max_files`` caps the train
     files (which also give validation) and the test files."""
-    skel = _setup(name, modality, skeleton, root)
+    skel = _setup(name, modality, skeleton, root, seq_len)
     folder = sources.locate("cmu_mocap_expmap", root)
     files = {split: sorted((folder / split).glob("*/*.txt"), key=_natural_key)
              for split in ("train", "test")}
@@ -482,18 +498,20 @@ def build_cmu_mocap(
     chosen = set(_select_actions(name, actions, known))
     files = {split: _cap([p for p in split_files if p.parent.name in chosen], max_files)
              for split, split_files in files.items()}
-    clips = {split: load_clips(split_files, folder, skel, sample_rate, seq_len,
-                               lambda p: p.parent.name)
-             for split, split_files in files.items()}
-    parts = [split_validation(c, val_fraction, seq_len) for c in clips["train"]]
+    loaded = {split: load_clips(split_files, folder, skel, sample_rate, seq_len,
+                                lambda p: p.parent.name)
+              for split, split_files in files.items()}
+    parts = [split_validation(c, val_fraction, seq_len) for c in loaded["train"][0]]
     segments = {"train": [t for t, _ in parts], "val": [v for _, v in parts if v is not None],
-                "test": clips["test"]}
-    n_files = {"train": len(files["train"]), "val": len(files["train"]),
-               "test": len(files["test"])}
+                "test": loaded["test"][0]}
+    source = {"train": "train", "val": "train", "test": "test"}  # validation: ends of train files
+    rule = {"val": f" (a validation part needs a train file of at least seq_len + "
+                   f"max(ceil(data.val_fraction n), seq_len) frames, so {2 * seq_len} or more)"}
     datasets = {
         split: _windows(name, split, split_clips,
                         [window_starts(len(c.x), seq_len, skip_rate) for c in split_clips],
-                        seq_len, n_files[split])
+                        seq_len, len(files[source[split]]), loaded[source[split]][1],
+                        rule.get(split, ""))
         for split, split_clips in segments.items()
     }
     return MotionTask(name, skel, subset, datasets["train"], datasets["val"], datasets["test"],

@@ -10,7 +10,10 @@ A *data root* is a folder laid out like the project's shared data folder::
 :func:`locate` looks for ``ROOT/<subdir>`` in this order: the ``root`` argument (the
 ``data.root`` config key), the environment variable ``PYRO_DVAE_DATA``, the download cache
 (``$PYRO_DVAE_CACHE``, default ``~/.cache/pyro_dvae``). Corpora with a public release are
-downloaded into the cache and verified by a checksum over their files.
+downloaded into a temporary folder of the cache, extracted there with tarfile's ``"data"`` filter
+(no absolute paths, no ``..``, no links leading outside, no device files; on a Python without it,
+only plain files and folders inside the folder are accepted), verified by a checksum over their
+files, and only then moved into place: a failed check leaves nothing in the cache.
 """
 
 from __future__ import annotations
@@ -57,13 +60,63 @@ RELEASES: dict[str, Release] = {
 }
 
 
+class UnsafeArchiveError(OSError):
+    """An archive member that would be written outside the extraction folder, or is neither a
+    plain file nor a folder; the message names it."""
+
+
 def tree_digest(folder: Path) -> str:
-    """SHA-256 over the sorted file names of ``folder`` and the SHA-256 of each file."""
+    """SHA-256 over everything below ``folder``, recursively, in sorted order of the paths relative
+    to it: each file's path and the SHA-256 of its bytes; each link's path and its target text
+    (links are not followed). Empty folders add nothing; for a flat folder, the paths are the file
+    names."""
     h = hashlib.sha256()
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        h.update(path.name.encode())
-        h.update(hashlib.sha256(path.read_bytes()).digest())
+    entries = sorted(folder.rglob("*"), key=lambda p: p.relative_to(folder).as_posix())
+    for path in entries:
+        if path.is_symlink():
+            h.update(path.relative_to(folder).as_posix().encode())
+            h.update(b"link:" + os.readlink(path).encode())
+        elif path.is_file():
+            h.update(path.relative_to(folder).as_posix().encode())
+            h.update(hashlib.sha256(path.read_bytes()).digest())
     return h.hexdigest()
+
+
+def check_member(member: tarfile.TarInfo, dest: Path) -> None:
+    """The check of Pythons without ``tarfile.data_filter``: ``member`` must be a plain file or a
+    folder whose path stays inside ``dest``.
+
+    Raises:
+        UnsafeArchiveError: naming the member and what is wrong with it.
+    """
+    if not (member.isfile() or member.isdir()):
+        raise UnsafeArchiveError(f"member {member.name!r} is a link or a special file")
+    root = os.path.realpath(dest)
+    if os.path.commonpath([root, os.path.realpath(os.path.join(root, member.name))]) != root:
+        raise UnsafeArchiveError(f"member {member.name!r} would be written outside {dest}")
+
+
+def extract_archive(archive: Path, dest: Path) -> None:
+    """Extract the tar ``archive`` (any compression) into the folder ``dest``, refusing members
+    that would land outside it: tarfile's ``"data"`` filter where this Python has it, otherwise
+    :func:`check_member` on every member before anything is written.
+
+    Raises:
+        UnsafeArchiveError: an unsafe member (a part of the archive may have been written into
+            ``dest``; discard it).
+        tarfile.TarError: not a readable archive.
+    """
+    with tarfile.open(archive) as tar:
+        if hasattr(tarfile, "data_filter"):
+            try:
+                tar.extractall(dest, filter="data")
+            except tarfile.FilterError as err:
+                raise UnsafeArchiveError(f"member {err}") from err  # {err} starts with the name
+        else:
+            members = tar.getmembers()
+            for member in members:
+                check_member(member, dest)
+            tar.extractall(dest, members=members)
 
 
 def locate(subdir: str, root: str | os.PathLike | None = None, download: bool = True) -> Path:
@@ -95,7 +148,11 @@ def locate(subdir: str, root: str | os.PathLike | None = None, download: bool = 
 
 
 def fetch(subdir: str, base: Path) -> Path:
-    """Download ``RELEASES[subdir]`` into ``base/subdir``, verify it, and return that folder."""
+    """Download ``RELEASES[subdir]`` into ``base/subdir``, verify it, and return that folder.
+
+    Everything happens in a temporary folder below ``base``, removed on any failure; the verified
+    folder is moved to ``base/subdir`` last.
+    """
     release = RELEASES[subdir]
     target = base / subdir
     base.mkdir(parents=True, exist_ok=True)
@@ -108,12 +165,16 @@ def fetch(subdir: str, base: Path) -> Path:
                 f"Could not download '{subdir}' from {release.url} ({err}). Offline? Point "
                 f"data.root=DIR or {ENV_DATA} at a folder that holds '{subdir}/'."
             ) from err
+        extracted = Path(tmp) / "extracted"
+        extracted.mkdir()
         try:
-            with tarfile.open(archive) as tar:
-                tar.extractall(tmp, filter="data")
+            extract_archive(archive, extracted)
+        except UnsafeArchiveError as err:
+            raise UnsafeArchiveError(
+                f"{release.url}: unsafe archive, {err}; the download was discarded") from err
         except tarfile.TarError as err:
             raise OSError(f"{release.url}: the download is not a readable archive ({err})") from err
-        found = [p for p in Path(tmp).glob(f"*/{release.member}") if p.is_dir()]
+        found = [p for p in extracted.glob(f"*/{release.member}") if p.is_dir()]
         if not found:
             raise FileNotFoundError(f"{release.url}: the archive has no '{release.member}' folder")
         digest = tree_digest(found[0])

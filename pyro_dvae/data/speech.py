@@ -21,6 +21,7 @@ import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ from pyro_dvae import metrics
 from pyro_dvae.data import audio, sources
 from pyro_dvae.data.base import Estimator, Task, register_task
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 """Bump when the feature computation changes, so stale caches are not read."""
 
 FSDD_NAME = re.compile(r"(\d)_([A-Za-z]+)_(\d+)")
@@ -180,7 +181,8 @@ class SpeechTask(Task):
 
 def load_utterances(files: Sequence[Path], features: Features) -> tuple[list, list[str]]:
     """Read, resample and trim ``files``. Returns ``[(path, waveform (N,)), ...]`` and one message
-    per skipped file (unreadable, empty, all zeros, or shorter than one window after trimming)."""
+    per skipped file (unreadable, empty, NaN or infinite samples, all zeros, or shorter than one
+    window after trimming)."""
     kept, problems = [], []
     for path in files:
         try:
@@ -199,8 +201,9 @@ def load_utterances(files: Sequence[Path], features: Features) -> tuple[list, li
 def build_chunks(
     files: Sequence[Path], features: Features, groups: Sequence[str] | None,
     step: int | None = None,
-) -> tuple[torch.Tensor, list[str]]:
-    """Training features ``(N, seq_len, F)`` of ``files`` and the warnings raised on the way.
+) -> dict:
+    """Training features of ``files``: ``{"power": (N, seq_len, F), "problems": [warnings raised on
+    the way], "longest": STFT frames of the longest stream (0 when no file is usable)}``.
 
     ``groups`` (one label per file) switches on concatenation: the trimmed utterances of a group,
     each divided by its peak, are joined in file order into one stream before chunking.
@@ -224,7 +227,8 @@ def build_chunks(
             joined.setdefault(label[path], []).append(audio.peak_normalise(x))
         streams = [np.concatenate(joined[g]) for g in sorted(joined)]
         power = [audio.chunk_power(x, f.wlen, f.hop, f.seq_len, step) for x in streams]
-    return torch.cat(power) if power else torch.zeros(0, f.seq_len, f.n_freq), problems
+    return {"power": torch.cat(power) if power else torch.zeros(0, f.seq_len, f.n_freq),
+            "problems": problems, "longest": max((1 + len(x) // f.hop for x in streams), default=0)}
 
 
 def build_utterances(
@@ -273,6 +277,23 @@ def _cap(files: list[Path], max_files: int | None) -> list[Path]:
     return [files[i * len(files) // max_files] for i in range(max_files)]
 
 
+def no_chunk_message(
+    name: str, split: str, features: Features, longest: int, n_files: int, concat: bool,
+    max_files: int | None,
+) -> str:
+    """Why a split has no training chunk: no usable file, or ``seq_len`` above the ``longest``
+    stream (in frames)."""
+    if longest == 0:
+        return (f"data={name}: the {split} split has no usable recording among its {n_files} files "
+                f"(each skipped file is named in a warning; data.max_files={max_files})")
+    what = "concatenated stream" if concat else "file"
+    advice = "" if concat else ", or set data.concat_utterances=true to join the files"
+    seconds = longest * features.hop / features.fs
+    return (f"data.seq_len={features.seq_len} frames is longer than the longest {what} of the "
+            f"{split} split of data={name}: {longest} frames ({seconds:.2f} s) after silence "
+            f"trimming, among {n_files} files; set data.seq_len to at most {longest}{advice}")
+
+
 def make_task(
     name: str,
     splits: dict[str, list[Path]],
@@ -289,6 +310,9 @@ def make_task(
     (its speaker); test names are paths below ``base``. ``train_chunk_hop`` (frames between the
     starts of training chunks; default ``seq_len``) makes training chunks overlap; validation
     chunks never do."""
+    if features.seq_len < 2:
+        raise ValueError(f"data.seq_len={features.seq_len}: expected at least 2 STFT frames per "
+                         f"training chunk")
     if train_chunk_hop is not None and not 0 < train_chunk_hop <= features.seq_len:
         raise ValueError(
             f"data.train_chunk_hop={train_chunk_hop}: expected null or 1..seq_len "
@@ -301,18 +325,11 @@ def make_task(
         step = train_chunk_hop if split == "train" and train_chunk_hop != features.seq_len else None
         key = {**config, "groups": groups, **({"step": step} if step else {})}
         path = _cache_path(name, split, files, key)
-
-        def build(files=files, groups=groups, step=step) -> dict:
-            power, problems = build_chunks(files, features, groups, step)
-            return {"power": power, "problems": problems}
-
-        power = _cached(path, build)["power"]
-        if len(power) == 0:
-            raise ValueError(
-                f"data={name}: the {split} split has no {features.seq_len}-frame chunk from its "
-                f"{len(files)} files; set data.concat_utterances=true, lower data.seq_len or give "
-                f"more or longer recordings (data.max_files={max_files})")
-        chunk_sets[split] = ChunkDataset(power)
+        chunks = _cached(path, partial(build_chunks, files, features, groups, step))
+        if len(chunks["power"]) == 0:
+            raise ValueError(no_chunk_message(name, split, features, chunks["longest"], len(files),
+                                              concat_utterances, max_files))
+        chunk_sets[split] = ChunkDataset(chunks["power"])
     test_files = _cap(sorted(splits["test"]), max_files)
 
     def build_test() -> dict:
@@ -323,7 +340,8 @@ def make_task(
     test = _cached(test_path, build_test)
     if not test["waves"]:
         raise ValueError(
-            f"data={name}: the test split has no usable recording ({len(test_files)} files)")
+            f"data={name}: the test split has no usable recording among its {len(test_files)} "
+            f"files (each skipped file is named in a warning)")
     return SpeechTask(
         name, features, chunk_sets["train"], chunk_sets["val"],
         UtteranceDataset(test["names"], test["waves"], features.wlen, features.hop), n_workers)

@@ -119,6 +119,24 @@ def test_bad_files_raise_an_error_naming_them(tmp_path):
             audio.read_audio(tmp_path / f"{name}.wav", 8000)
 
 
+@pytest.mark.parametrize("fs", [16000, 8000])  # as stored, and resampled (which spreads a NaN)
+def test_non_finite_samples_raise_an_error_naming_the_file(tmp_path, fs):
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, (16000, 2)).astype(np.float32)
+    cases = {"nan": [(1600, 0, np.nan)], "inf": [(8000, 1, np.inf)], "neg_inf": [(16, 0, -np.inf)],
+             "nan_and_inf": [(4800, 0, np.nan), (3200, 1, np.inf)]}  # (frame, channel, value)
+    for name, samples in cases.items():
+        bad = x.copy()
+        for row, col, value in samples:
+            bad[row, col] = value
+        sf.write(tmp_path / f"{name}.wav", bad, 16000, subtype="FLOAT")
+        first = min(row for row, _, _ in samples)
+        with pytest.raises(audio.AudioFileError, match=rf"{name}\.wav: {len(samples)} non-finite "
+                           rf"samples \(NaN or inf\), the first at {first / 16000:.3f} s"):
+            audio.read_audio(tmp_path / f"{name}.wav", fs)
+    sf.write(tmp_path / "fine.wav", x, 16000, subtype="FLOAT")
+    assert np.isfinite(audio.read_audio(tmp_path / "fine.wav", fs)).all()
+
+
 def test_stereo_files_are_averaged(tmp_path):
     left = np.linspace(-0.5, 0.5, 1000, dtype=np.float32)
     sf.write(tmp_path / "stereo.flac", np.stack([left, 0.5 * left], axis=1), 8000)

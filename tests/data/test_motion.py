@@ -125,6 +125,47 @@ def test_h36m_bad_files(tmp_path, data_root):
         motion.build_h36m(**{**build, "actions": ["dancing"]})
 
 
+def test_h36m_files_with_nan_or_inf_are_skipped_naming_them_or_fail_clearly(tmp_path, data_root):
+    folder = tmp_path / "h36m"
+    bad = {"S1/walking_2.txt": (7, 10, "nan"), "S5/walking_2.txt": (0, 3, "inf"),
+           "S11/walking_1.txt": (120, 50, "-inf"), "S11/walking_2.txt": (239, 98, "NaN")}
+    for s in (1, 5, 11):
+        (folder / f"S{s}").mkdir(parents=True)
+        for sub in (1, 2):
+            name = f"S{s}/walking_{sub}.txt"
+            lines = [",".join(["0.1"] * 99)] * 240
+            if name in bad:  # one non-finite value at (line index, column)
+                row, col, value = bad[name]
+                lines[row] = ",".join(["0.1"] * col + [value] + ["0.1"] * (98 - col))
+            (folder / name).write_text("\n".join(lines) + "\n")
+    build = dict(root=str(tmp_path), actions=["walking"], train_subjects=[1],
+                 skeleton=str(data_root / "skeletons" / "h36m_32.json"))
+    with pytest.warns(UserWarning) as record, pytest.raises(
+            ValueError, match="the test split has no usable file among its 2 .*warning"):
+        motion.build_h36m(**build)
+    messages = "\n".join(str(w.message) for w in record)
+    for name, (row, _, _) in bad.items():
+        assert f"skipped {folder / name}: 1 non-finite values (NaN or inf), the first on line " \
+               f"{row + 1}" in messages
+    with pytest.warns(UserWarning) as record:
+        task = motion.build_h36m(**build, test_subjects=[5])
+    assert sorted(str(w.message).split(": 1 non-finite")[0][-16:] for w in record) == [
+        "S1/walking_2.txt", "S5/walking_2.txt", "S5/walking_2.txt"]  # S5 validates and tests
+    assert len(task.train) == windows(120) and len(task.test) == windows(120)
+    assert all(torch.isfinite(d.frames).all() for d in (task.train, task.val, task.test))
+
+
+def test_seq_len_longer_than_every_file_names_the_key_and_the_longest(h36m_root, data_root):
+    longest = max(math.ceil(raw_frames(s, a, sub) / 2) for s in (1, 6, 7, 8, 9) for a in range(2)
+                  for sub in (1, 2))
+    with pytest.warns(UserWarning, match=f"fewer than seq_len={longest + 1}"), pytest.raises(
+            ValueError, match=rf"data\.seq_len={longest + 1} frames is too long for the train "
+            rf"split of data=h36m: the longest of its 20 files has {longest} frames"):
+        build_h36m(h36m_root, data_root, seq_len=longest + 1)
+    with pytest.raises(ValueError, match=r"data\.seq_len=1: expected at least 2"):
+        build_h36m(h36m_root, data_root, seq_len=1)
+
+
 # ---------------------------------------------------------------------------------------------
 # CMU (real data)
 
@@ -189,6 +230,20 @@ def test_cmu_max_files(data_root):
                                                           "test/walking/walking_1"}
     assert {n.split("@")[0] for n in task.train.names} == {"train/jumping/jumping_1",
                                                            "train/walking/walking_1"}
+
+
+def test_cmu_validation_needs_files_twice_seq_len_and_says_so(data_root):
+    files = sorted((data_root / "cmu_mocap_expmap/train/running").glob("*.txt"))
+    frames = [math.ceil(len(p.read_text().splitlines()) / 2) for p in files]
+    longest = max(frames)
+    assert len(files) == 5 and 50 <= longest < 100  # trains at seq_len 50, too short to validate
+    with pytest.raises(ValueError, match=rf"data\.seq_len=50 frames is too long for the val split"
+                       rf" of data=cmu_mocap: the longest of its 5 files has {longest} frames"
+                       rf".*100 or more"):
+        motion.build_cmu_mocap(actions=["running"])
+    # seq_len 40: one window, the last 40 frames, of every file of at least 80 frames
+    assert len(motion.build_cmu_mocap(actions=["running"], seq_len=40).val) == sum(
+        n >= 80 for n in frames) > 0
 
 
 def test_evaluate_metrics(cmu_task, tmp_path):

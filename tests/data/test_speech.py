@@ -72,10 +72,18 @@ def test_random_split_is_seeded_disjoint_and_complete(data_root):
 def test_concatenation_gives_many_more_chunks_than_per_file_chunking(fsdd_files):
     files = speech.fsdd_split(fsdd_files, range(5, 10))["train"][:80]  # digit 0, george + jackson
     features = speech.Features(8000)
-    per_file, problems = speech.build_chunks(files, features, None)
-    joined, _ = speech.build_chunks(files, features, [fsdd_index(p)[1] for p in files])
-    assert len(joined) >= 30 and len(joined) >= 10 * len(per_file)
-    assert re.search(r"\d+ of 80 files give no 50-frame chunk.*concat_utterances=true", problems[0])
+    per_file = speech.build_chunks(files, features, None)
+    joined = speech.build_chunks(files, features, [fsdd_index(p)[1] for p in files])
+    assert len(joined["power"]) >= 30 and len(joined["power"]) >= 10 * len(per_file["power"])
+    assert re.search(r"\d+ of 80 files give no 50-frame chunk.*concat_utterances=true",
+                     per_file["problems"][0])
+    # the longest stream in frames: the longest trimmed file, or the longest speaker's stream
+    lengths = [len(audio.trim_silence(audio.read_audio(p, 8000))) for p in files]
+    assert per_file["longest"] == 1 + max(lengths) // 128
+    by_speaker = Counter()
+    for path, n in zip(files, lengths, strict=True):
+        by_speaker[fsdd_index(path)[1]] += n
+    assert joined["longest"] == 1 + max(by_speaker.values()) // 128
 
 
 def test_wav_folder_items_match_a_direct_computation(arctic):
@@ -136,6 +144,62 @@ def test_bad_files_are_skipped_with_a_warning_naming_them(tmp_path, arctic):
                       ("tiny.flac", "fewer than one STFT window")]:
         assert re.search(f"skipped [^ ]*{name}: [^;]*{why}", messages)
     assert len(task.test) == 2
+
+
+def test_files_with_nan_or_inf_samples_are_skipped_with_a_warning_naming_them(tmp_path, arctic):
+    good = audio.find_audio(arctic)[:2]
+    for path in good:
+        x, fs = sf.read(path)
+        sf.write(tmp_path / path.name, x, fs, subtype="FLOAT")
+        x[len(x) // 2] = np.nan if path == good[0] else -np.inf
+        sf.write(tmp_path / f"bad_{path.name}", x, fs, subtype="FLOAT")
+    with pytest.warns(UserWarning) as record:
+        task = build_task("wav_folder", train_dir=str(tmp_path), val_dir=str(tmp_path),
+                          test_dir=str(tmp_path), fs=8000)  # resampled: NaN would spread
+    messages = [str(w.message) for w in record]
+    for path in good:
+        assert any(re.search(f"skipped [^ ]*bad_{path.name}: 1 non-finite samples", m)
+                   for m in messages)
+    assert sorted(task.test.names) == sorted(p.stem for p in good)
+    assert torch.isfinite(task.train.power).all() and torch.isfinite(task.val.power).all()
+    assert all(torch.isfinite(wave).all() for wave in task.test.waves)
+
+
+def test_a_split_of_only_non_finite_files_fails_clearly(tmp_path, arctic):
+    x, fs = sf.read(audio.find_audio(arctic)[0])
+    x[100] = np.nan
+    sf.write(tmp_path / "nan.wav", x, fs, subtype="FLOAT")
+    with pytest.raises(ValueError, match="train split has no usable recording among its 1 files"), \
+            pytest.warns(UserWarning, match="nan.wav: 1 non-finite"):
+        build_task("wav_folder", train_dir=str(tmp_path), val_dir=str(arctic), test_dir=str(arctic))
+
+
+def trimmed_frames(path: Path, fs: int = 16000, hop: int = 256) -> tuple[int, int]:
+    """Samples and STFT frames of a file after resampling and silence trimming."""
+    n = len(audio.trim_silence(audio.read_audio(path, fs)))
+    return n, 1 + n // hop
+
+
+def test_seq_len_longer_than_every_file_names_the_key_and_the_longest(arctic):
+    dirs = {"train_dir": str(arctic), "val_dir": str(arctic), "test_dir": str(arctic)}
+    files = [audio.find_audio(arctic)[i] for i in (0, 4)]  # the 2 of 8 that max_files=2 takes
+    samples, frames = zip(*map(trimmed_frames, files), strict=True)
+    longest = max(frames)
+    with pytest.raises(ValueError, match=rf"data\.seq_len={longest + 1} frames is longer than "
+                       rf"the longest file of the train split of data=wav_folder: {longest} frames"
+                       rf" .*at most {longest}, or set data\.concat_utterances=true"), \
+            pytest.warns(UserWarning, match="2 of 2 files give no"):
+        build_task("wav_folder", max_files=2, seq_len=longest + 1, **dirs)
+    with pytest.warns(UserWarning, match="1 of 2 files give no"):
+        assert len(build_task("wav_folder", max_files=2, seq_len=longest, **dirs).train) == 1
+    joined = 1 + sum(samples) // 256  # all the files of one folder form one stream
+    with pytest.raises(ValueError, match=rf"data\.seq_len={joined + 1} frames is longer than the "
+                       rf"longest concatenated stream .*: {joined} frames .*at most {joined}$"):
+        build_task("wav_folder", max_files=2, seq_len=joined + 1, concat_utterances=True, **dirs)
+    assert len(build_task("wav_folder", max_files=2, seq_len=joined, concat_utterances=True,
+                          **dirs).train) == 1
+    with pytest.raises(ValueError, match=r"data\.seq_len=1: expected at least 2"):
+        build_task("wav_folder", max_files=2, seq_len=1, **dirs)
 
 
 def test_a_split_without_chunks_raises_a_helpful_error(tmp_path, fsdd_files):
