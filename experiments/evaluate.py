@@ -14,7 +14,8 @@ from pyro_dvae import runner
 @hydra.main(config_path="../configs", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     results = runner.evaluate(
-        cfg.run_dir, runner.resolve_device(cfg.device), cfg.sample, cfg.n_examples, cfg.checkpoint
+        cfg.run_dir, runner.resolve_device(cfg.device), cfg.sample, cfg.n_examples, cfg.checkpoint,
+        cfg.mode, cfg.iwae_samples,
     )
     print(
         json.dumps({k: v for k, v in results.items() if not isinstance(v, (dict, list))}, indent=2)

@@ -1,5 +1,6 @@
 """Train a DVAE: ``python experiments/run.py model=dkf data=fsdd [key=value ...]``."""
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -12,7 +13,10 @@ from pyro_dvae import runner
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
-    runner.train(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
+    try:
+        runner.train(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
+    except KeyboardInterrupt:  # the trainer has logged its one-line message; no traceback
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,10 @@ model's ``sites`` (``model.sites`` in the config):
   in Pyro's deep Markov model example: model and guide both walk the steps. Each step is a site
   of its own that Pyro's handlers can condition, mask or inspect.
 
+Sequences of different lengths, padded to a common T, take a step mask ``(B, T)``
+(:attr:`Trajectory.step_mask`; set by :meth:`~pyro_dvae.models.base.DVAE.step_mask`): padded
+steps are still drawn, but add nothing to log-densities or KLs, in either form.
+
 Both forms give the same ELBO. Under ``TraceMeanField_ELBO`` the latent term is the analytic KL
 of every step given the sampled past, ``Σ_t KL(q(z_t | z_{<t}, x) ‖ p(z_t | z_{<t}, ·))`` (the
 spec's estimator, with the −1 term it omits), wherever a KL is registered for the pair of step
@@ -35,6 +39,7 @@ from typing import Any
 
 import pyro
 import torch
+from pyro import poutine
 from pyro.distributions import Normal, TorchDistribution, constraints
 from pyro.poutine.messenger import Messenger
 from torch.distributions import Distribution, Independent, kl_divergence, register_kl
@@ -84,6 +89,8 @@ class Trajectory(TorchDistribution):
     support = constraints.independent(constraints.real, 2)
     has_rsample = True
     depends_on_past = True
+    step_mask: torch.Tensor | None = None
+    """``(B, T)`` bool, False on padded steps, whose log-densities and KLs are dropped."""
 
     def __init__(
         self, step: Step, parallel: Parallel, batch_size: int, T: int, L: int, like: torch.Tensor
@@ -100,12 +107,12 @@ class Trajectory(TorchDistribution):
         """z_0 = 0, ``(B, L)``."""
         return self._like.new_zeros(self.batch_shape[0], self.event_shape[1])
 
-    def walk(self, choose: Callable[[int, Distribution], torch.Tensor]) -> torch.Tensor:
-        """Walk the steps, z_t = ``choose(t, d_t)``; returns z (B, T, L) and caches it."""
+    def walk(self, choose: Callable[[Distribution], torch.Tensor]) -> torch.Tensor:
+        """Walk the steps, z_t = ``choose(d_t)``; returns z (B, T, L) and caches it."""
         z_prev, state, zs, steps = self.initial(), None, [], []
         for t in range(self.T):
             d, state = self.step(t, z_prev, state)
-            z_prev = choose(t, d)
+            z_prev = choose(d)
             zs.append(z_prev)
             steps.append(d)
         z = torch.stack(zs, dim=1)
@@ -115,11 +122,11 @@ class Trajectory(TorchDistribution):
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
         if sample_shape != torch.Size():
             raise ValueError("a Trajectory draws one trajectory per batch element")
-        return self.walk(lambda t, d: d.rsample())
+        return self.walk(lambda d: d.rsample())
 
     def mean_path(self) -> torch.Tensor:
         """Each step's point summary (its mean) fed forward: z_t = E[z_t | z_{<t} = mean path]."""
-        return self.walk(lambda t, d: point(d))
+        return self.walk(point)
 
     def last_sample(self) -> torch.Tensor:
         """The trajectory drawn (or scored) last."""
@@ -134,7 +141,13 @@ class Trajectory(TorchDistribution):
         return self._last[1]
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        return self.conditionals(z).log_prob(z).sum(-1)
+        return self.over_steps(self.conditionals(z).log_prob(z))
+
+    def over_steps(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum of per-step values ``(B, T)`` over the unmasked steps: ``(B,)``."""
+        if self.step_mask is not None:
+            values = values.masked_fill(~self.step_mask, 0.0)
+        return values.sum(-1)
 
     def expand(self, batch_shape, _instance=None) -> Trajectory:
         """Plates may only confirm the batch shape: a trajectory is never broadcast."""
@@ -171,9 +184,9 @@ class IndependentTrajectory(Trajectory):
         zeros = like.new_zeros(batch_size, T, L)
         return cls(diag_normal, zeros, torch.ones_like(zeros))
 
-    def walk(self, choose: Callable[[int, Distribution], torch.Tensor]) -> torch.Tensor:
+    def walk(self, choose: Callable[[Distribution], torch.Tensor]) -> torch.Tensor:
         """All steps at once: ``choose`` is applied to the whole (B, T) distribution."""
-        z = choose(-1, self._all)
+        z = choose(self._all)
         self._last = (z, self._all)
         return z
 
@@ -195,16 +208,19 @@ def _kl_trajectories(q: Trajectory, p: Trajectory) -> torch.Tensor:
     """Σ_t KL(q_t ‖ p_t) given the past of q's last sample, ``(B,)``; raises
     ``NotImplementedError`` where no KL is registered for the step distributions."""
     z = q.last_sample() if (q.depends_on_past or p.depends_on_past) else None
-    return kl_divergence(q.conditionals(z), p.conditionals(z)).sum(-1)
+    return q.over_steps(kl_divergence(q.conditionals(z), p.conditionals(z)))
 
 
 def markov_sites(name: str, trajectory: Trajectory) -> torch.Tensor:
     """Emit ``trajectory`` as T sample sites ``{name}_1 … {name}_T`` inside ``pyro.markov``;
-    returns z (B, T, L). In a model the values are those the guide drew (replayed)."""
+    returns z (B, T, L). In a model the values are those the guide drew (replayed). A step
+    mask masks each site on the sequences where that step is padding."""
     z_prev, state, zs = trajectory.initial(), None, []
+    mask = trajectory.step_mask
     for t in pyro.markov(range(trajectory.T)):
         d, state = trajectory.step(t, z_prev, state)
-        z_prev = pyro.sample(f"{name}_{t + 1}", d)
+        with poutine.mask(mask=True if mask is None else mask[:, t]):
+            z_prev = pyro.sample(f"{name}_{t + 1}", d)
         zs.append(z_prev)
     return torch.stack(zs, dim=1)
 

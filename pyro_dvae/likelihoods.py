@@ -84,6 +84,11 @@ class ExponentialLogMean(TorchDistribution):
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         return -_ExponentialNLL.apply(x, self.y)
 
+    def step_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """``log p(x_t)`` of every frame, ``(B, T)``."""
+        y = self.y.clamp(-LOGVAR_BOUND, LOGVAR_BOUND)
+        return -(y + x * torch.exp(-y)).sum(-1)
+
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
         return Exponential(1 / self.mean).sample(sample_shape)
 
@@ -125,7 +130,11 @@ class MPJPEFactor(TorchDistribution):
         super().__init__(y.shape[:-2], y.shape[-2:], validate_args=False)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        return -mpjpe_mm(x, self.y, x.shape[-1] // 3).sum(-1)
+        return self.step_log_prob(x).sum(-1)
+
+    def step_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """``−MPJPE_t`` of every frame, ``(B, T)``."""
+        return -mpjpe_mm(x, self.y, x.shape[-1] // 3)
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
         return self.y.expand(sample_shape + self.y.shape)
@@ -177,6 +186,34 @@ class Bernoulli(Likelihood):
 
     def mean(self, y: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(y)
+
+
+class MaskedSteps(TorchDistribution):
+    """An observation distribution (event ``(T, D)``) whose padded frames (``mask (B, T)``
+    False) add nothing to the log-density; sampling is the base distribution's."""
+
+    arg_constraints: dict = {}
+
+    def __init__(self, base: TorchDistribution, mask: torch.Tensor) -> None:
+        self.base, self.mask = base, mask
+        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
+
+    @property
+    def support(self):
+        return self.base.support
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        return step_log_prob(self.base, x).masked_fill(~self.mask, 0.0).sum(-1)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        return self.base.sample(sample_shape)
+
+
+def step_log_prob(d: TorchDistribution, x: torch.Tensor) -> torch.Tensor:
+    """Per-frame log-density ``(B, T)`` of an observation distribution with event ``(T, D)``."""
+    if hasattr(d, "step_log_prob"):
+        return d.step_log_prob(x)
+    return d.base_dist.log_prob(x).sum(-1)  # an element-wise distribution .to_event(2)
 
 
 DEFAULT_FOR_MODALITY = {

@@ -8,10 +8,13 @@ identity. Heads are plain ``Linear`` layers. Sequences are batch-first ``(B, T, 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 LOGVAR_BOUND = 30.0
@@ -93,12 +96,96 @@ def shift(z: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.zeros_like(z[:, :1]), z[:, :-1]], dim=1)
 
 
+_LENGTHS: ContextVar[torch.Tensor | None] = ContextVar("sequence_lengths", default=None)
+"""Lengths (B,) of the padded sequences of the batch in flight (:func:`sequence_lengths`)."""
+
+
+@contextmanager
+def sequence_lengths(mask: torch.Tensor | None) -> Iterator[None]:
+    """Within this block the batch is padded: ``mask (B, T)`` is True on the first L_b frames of
+    sequence b and False after them. :func:`run_rnn` and :func:`final_state` then treat sequence
+    b as ``x[b, :L_b]``: no output at a valid step depends on a padded frame, in either
+    direction. None: unpadded.
+
+    Raises:
+        ValueError: a mask that is not valid frames followed by padding.
+    """
+    token = _LENGTHS.set(None if mask is None else lengths_of(mask))
+    try:
+        yield
+    finally:
+        _LENGTHS.reset(token)
+
+
+def lengths_of(mask: torch.Tensor) -> torch.Tensor:
+    """The lengths ``(B,)`` (int64, on the CPU) of a padding mask ``(B, T)``."""
+    mask = mask.bool()
+    lengths = mask.sum(-1)
+    steps = torch.arange(mask.shape[-1], device=mask.device)
+    if mask.dim() != 2 or not torch.equal(mask, steps < lengths[:, None]) or lengths.min() < 1:
+        raise ValueError(
+            "a step mask must be (B, T) with each row holding L_b >= 1 True values followed "
+            f"only by False (padding at the end); got shape {tuple(mask.shape)}"
+        )
+    return lengths.cpu()
+
+
+def _active_lengths(x: torch.Tensor) -> torch.Tensor | None:
+    """The lengths in force for the RNN input ``x (B, T, D)``; None when unpadded."""
+    lengths = _LENGTHS.get()
+    if lengths is None:
+        return None
+    if lengths.shape[0] != x.shape[0] or lengths.max() > x.shape[1]:
+        raise ValueError(
+            f"the step mask is for {lengths.shape[0]} sequences of up to {lengths.max()} steps, "
+            f"but an RNN input has shape {tuple(x.shape)}"
+        )
+    return None if bool((lengths == x.shape[1]).all()) else lengths
+
+
+def reverse_within(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """``x (B, T, ·)`` with each sequence's first ``lengths[b]`` steps in reverse order (padded
+    steps stay in place); every step reversed when ``lengths`` is None. Its own inverse."""
+    if lengths is None:
+        return x.flip(1)
+    steps = torch.arange(x.shape[1], device=x.device)
+    last = lengths.to(x.device)[:, None] - 1
+    index = torch.where(steps <= last, last - steps, steps)
+    return x.gather(1, index[..., None].expand_as(x))
+
+
+def _packed(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor):
+    """``rnn`` over the first ``lengths[b]`` steps of each sequence: (output (B, T, ·), zero on
+    padded steps; final state at each sequence's own end)."""
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    output, state = rnn(packed)
+    return pad_packed_sequence(output, batch_first=True, total_length=x.shape[1])[0], state
+
+
 def run_rnn(rnn: nn.RNNBase, x: torch.Tensor, backward: bool = False) -> torch.Tensor:
     """Run a batch-first RNN over ``x (B, T, D)`` from zero state; ``backward`` runs it on the
-    time-reversed input and re-reverses the output, so step t summarises ``x_{t:T}``."""
+    time-reversed input and re-reverses the output, so step t summarises ``x_{t:T}``.
+
+    Under :func:`sequence_lengths`, sequence b ends at its length L_b: a backward run starts at
+    x_{L_b}, a bidirectional one reads only x_{1:L_b} in both directions (packed sequences).
+    Outputs at padded steps are unspecified (finite)."""
+    lengths = _active_lengths(x)
     if backward:
-        return rnn(x.flip(1))[0].flip(1)
-    return rnn(x)[0]
+        x = reverse_within(x, lengths)
+    if lengths is not None and rnn.bidirectional:
+        output = _packed(rnn, x, lengths)[0]
+    else:  # a forward pass over valid steps never reads the padding after them
+        output = rnn(x)[0]
+    return reverse_within(output, lengths) if backward else output
+
+
+def final_state(rnn: nn.RNNBase, x: torch.Tensor) -> torch.Tensor:
+    """The final hidden state ``h_n (directions, B, H)`` of a one-layer batch-first RNN over
+    ``x (B, T, D)`` from zero state: the forward direction's after x_T, the backward one's
+    after x_1. Under :func:`sequence_lengths`, the forward state is the one after x_{L_b}."""
+    lengths = _active_lengths(x)
+    state = rnn(x)[1] if lengths is None else _packed(rnn, x, lengths)[1]
+    return state[0] if isinstance(rnn, nn.LSTM) else state
 
 
 def lstm(in_dim: int, hidden: int, bidirectional: bool = False) -> nn.LSTM:

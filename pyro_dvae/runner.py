@@ -7,11 +7,14 @@ The scripts in ``experiments/`` are thin wrappers around :func:`train`, :func:`e
 
 from __future__ import annotations
 
+import csv
+import difflib
 import json
 import logging
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -19,8 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from pyro_dvae.data import Task, build_task
 from pyro_dvae.likelihoods import build_likelihood
+from pyro_dvae.loglik import log_likelihood
 from pyro_dvae.models import DVAE, build_model
-from pyro_dvae.train import TrainConfig, Trainer, load_checkpoint, seed_everything
+from pyro_dvae.train import TrainConfig, Trainer, load_checkpoint, on_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +59,15 @@ def build_model_for(cfg: DictConfig, task: Task) -> DVAE:
 
 
 def train_config(cfg: DictConfig, modality: str) -> TrainConfig:
-    """``cfg.train`` with its nulls filled from the model's and the modality's defaults."""
+    """``cfg.train`` with its nulls filled from the model's and the modality's defaults; an
+    unknown key (e.g. ``+train.epoch=3``) or a bad value is a ``ValueError`` naming the key."""
     options = OmegaConf.to_container(cfg.train, resolve=True)
+    known = [f.name for f in fields(TrainConfig)]
+    for key in options:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean train.{close[0]}? " if close else ""
+            raise ValueError(f"train.{key}: unknown key; {hint}expected one of {known}")
     defaults = {**cfg.modality_defaults[modality], "lr": cfg.model.lr[modality]}
     for key, value in defaults.items():
         if options.get(key) is None:
@@ -119,6 +130,17 @@ def resumed_config(cfg: DictConfig, saved: dict, overrides: Sequence[str] | None
     return merged
 
 
+def init_weights(model: DVAE, source: Path, device: torch.device) -> None:
+    """``train.init_from``: start from the weights of a run directory's ``best.pt`` or of a
+    checkpoint file (e.g. scheduled sampling from a teacher-forced run)."""
+    path = source / "best.pt" if source.is_dir() else source
+    try:
+        model.load_state_dict(load_checkpoint(path, device)["model"])
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        raise ValueError(f"train.init_from={str(source)!r}: {err}") from err
+    log.info("initial weights from %s", path)
+
+
 def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] | None = None) -> Path:
     """Train ``cfg.model`` on ``cfg.data`` in ``run_dir``; returns ``run_dir``.
 
@@ -126,17 +148,19 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] | None = None
     (:func:`resumed_config`; ``overrides`` are the command line's ``key=value`` strings).
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     last = load_checkpoint(run_dir / "last.pt") if cfg.resume else None
     if last and last.get("config"):
         cfg = resumed_config(cfg, last["config"], overrides)
+    tcfg = train_config(cfg, cfg.data.modality)  # bad settings fail before the data is read
+    device = resolve_device(cfg.device)
+    run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
     task = build_task(**cfg.data)
     model = build_model_for(cfg, task).to(device)
-    tcfg = train_config(cfg, task.modality)
+    if tcfg.init_from and not last:
+        init_weights(model, Path(tcfg.init_from), device)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     log.info(
         "%s on %s (%s): %d train / %d val sequences, %d parameters, device %s",
@@ -171,6 +195,8 @@ def load_run(
     run_dir: Path, device: torch.device, checkpoint: str = "best"
 ) -> tuple[DictConfig, Task, DVAE]:
     """The config, task and trained model (``best`` or ``last`` weights) of a run directory."""
+    if checkpoint not in ("best", "last"):
+        raise ValueError(f"checkpoint={checkpoint!r}: expected best or last")
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
@@ -180,9 +206,19 @@ def load_run(
     cfg = OmegaConf.load(config_path)
     task = build_task(**cfg.data)
     model = build_model_for(cfg, task).to(device)
-    model.load_state_dict(load_checkpoint(run_dir / f"{checkpoint}.pt", device)["model"])
+    path = run_dir / f"{checkpoint}.pt"
+    try:
+        model.load_state_dict(load_checkpoint(path, device)["model"])
+    except RuntimeError as err:  # missing, unexpected or mis-shaped weights
+        raise ValueError(
+            f"{path} does not hold the weights of the model in {config_path}: {err}"
+        ) from err
     model.eval()
     return cfg, task, model
+
+
+EVAL_MODES = {"teacher_forcing": 0.0, "generation": 1.0}
+"""Evaluation mode → probability that the decoder reads its own prediction."""
 
 
 def evaluate(
@@ -191,36 +227,87 @@ def evaluate(
     sample: bool = False,
     n_examples: int = 4,
     checkpoint: str = "best",
+    mode: str = "teacher_forcing",
+    iwae_samples: int | None = None,
 ) -> dict:
-    """Evaluate a run on its test set; writes ``results.json`` and ``results.md`` in ``run_dir``."""
+    """Evaluate a run on its test set; writes ``results.json`` and ``results.md`` in ``run_dir``.
+
+    With ``iwae_samples`` K > 0 (None: the task's ``iwae_samples``, 0 where it has none) and a
+    test set with ``batch``, also ``elbo_per_step`` and ``nll_per_step`` (−IWAE_K), in nats per
+    test time step (:func:`test_log_likelihood`).
+
+    ``mode=generation``: the decoder recurrence of an autoregressive model reads its own
+    predictions, the encoder the ground truth (spec §7); written to ``results_generation.json``,
+    ``results_generation.md`` and ``eval_generation/``. Other models are unchanged by it."""
+    if mode not in EVAL_MODES:
+        raise ValueError(f"mode={mode!r}: expected one of {list(EVAL_MODES)}")
     run_dir = Path(run_dir)
     cfg, task, model = load_run(run_dir, device, checkpoint)
+    if cfg.get("threads"):  # the run's own CPU threads (a busy machine is far slower with more)
+        torch.set_num_threads(cfg.threads)
+    model.set_feedback(EVAL_MODES[mode])
+    suffix = "" if mode == "teacher_forcing" else f"_{mode}"
     seed_everything(cfg.seed)
 
     def estimate(x: torch.Tensor) -> torch.Tensor:
         return model.estimate(x.to(device), sample=sample).cpu()
 
     start = time.perf_counter()
-    results = task.evaluate(estimate, run_dir / "eval", n_examples)
+    results = task.evaluate(estimate, run_dir / f"eval{suffix}", n_examples)
     results["eval_seconds"] = time.perf_counter() - start
+    K = getattr(task, "iwae_samples", 0) if iwae_samples is None else iwae_samples
+    if K:
+        results.update(test_log_likelihood(model, task, K, device))
     results.update(run_summary(cfg, run_dir, checkpoint, sample))
     results["guide"] = model.guide_name
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
-    (run_dir / "results.md").write_text(markdown_row(results))
+    results["mode"] = mode
+    (run_dir / f"results{suffix}.json").write_text(json.dumps(results, indent=2))
+    (run_dir / f"results{suffix}.md").write_text(markdown_row(results))
     return results
+
+
+IWAE_MAX_BATCH = 1000
+"""Sequences (draws of one test sequence) per pass of the importance-weighted evaluation."""
+
+
+@torch.no_grad()
+def test_log_likelihood(model: DVAE, task: Task, num_samples: int, device: torch.device) -> dict:
+    """``elbo_per_step``, ``nll_per_step`` (IWAE with K = ``num_samples``), ``iwae_samples``
+    and ``loglik_seconds`` over the task's test set, one sequence at a time (its K draws are
+    the batch; a padded ``batch`` comes with its mask), by :func:`pyro_dvae.loglik.log_likelihood`.
+
+    Raises:
+        ValueError: a test set without ``batch(index)``, naming ``iwae_samples``.
+    """
+    test = task.test
+    if not hasattr(test, "batch"):
+        raise ValueError(
+            f"iwae_samples={num_samples}: the test set of data={task.name} has no batch(index), "
+            "so its sequences cannot be scored; use iwae_samples=0"
+        )
+    start = time.perf_counter()
+    batches = (on_device(test.batch(torch.tensor([i])), device) for i in range(len(test)))
+    scores = log_likelihood(model, batches, num_samples, IWAE_MAX_BATCH)
+    return {
+        "elbo_per_step": scores["elbo_per_step"],
+        "nll_per_step": scores["nll_per_step"],
+        "iwae_samples": num_samples,
+        "loglik_seconds": time.perf_counter() - start,
+    }
 
 
 def run_summary(cfg: DictConfig, run_dir: Path, checkpoint: str, sample: bool) -> dict:
     """Model, data, epochs run and seconds per epoch, read from the run's metrics.csv."""
-    history = load_checkpoint(run_dir / "last.pt")["state"]["history"]
+    with open(run_dir / "metrics.csv", newline="") as f:
+        history = list(csv.DictReader(f))
     return {
         "model": cfg.model.name,
         "data": cfg.data.name,
         "checkpoint": checkpoint,
         "posterior": "sample" if sample else "mean",
         "epochs": len(history),
-        "best_epoch": history[-1]["best_epoch"],
-        "seconds_per_epoch": statistics.median(r["seconds"] for r in history),
+        "best_epoch": int(history[-1]["best_epoch"]),
+        "seconds_per_epoch": statistics.median(float(r["seconds"]) for r in history),
     }
 
 

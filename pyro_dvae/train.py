@@ -2,8 +2,9 @@
 
 Stochastic variational inference: each step evaluates the ELBO of the model/guide pair with
 ``TraceMeanField_ELBO`` (analytic per-step KL, the default) or ``Trace_ELBO``, and takes one
-``torch.optim.Adam`` step on its ``differentiable_loss`` (one fused optimiser over all
-parameters, whose state is saved and restored exactly).
+optimiser step on its ``differentiable_loss``: ``torch.optim.Adam`` (the default) or Pyro's
+``ClippedAdam``, one optimiser over all parameters whose state is saved and restored exactly.
+Optional global gradient-norm clipping (``clip_norm``) and a per-epoch LR decay (``lr_decay``).
 
 Bookkeeping (spec §4.3–4.4, with its bugs fixed):
 
@@ -11,9 +12,18 @@ Bookkeeping (spec §4.3–4.4, with its bugs fixed):
   so it stays right after a resume.
 * Validation under ``no_grad`` in eval mode, at the epoch's KL weight.
 * Early stopping on the validation loss, counted only once the warm-up is over.
+* LR decay: ``lr · lr_decay^epoch``, also a pure function of the epoch.
+* Scheduled sampling (``scheduled_sampling``): every epoch the model is told the probability p
+  that its decoder recurrence reads its own prediction (:meth:`DVAE.set_feedback`; training and
+  validation), p rising from ``ss_start`` by ``ss_step`` every ``ss_every`` epochs to 1, a pure
+  function of the epoch. Until p = 1 the epochs count as warm-up. The optimiser's state is kept
+  across the schedule's steps unless ``ss_reset_optimizer`` (the original re-creates it).
 * ``best.pt``: the weights of the best epoch (written when it happens, so a true copy).
-  ``last.pt``: everything needed to resume, written atomically after every epoch; a crash,
-  NaN loss or Ctrl-C leaves the last completed epoch resumable with ``resume=true``.
+  ``last.pt``: everything needed to resume, written atomically after every epoch; a crash
+  (even ``kill -9`` during a write), NaN loss, SIGTERM or Ctrl-C leaves the last completed epoch
+  resumable with ``resume=true``. SIGTERM and Ctrl-C stop between epochs' writes, never inside.
+* Checkpoints hold only tensors and plain Python values and are read with
+  ``torch.load(weights_only=True)``, so loading a ``.pt`` from elsewhere cannot run code.
 """
 
 from __future__ import annotations
@@ -23,29 +33,43 @@ import logging
 import math
 import os
 import random
+import re
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from numbers import Real
 from pathlib import Path
 
 import numpy as np
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions.util import scale_and_mask
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.optim.clipped_adam import ClippedAdam
 from torch.distributions import kl_divergence
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
+from pyro_dvae.feedback import check_schedule, sampling_probability
 from pyro_dvae.models.base import DVAE
 
 log = logging.getLogger(__name__)
 
 ELBOS = {"mean_field": TraceMeanField_ELBO, "trace": Trace_ELBO}
+OPTIMIZERS = ("adam", "clipped_adam")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+PLOT_SECONDS = 30.0
+"""``loss.png`` is redrawn at most this often during training (a drawing costs ~0.3 s)."""
 
 
 @dataclass
 class TrainConfig:
-    """The ``train`` config group (see ``configs/config.yaml``)."""
+    """The ``train`` config group (see ``configs/config.yaml``); checked when built, so a bad
+    value fails before training starts with an error naming the key."""
 
     epochs: int = 500
     batch_size: int = 128
@@ -57,6 +81,51 @@ class TrainConfig:
     elbo: str = "mean_field"
     num_workers: int = 0
     progress: bool = True
+    optimizer: str = "adam"
+    clip_norm: float | None = None
+    lr_decay: float = 1.0
+    scheduled_sampling: bool = False
+    ss_start: float = 0.1
+    ss_step: float = 0.1
+    ss_every: int = 10
+    ss_reset_optimizer: bool = False
+    init_from: str | None = None
+
+    def __post_init__(self) -> None:
+        for key, low in (
+            ("epochs", 0), ("batch_size", 1), ("warmup_every", 0), ("early_stop_patience", 0),
+            ("num_workers", 0),
+        ):  # fmt: skip
+            value = getattr(self, key)
+            _require(key, value, _is_int(value, low), f"an integer >= {low}")
+        for key in ("lr", "warmup_step"):
+            _require(key, getattr(self, key), _is_positive(getattr(self, key)), "a number > 0")
+        _require("beta", self.beta, _is_positive(self.beta) or self.beta == 0, "a number >= 0")
+        _require("elbo", self.elbo, self.elbo in ELBOS, f"one of {sorted(ELBOS)}")
+        _require("progress", self.progress, isinstance(self.progress, bool), "true or false")
+        _require("optimizer", self.optimizer, self.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}")
+        clip_ok = self.clip_norm is None or _is_positive(self.clip_norm)
+        _require("clip_norm", self.clip_norm, clip_ok, "null (no clipping) or a number > 0")
+        decay_ok = _is_positive(self.lr_decay) and self.lr_decay <= 1
+        _require("lr_decay", self.lr_decay, decay_ok, "a number in (0, 1] (1: no decay)")
+        for key in ("scheduled_sampling", "ss_reset_optimizer"):
+            _require(key, getattr(self, key), isinstance(getattr(self, key), bool), "true or false")
+        check_schedule(self.ss_start, self.ss_step, self.ss_every)
+        init_ok = self.init_from is None or isinstance(self.init_from, str)
+        _require("init_from", self.init_from, init_ok, "null or a run directory / checkpoint")
+
+
+def _is_int(value: object, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _is_positive(value: object) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and 0 < value < math.inf
+
+
+def _require(key: str, value: object, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"train.{key}={value!r}: expected {expected}")
 
 
 @dataclass
@@ -78,7 +147,32 @@ def kl_weight(epoch: int, cfg: TrainConfig) -> float:
 
 
 def warmup_done(epoch: int, cfg: TrainConfig) -> bool:
-    return cfg.warmup_every <= 0 or cfg.warmup_step * (epoch // cfg.warmup_every) >= 1.0
+    kl_done = cfg.warmup_every <= 0 or cfg.warmup_step * (epoch // cfg.warmup_every) >= 1.0
+    return kl_done and (not cfg.scheduled_sampling or feedback_probability(epoch, cfg) >= 1.0)
+
+
+def feedback_probability(epoch: int, cfg: TrainConfig) -> float:
+    """The probability that the decoder reads its own prediction: scheduled sampling's p, or 0
+    (teacher forcing) without it."""
+    if not cfg.scheduled_sampling:
+        return 0.0
+    return sampling_probability(epoch, cfg.ss_start, cfg.ss_step, cfg.ss_every)
+
+
+def learning_rate(epoch: int, cfg: TrainConfig) -> float:
+    """``lr · lr_decay^epoch``: the LR of every step of ``epoch``."""
+    return cfg.lr * cfg.lr_decay**epoch
+
+
+def build_optimizer(
+    params: Iterator[torch.nn.Parameter], cfg: TrainConfig
+) -> torch.optim.Optimizer:
+    """``torch.optim.Adam``, or Pyro's ``ClippedAdam``, which clamps every gradient element to
+    ``[-clip_norm, clip_norm]`` before its Adam step (no clamping when ``clip_norm`` is null)."""
+    if cfg.optimizer == "clipped_adam":
+        clip = math.inf if cfg.clip_norm is None else cfg.clip_norm
+        return ClippedAdam(params, lr=cfg.lr, clip_norm=clip)
+    return torch.optim.Adam(params, lr=cfg.lr)
 
 
 def loss_terms(model: DVAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,9 +188,11 @@ def loss_terms(model: DVAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
             continue
         q = guide_trace.nodes[name]
         try:
-            kl = kl + (kl_divergence(q["fn"], site["fn"]) * q["scale"]).sum()
+            kl_q = kl_divergence(q["fn"], site["fn"])
+            kl = kl + scale_and_mask(kl_q, q["scale"], q["mask"]).sum()
         except NotImplementedError:
-            kl = kl + (q["fn"].log_prob(q["value"]) * q["scale"]).sum() - site["log_prob_sum"]
+            log_q = scale_and_mask(q["fn"].log_prob(q["value"]), q["scale"], q["mask"])
+            kl = kl + log_q.sum() - site["log_prob_sum"]
     return recon, kl
 
 
@@ -110,7 +206,8 @@ class Trainer:
         run_dir: where ``last.pt``, ``best.pt``, ``metrics.csv`` and ``loss.png`` go.
         device: torch device of the model.
         seed: seeds Python, NumPy, torch and the shuffling generator.
-        extra_state: saved into every checkpoint (e.g. the resolved config).
+        extra_state: saved into every checkpoint (e.g. the resolved config); plain Python values
+            and tensors only, as checkpoints are read with ``weights_only=True``.
     """
 
     def __init__(
@@ -131,11 +228,14 @@ class Trainer:
         self.shuffle = torch.Generator().manual_seed(seed)
         self.train_loader = self._loader(train_set, shuffle=True)
         self.val_loader = self._loader(val_set, shuffle=False)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        if cfg.elbo not in ELBOS:
-            raise ValueError(f"train.elbo={cfg.elbo!r}: expected one of {sorted(ELBOS)}")
+        self.optimizer = build_optimizer(model.parameters(), cfg)
+        # with clipped_adam, clip_norm is the optimiser's own element-wise clamp
+        self.clip_norm = cfg.clip_norm if cfg.optimizer == "adam" else None
         self.loss_fn = ELBOS[cfg.elbo]().differentiable_loss
         self.state = TrainState()
+        self.stop_signal: str | None = None  # SIGINT / SIGTERM received during fit()
+        self.writing = False  # inside an epoch's bookkeeping: stop signals wait for its end
+        self.plotted = time.monotonic()  # when loss.png was last drawn
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         """Whole batches are fetched at once (see :class:`Batches`), not item by item."""
@@ -175,29 +275,86 @@ class Trainer:
     # --- loop --------------------------------------------------------------------------
 
     def fit(self) -> TrainState:
-        """Train until ``epochs`` or early stopping; returns the final state."""
+        """Train until ``epochs`` or early stopping; returns the final state.
+
+        SIGTERM is handled like Ctrl-C: both stop with ``KeyboardInterrupt`` and a one-line
+        message, never inside the writes of an epoch's checkpoints and metrics. ``loss.png`` is
+        redrawn every :data:`PLOT_SECONDS` and when fit() ends, however it ends."""
         pyro.enable_validation(False)
-        cfg, state = self.cfg, self.state
         try:
-            while state.epoch < cfg.epochs:
-                row = self.run_epoch(state.epoch)
-                self.end_epoch(row)
-                if warmup_done(row["epoch"], cfg) and state.patience >= cfg.early_stop_patience:
-                    log.info(
-                        "early stopping after epoch %d (best %d)", row["epoch"], state.best_epoch
-                    )
-                    break
+            with self._stop_on_signals():
+                if self.state.history:  # resumed: a kill may have come between last.pt and
+                    with self._bookkeeping():  # metrics.csv
+                        write_metrics(self.state.history, self.run_dir / "metrics.csv")
+                self._epochs()
         except KeyboardInterrupt:
-            log.warning(
-                "interrupted: %s holds epoch %d; continue with resume=true",
-                self.run_dir / "last.pt",
-                state.epoch - 1,
-            )
+            log.warning("%s", self._interrupted_message())
             raise
-        return state
+        finally:
+            if self.state.history:
+                self.plot()
+        return self.state
+
+    def _epochs(self) -> None:
+        cfg, state = self.cfg, self.state
+        while state.epoch < cfg.epochs:
+            row = self.run_epoch(state.epoch)
+            with self._bookkeeping():
+                self.end_epoch(row)
+            if warmup_done(row["epoch"], cfg) and state.patience >= cfg.early_stop_patience:
+                log.info("early stopping after epoch %d (best %d)", row["epoch"], state.best_epoch)
+                return
+
+    def _interrupted_message(self) -> str:
+        cause = f"stopped by {self.stop_signal}" if self.stop_signal else "interrupted"
+        if self.state.epoch == 0:
+            return f"{cause} before the first epoch ended: nothing saved in {self.run_dir}"
+        return (
+            f"{cause}: {self.run_dir / 'last.pt'} holds epochs 0-{self.state.epoch - 1}; "
+            "continue with resume=true"
+        )
+
+    @contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """SIGINT and SIGTERM raise ``KeyboardInterrupt`` (at once, or at the end of the
+        current bookkeeping); the previous handlers come back afterwards. Only the main thread
+        can handle signals: elsewhere nothing changes."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def stop(signum: int, frame: object) -> None:
+            self.stop_signal = signal.Signals(signum).name
+            if not self.writing:
+                raise KeyboardInterrupt(self.stop_signal)
+
+        previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+    @contextmanager
+    def _bookkeeping(self) -> Iterator[None]:
+        """A stop signal received inside waits for the end, so checkpoints, metrics and
+        counters always agree."""
+        self.writing = True
+        try:
+            yield
+        finally:
+            self.writing = False
+        if self.stop_signal:
+            raise KeyboardInterrupt(self.stop_signal)
 
     def run_epoch(self, epoch: int) -> dict:
-        weight = kl_weight(epoch, self.cfg)
+        weight, lr = kl_weight(epoch, self.cfg), learning_rate(epoch, self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        p = feedback_probability(epoch, self.cfg)
+        self.model.set_feedback(p)
+        if self.cfg.ss_reset_optimizer and epoch and p != feedback_probability(epoch - 1, self.cfg):
+            self.optimizer.state.clear()
         start = time.perf_counter()
         train_loss, wait = self.train_epoch(epoch, weight)
         seconds = time.perf_counter() - start
@@ -205,6 +362,8 @@ class Trainer:
         return {
             "epoch": epoch,
             "kl_weight": weight,
+            "lr": lr,
+            **({"feedback_p": p} if self.cfg.scheduled_sampling else {}),
             "train_loss": train_loss,
             "val_loss": val_recon + weight * val_kl,
             "val_recon": val_recon,
@@ -222,10 +381,11 @@ class Trainer:
             self.train_loader, desc=f"epoch {epoch}", leave=False, disable=not self.cfg.progress
         )
         tick = time.perf_counter()
-        for x in batches:
+        for batch in batches:
             wait += time.perf_counter() - tick
-            x = x.to(self.device, non_blocking=True)
-            loss = self.loss_fn(self.model.model, self.model.guide, x, weight)
+            x, mask = on_device(batch, self.device)
+            with self.model.step_mask(mask):
+                loss = self.loss_fn(self.model.model, self.model.guide, x, weight)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"non-finite loss {loss.item()} at epoch {epoch}; {self.run_dir / 'last.pt'} "
@@ -233,9 +393,11 @@ class Trainer:
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if self.clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
             self.optimizer.step()
-            total += loss.item() * len(x)
-            count += len(x)
+            total += loss.item() * frames(x, mask)
+            count += frames(x, mask)
             batches.set_postfix(loss=f"{loss.item():.3f}")
             tick = time.perf_counter()
         return total / count, wait
@@ -245,16 +407,18 @@ class Trainer:
         """Mean per-frame reconstruction and KL over the validation set (eval mode)."""
         self.model.eval()
         recon, kl, count = 0.0, 0.0, 0
-        for x in self.val_loader:
-            x = x.to(self.device, non_blocking=True)
-            r, k = loss_terms(self.model, x)
-            recon += r.item() * len(x)
-            kl += k.item() * len(x)
-            count += len(x)
+        for batch in self.val_loader:
+            x, mask = on_device(batch, self.device)
+            with self.model.step_mask(mask):
+                r, k = loss_terms(self.model, x)
+            recon += r.item() * frames(x, mask)
+            kl += k.item() * frames(x, mask)
+            count += frames(x, mask)
         return recon / count, kl / count
 
     def end_epoch(self, row: dict) -> None:
-        """Early-stopping bookkeeping, checkpoints, metrics.csv, loss curve, log line."""
+        """Early-stopping bookkeeping, checkpoints, metrics.csv, loss curve (at most every
+        :data:`PLOT_SECONDS`), log line."""
         state, epoch = self.state, row["epoch"]
         if not math.isfinite(row["val_loss"]):
             raise FloatingPointError(f"non-finite validation loss at epoch {epoch}")
@@ -275,7 +439,8 @@ class Trainer:
         state.epoch = epoch + 1
         atomic_save(self.checkpoint(), self.run_dir / "last.pt")
         write_metrics(state.history, self.run_dir / "metrics.csv")
-        plot_losses(state.history, self.run_dir / "loss.png")
+        if time.monotonic() - self.plotted >= PLOT_SECONDS:
+            self.plot()
         log.info(
             "epoch %d  kl_w %.2f  train %.4f  val %.4f (recon %.4f, kl %.4f)  best %d  %.1fs",
             epoch,
@@ -288,13 +453,19 @@ class Trainer:
             row["seconds"],
         )
 
+    def plot(self) -> None:
+        plot_losses(self.state.history, self.run_dir / "loss.png")
+        self.plotted = time.monotonic()
+
 
 # --- helpers ----------------------------------------------------------------------------
 
 
 class Batches(Dataset):
     """A dataset indexed by lists of items: ``dataset.batch(index)`` when it has one (one
-    tensor gather for the whole batch), else the stacked items. Returns ``(B, T, D)``."""
+    tensor gather for the whole batch), else the stacked items. Returns ``(B, T, D)``, or
+    ``(x (B, T, D), mask (B, T))`` from a ``batch`` of padded sequences (mask False on
+    padding: see :func:`on_device`)."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -305,6 +476,20 @@ class Batches(Dataset):
         return torch.stack([self.dataset[i] for i in index])
 
 
+def on_device(batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A batch ``x (B, T, D)`` or ``(x, mask (B, T))`` as ``(x, mask or None)`` on ``device``.
+    A mask is False on padded steps: the model scores the batch under
+    :meth:`~pyro_dvae.models.base.DVAE.step_mask`, and losses are per valid frame."""
+    x, mask = batch if isinstance(batch, (tuple, list)) else (batch, None)
+    x = x.to(device, non_blocking=True)
+    return x, None if mask is None else mask.to(device, non_blocking=True)
+
+
+def frames(x: torch.Tensor, mask: torch.Tensor | None) -> int:
+    """The number of (valid) frames of a batch ``x (B, T, D)``."""
+    return x.shape[0] * x.shape[1] if mask is None else int(mask.sum())
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -312,9 +497,18 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state(generator: torch.Generator) -> dict:
+    """Every RNG state as tensors and plain Python values (``weights_only``-safe): Python's
+    ``random`` (a tuple of ints), NumPy's global MT19937, torch's CPU and CUDA generators and
+    the shuffling ``generator``."""
+    numpy_state = np.random.get_state(legacy=False)
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": int(numpy_state["state"]["pos"]),
+            "has_gauss": int(numpy_state["has_gauss"]),
+            "gauss": float(numpy_state["gauss"]),
+        },
         "torch": torch.get_rng_state(),
         "shuffle": generator.get_state(),
     }
@@ -324,12 +518,25 @@ def rng_state(generator: torch.Generator) -> dict:
 
 
 def set_rng_state(state: dict, generator: torch.Generator) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["shuffle"])
+    """Inverse of :func:`rng_state` (its tensors may have been loaded onto any device)."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {
+                "key": numpy_state["key"].cpu().numpy().astype(np.uint32),
+                "pos": numpy_state["pos"],
+            },
+            "has_gauss": numpy_state["has_gauss"],
+            "gauss": numpy_state["gauss"],
+        }
+    )
+    torch.set_rng_state(state["torch"].cpu())
+    generator.set_state(state["shuffle"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def atomic_save(obj: dict, path: Path) -> None:
@@ -340,14 +547,43 @@ def atomic_save(obj: dict, path: Path) -> None:
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
-    """Load a checkpoint written by :class:`Trainer`, with a clear error if it is unusable."""
+    """Load a checkpoint written by :class:`Trainer` with ``torch.load(weights_only=True)``:
+    only tensors and plain Python values are read, so a file from elsewhere cannot run code.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError (naming ``path``): a truncated or non-torch file, a pickle of other objects,
+            or a torch file that is not a dict with ``model`` weights.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        return torch.load(path, map_location=device, weights_only=False)
+        ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # any unpickling failure means a bad file
-        raise ValueError(f"{path} is not a readable pyro-dvae checkpoint ({err})") from err
+        raise _unreadable(path, err) from err
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        found = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(
+            f"{path} is not a pyro-dvae checkpoint: expected a dict with 'model' weights, "
+            f"found {found}"
+        )
+    return ckpt
+
+
+def _unreadable(path: Path, err: Exception) -> ValueError:
+    """The error for a file that ``torch.load(weights_only=True)`` refused."""
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    if refused:
+        return ValueError(
+            f"{path} was not loaded: it refers to {refused[1]}, which safe loading (torch.load "
+            "weights_only=True) refuses. pyro-dvae checkpoints hold only tensors and plain "
+            "values; this file comes from elsewhere or from an older version"
+        )
+    return ValueError(
+        f"{path} is not a readable pyro-dvae checkpoint: truncated (e.g. a crash while it was "
+        f"copied) or not written by torch.save ({type(err).__name__})"
+    )
 
 
 def write_metrics(history: list[dict], path: Path) -> None:
@@ -375,5 +611,7 @@ def plot_losses(history: list[dict], path: Path) -> None:
         ax.set_xlabel("epoch")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
+    os.replace(tmp, path)

@@ -274,7 +274,7 @@ def test_multirun_over_seeds_collects_into_one_row(data_root, tmp_path):
     rows, messages = collect.collect(sweep)
     assert messages == []
     assert [(r.labels["model"], r.seeds, r.runs) for r in rows] == [
-        ("vae", [0, 1], [sweep / "0", sweep / "1"])
+        ("vae", [0, 1], [sweep / "0_vae-fsdd-seed0", sweep / "1_vae-fsdd-seed1"])
     ]
     assert rows[0].stats["epochs"] == collect.Stat(1.0, 0.0, 2)
     assert rows[0].stats["val_neg_elbo"].std > 0  # two seeds, two different models

@@ -3,7 +3,13 @@ import math
 import pytest
 import torch
 
-from pyro_dvae.likelihoods import Gaussian, build_likelihood, itakura_saito
+from pyro_dvae.likelihoods import (
+    Gaussian,
+    MaskedSteps,
+    build_likelihood,
+    itakura_saito,
+    step_log_prob,
+)
 from pyro_dvae.nn import LOGVAR_BOUND
 
 
@@ -79,3 +85,15 @@ def test_bernoulli_is_the_binary_cross_entropy():
     torch.testing.assert_close(lik(y).log_prob(x), torch.tensor([expected]))
     torch.testing.assert_close(lik.mean(y), torch.sigmoid(y))
     assert type(build_likelihood(None, "video", 3)) is type(lik)
+
+
+@pytest.mark.parametrize("name,modality", [("exponential", "speech"), ("mpjpe", "motion"),
+                                           ("gaussian", "motion"), ("bernoulli", "music")])
+def test_per_frame_log_densities_add_up_and_masked_frames_drop_out(name, modality):
+    x = torch.rand(2, 4, 6).round() if name == "bernoulli" else torch.rand(2, 4, 6) + 0.1
+    d = build_likelihood(name, modality, 6)(torch.randn(2, 4, 6))
+    frames = step_log_prob(d, x)
+    assert frames.shape == (2, 4)
+    torch.testing.assert_close(frames.sum(-1), d.log_prob(x))
+    mask = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    torch.testing.assert_close(MaskedSteps(d, mask).log_prob(x), (frames * mask).sum(-1))

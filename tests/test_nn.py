@@ -6,7 +6,15 @@ from torch import nn
 
 from pyro_dvae.likelihoods import build_likelihood
 from pyro_dvae.models import build_model
-from pyro_dvae.nn import MLP, GaussianHead, initialise
+from pyro_dvae.nn import (
+    MLP,
+    GaussianHead,
+    final_state,
+    initialise,
+    lstm,
+    run_rnn,
+    sequence_lengths,
+)
 
 
 def test_mlp_applies_the_activation_after_every_layer():
@@ -52,3 +60,43 @@ def test_glorot_keeps_the_deep_dkf_decoder_sensitive_to_z():
         with torch.no_grad():
             spread[init] = model.decoder(torch.randn(2000, 16)).std(0).mean().item()
     assert spread["torch"] < 0.1 < 0.2 < spread["glorot"]
+
+
+LENGTHS = [5, 2, 4]
+
+
+@pytest.mark.parametrize(
+    "bidirectional,backward", [(False, True), (True, False), (True, True), (False, False)]
+)
+def test_rnn_over_padded_sequences_equals_each_sequence_alone(bidirectional, backward):
+    """Under sequence_lengths, every valid output step and the final states of a padded batch
+    are those of the sequence run on its own: no direction reads the padding."""
+    rnn = lstm(3, 4, bidirectional)
+    x = torch.randn(3, 5, 3)
+    mask = torch.arange(5) < torch.tensor(LENGTHS)[:, None]
+    x[~mask] = 50.0
+    with sequence_lengths(mask):
+        padded, state = run_rnn(rnn, x, backward), final_state(rnn, x)
+    for b, length in enumerate(LENGTHS):
+        alone = x[b : b + 1, :length]
+        torch.testing.assert_close(padded[b : b + 1, :length], run_rnn(rnn, alone, backward))
+        torch.testing.assert_close(state[:, b : b + 1], final_state(rnn, alone))
+    assert padded.isfinite().all()
+
+
+def test_backward_rnn_without_lengths_summarises_the_future():
+    rnn, x = lstm(3, 4), torch.randn(2, 5, 3)
+    torch.testing.assert_close(run_rnn(rnn, x, backward=True), rnn(x.flip(1))[0].flip(1))
+
+
+@pytest.mark.parametrize("mask", [[[True, False, True]], [[False, False, False]], [True, False]])
+def test_a_mask_with_holes_or_no_valid_step_is_a_clear_error(mask):
+    with pytest.raises(ValueError, match="padding at the end"):
+        with sequence_lengths(torch.tensor(mask)):
+            pass
+
+
+def test_lengths_for_another_batch_name_both_shapes():
+    with sequence_lengths(torch.ones(2, 4, dtype=torch.bool)):
+        with pytest.raises(ValueError, match=r"2 sequences of up to 4 steps.*\(3, 4, 3\)"):
+            run_rnn(lstm(3, 4), torch.randn(3, 4, 3))

@@ -9,9 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
 
 from pyro_dvae import runner
+from pyro_dvae.train import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["train.epochs=2", "data.max_files=24", "train.progress=false", "train.batch_size=16"]
@@ -72,16 +75,65 @@ def test_bad_override_is_a_clear_error(data_root, tmp_path):
     assert "model" in done.stderr and "nope" in done.stderr
 
 
-def test_resume_through_the_runner_matches_uninterrupted(data_root, tmp_path):
+LOSS_COLUMNS = ("epoch", "kl_weight", "lr", "train_loss", "val_loss", "val_recon", "val_kl",
+                "best_epoch")
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return list(csv.DictReader(open(run_dir / "metrics.csv")))
+
+
+def _record_epochs(monkeypatch) -> list[int]:
+    """The epochs every Trainer runs from now on, filled in as they run."""
+    ran, run_epoch = [], runner.Trainer.run_epoch
+
+    def spy(self, epoch):
+        ran.append(epoch)
+        return run_epoch(self, epoch)
+
+    monkeypatch.setattr(runner.Trainer, "run_epoch", spy)
+    return ran
+
+
+def test_resume_through_the_runner_matches_uninterrupted(data_root, tmp_path, monkeypatch):
     overrides = [*QUICK, "model=vae", "train.warmup_every=1"]
     full = runner.train(compose_config([*overrides, "train.epochs=3"]), tmp_path / "full")
     runner.train(compose_config(overrides), tmp_path / "part")
+    before = _metrics(tmp_path / "part")
+    ran = _record_epochs(monkeypatch)
     # as on the command line: only what changes is given, the rest is the run's own (model=vae)
     given = ["train.epochs=3", "resume=true", "train.progress=false"]
     part = runner.train(compose_config(given), tmp_path / "part", given)
-    read = [list(csv.DictReader(open(d / "metrics.csv"))) for d in (full, part)]
-    assert [r["val_loss"] for r in read[0]] == [r["val_loss"] for r in read[1]]
+    assert ran == [2]  # a run restarted from scratch would reproduce the losses, not this
+    after = _metrics(part)
+    assert after[:2] == before  # the rows of epochs 0-1 are kept, timings included
+    assert [[r[k] for k in LOSS_COLUMNS] for r in after] == [
+        [r[k] for k in LOSS_COLUMNS] for r in _metrics(full)
+    ]
     assert "name: vae" in (part / "config.yaml").read_text()
+
+
+def test_evaluate_best_and_last_use_their_own_weights(data_root, tmp_path, monkeypatch):
+    # scripted validation losses (no warm-up): 3, 1, 2 -> best epoch 1, last epoch 2
+    losses = iter([3.0, 1.0, 2.0])
+    monkeypatch.setattr(runner.Trainer, "validate", lambda self: (next(losses), 0.0))
+    overrides = [*QUICK, "model=vae", "train.epochs=3", "train.warmup_every=0",
+                 "data.max_files=6"]
+    run_dir = runner.train(compose_config(overrides), tmp_path)
+    cpu = runner.resolve_device("cpu")
+    saved = {name: load_checkpoint(run_dir / f"{name}.pt") for name in ("best", "last")}
+    assert saved["best"]["epoch"] == 1 and saved["last"]["state"]["epoch"] == 3
+    results = {}
+    for name in ("best", "last"):
+        weights = runner.load_run(run_dir, cpu, name)[2].state_dict()
+        assert all(torch.equal(v, saved[name]["model"][k]) for k, v in weights.items())
+        results[name] = runner.evaluate(run_dir, cpu, checkpoint=name, n_examples=1)
+        assert results[name]["checkpoint"] == name and results[name]["best_epoch"] == 1
+    best, last = saved["best"]["model"], saved["last"]["model"]
+    assert any(not torch.equal(v, last[k]) for k, v in best.items())
+    assert results["best"]["rmse"] != results["last"]["rmse"]
+    with pytest.raises(ValueError, match="checkpoint='final': expected best or last"):
+        runner.load_run(run_dir, cpu, "final")
 
 
 @pytest.mark.parametrize(
@@ -105,3 +157,34 @@ def test_resume_refuses_to_change_the_model_data_or_training(given, message):
 def test_evaluate_missing_run_dir_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.yaml"):
         runner.evaluate(tmp_path, runner.resolve_device("cpu"))
+
+
+def test_misspelt_train_key_is_named(monkeypatch, tmp_path):
+    with pytest.raises(ConfigCompositionException, match=r"Could not override 'train\.epoch'"):
+        compose_config(["train.epoch=3"])
+    _no_data(monkeypatch)
+    with pytest.raises(ValueError, match=r"train\.epoch: unknown key; did you mean train\.epochs"):
+        runner.train(compose_config(["+train.epoch=3"]), tmp_path / "run")
+
+
+def _no_data(monkeypatch) -> None:
+    def refuse(**kwargs):
+        raise AssertionError("the data was read before the settings were checked")
+
+    monkeypatch.setattr(runner, "build_task", refuse)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("train.epochs=-1", r"train\.epochs=-1: expected an integer >= 0"),
+     ("train.batch_size=0", r"train\.batch_size=0: expected an integer >= 1"),
+     ("train.lr=-0.001", r"train\.lr=-0\.001: expected a number > 0"),
+     ("train.optimizer=sgd", r"train\.optimizer='sgd': expected one of \('adam', 'clipped_adam'\)"),
+     ("train.clip_norm=0", r"train\.clip_norm=0: expected null \(no clipping\) or a number > 0"),
+     ("train.lr_decay=1.5", r"train\.lr_decay=1\.5: expected a number in \(0, 1\]")],
+)
+def test_bad_train_settings_fail_before_training(override, message, monkeypatch, tmp_path):
+    _no_data(monkeypatch)
+    with pytest.raises(ValueError, match=message):
+        runner.train(compose_config([override]), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

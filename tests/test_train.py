@@ -1,14 +1,41 @@
 import csv
 import math
+import os
+import random
+import signal
 
+import numpy as np
 import pytest
 import torch
+from pyro.optim.clipped_adam import ClippedAdam
 
+from pyro_dvae import train
 from pyro_dvae.likelihoods import ExponentialPower
 from pyro_dvae.models import build_model
-from pyro_dvae.train import TrainConfig, Trainer, kl_weight, load_checkpoint, loss_terms
+from pyro_dvae.train import (
+    TrainConfig,
+    Trainer,
+    atomic_save,
+    kl_weight,
+    load_checkpoint,
+    loss_terms,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 
 TINY = dict(z_dim=3, dense_x_gx=[8], dim_rnn_gx=6, dense_ztm1_g=[4], dense_g_z=[5], dense_z_x=[7])
+LOSS_KEYS = (
+    "epoch",
+    "kl_weight",
+    "lr",
+    "train_loss",
+    "val_loss",
+    "val_recon",
+    "val_kl",
+    "best_epoch",
+)
+"""The columns of a history row that do not depend on timing."""
 
 
 def test_warmup_schedule_matches_spec():
@@ -24,20 +51,38 @@ def _data(n=24, T=6, D=10, seed=0):
     return list(torch.rand(n, T, D, generator=g) + 0.01)
 
 
-def _trainer(run_dir, epochs, **kw):
-    torch.manual_seed(0)
+def _trainer(run_dir, epochs, seed=0, **kw):
+    """A tiny DKF; ``seed`` sets its initial weights and every RNG of the trainer."""
+    torch.manual_seed(seed)
     model = build_model("dkf", 10, ExponentialPower(), **TINY)
-    cfg = TrainConfig(
-        epochs=epochs,
-        batch_size=8,
-        lr=1e-2,
-        warmup_every=1,
-        warmup_step=0.5,
-        early_stop_patience=100,
-        progress=False,
-        **kw,
-    )
-    return Trainer(model, _data(), _data(8, seed=1), cfg, run_dir, torch.device("cpu"), seed=0)
+    options = dict(batch_size=8, lr=1e-2, warmup_every=1, warmup_step=0.5, early_stop_patience=100)
+    cfg = TrainConfig(epochs=epochs, progress=False, **{**options, **kw})
+    return Trainer(model, _data(), _data(8, seed=1), cfg, run_dir, torch.device("cpu"), seed=seed)
+
+
+def _record_epochs(trainer) -> list[int]:
+    """The epochs ``trainer`` runs from now on, filled in as they run."""
+    ran, run_epoch = [], trainer.run_epoch
+
+    def spy(epoch):
+        ran.append(epoch)
+        return run_epoch(epoch)
+
+    trainer.run_epoch = spy
+    return ran
+
+
+def _losses(history: list[dict]) -> list[dict]:
+    return [{k: row[k] for k in LOSS_KEYS} for row in history]
+
+
+def _assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _differ(a: dict, b: dict) -> bool:
+    return any(not torch.equal(a[k], b[k]) for k in a)
 
 
 def test_loss_terms_add_up_to_the_elbo(tmp_path):
@@ -51,36 +96,94 @@ def test_loss_terms_add_up_to_the_elbo(tmp_path):
     assert kl > 0
 
 
+def _resume_other_seed(run_dir, epochs, **kw):
+    """A trainer with other initial weights and RNG states, resumed from ``run_dir/last.pt``,
+    and the epochs it runs: only a real restore brings it back on the original run's track."""
+    trainer = _trainer(run_dir, epochs, seed=1, **kw)
+    ran = _record_epochs(trainer)
+    fresh = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.resume(run_dir / "last.pt")
+    assert _differ(fresh, trainer.model.state_dict())
+    return trainer, ran
+
+
 def test_resume_reaches_the_same_losses(tmp_path):
     full = _trainer(tmp_path / "full", 4)
     full.fit()
-    part = _trainer(tmp_path / "part", 2)
-    part.fit()
-    resumed = _trainer(tmp_path / "part", 4)
-    resumed.resume(tmp_path / "part" / "last.pt")
+    _trainer(tmp_path / "part", 2).fit()
+    saved = load_checkpoint(tmp_path / "part" / "last.pt")["state"]["history"]
+    resumed, ran = _resume_other_seed(tmp_path / "part", 4)
     resumed.fit()
-    a = [r["val_loss"] for r in full.state.history]
-    b = [r["val_loss"] for r in resumed.state.history]
-    assert len(b) == 4
-    assert a == pytest.approx(b, rel=1e-6)
-    for key, value in full.model.state_dict().items():
-        torch.testing.assert_close(value, resumed.model.state_dict()[key])
+    assert ran == [2, 3]
+    assert resumed.state.history[:2] == saved  # the first two rows are kept, timings included
+    assert _losses(resumed.state.history) == _losses(full.state.history)  # exactly
+    _assert_same_weights(full.model.state_dict(), resumed.model.state_dict())
+    rows = [
+        list(csv.DictReader(open(d / "metrics.csv")))
+        for d in (tmp_path / "full", tmp_path / "part")
+    ]
+    assert [[r[k] for k in LOSS_KEYS] for r in rows[0]] == [
+        [r[k] for k in LOSS_KEYS] for r in rows[1]
+    ]
 
 
-def test_outputs_and_best_checkpoint(tmp_path):
-    trainer = _trainer(tmp_path, 5)
+def test_resume_rewrites_the_metrics_a_crash_cut_short(tmp_path):
+    _trainer(tmp_path, 2).fit()
+    complete = (tmp_path / "metrics.csv").read_text()
+    # a kill between the final last.pt and its metrics.csv leaves the previous epoch's rows
+    (tmp_path / "metrics.csv").write_text("".join(complete.splitlines(keepends=True)[:2]))
+    (tmp_path / "loss.png").unlink()
+    resumed, ran = _resume_other_seed(tmp_path, 2)
+    resumed.fit()
+    assert ran == [] and (tmp_path / "metrics.csv").read_text() == complete
+    assert (tmp_path / "loss.png").stat().st_size > 0
+
+
+def test_a_stop_signal_waits_for_the_epochs_writes(tmp_path, monkeypatch, caplog):
+    save = train.atomic_save
+
+    def save_and_stop(obj, path):  # SIGTERM arrives while best.pt of epoch 0 is written
+        if path.name == "best.pt":
+            os.kill(os.getpid(), signal.SIGTERM)
+        save(obj, path)
+
+    monkeypatch.setattr(train, "atomic_save", save_and_stop)
+    trainer = _trainer(tmp_path, 3)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert load_checkpoint(tmp_path / "last.pt")["state"]["epoch"] == 1
+    assert len(list(csv.DictReader(open(tmp_path / "metrics.csv")))) == 1
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert caplog.messages[-1] == (
+        f"stopped by SIGTERM: {tmp_path / 'last.pt'} holds epochs 0-0; continue with resume=true"
+    )
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is put back
+
+
+def test_best_checkpoint_holds_the_best_epochs_weights(tmp_path, monkeypatch):
+    trainer = _trainer(tmp_path, 6)
+    # scripted validation losses: warm-up epochs 0-1 (always "best", never compared), then
+    # 6, 4, 5, 7 at full KL weight: the best epoch is 3, the last one 5
+    scripted = iter([(1.0, 0.0), (1.0, 0.0), (6.0, 0.0), (4.0, 0.0), (5.0, 0.0), (7.0, 0.0)])
+    monkeypatch.setattr(trainer, "validate", lambda: next(scripted))
+    weights, end_epoch = [], trainer.end_epoch
+
+    def snapshot(row):
+        weights.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+        end_epoch(row)
+
+    monkeypatch.setattr(trainer, "end_epoch", snapshot)
     state = trainer.fit()
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
-    assert [int(r["epoch"]) for r in rows] == list(range(5))
-    assert [float(r["kl_weight"]) for r in rows] == [0, 0.5, 1, 1, 1]
-    full_weight = [r for r in state.history if r["kl_weight"] == 1]
-    best = min(full_weight, key=lambda r: r["val_loss"])
-    assert state.best_epoch == best["epoch"]
-    saved = load_checkpoint(tmp_path / "best.pt")
-    assert saved["epoch"] == best["epoch"]
-    if best["epoch"] != 4:  # best.pt holds the best weights, not the last ones
-        last = load_checkpoint(tmp_path / "last.pt")["model"]
-        assert any(not torch.equal(v, last[k]) for k, v in saved["model"].items())
+    assert [int(r["epoch"]) for r in rows] == list(range(6))
+    assert [float(r["kl_weight"]) for r in rows] == [0, 0.5, 1, 1, 1, 1]
+    assert [int(r["best_epoch"]) for r in rows] == [0, 1, 2, 3, 3, 3]
+    assert (state.best_epoch, state.best_val, state.patience) == (3, 4.0, 2)
+    best, last = load_checkpoint(tmp_path / "best.pt"), load_checkpoint(tmp_path / "last.pt")
+    assert best["epoch"] == 3
+    _assert_same_weights(best["model"], weights[3])
+    _assert_same_weights(last["model"], weights[5])
+    assert _differ(best["model"], last["model"])
     assert (tmp_path / "loss.png").stat().st_size > 0
     assert not list(tmp_path.glob(".*.tmp"))
 
@@ -104,17 +207,155 @@ def test_nan_loss_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(FloatingPointError, match="last.pt"):
         trainer.fit()
     after = load_checkpoint(tmp_path / "last.pt")
-    assert after["state"]["epoch"] == before["state"]["epoch"] == 2
-    resumed = _trainer(tmp_path, 3)
-    resumed.resume(tmp_path / "last.pt")
+    assert after["state"] == before["state"] and after["state"]["epoch"] == 2
+    _assert_same_weights(after["model"], before["model"])
+    assert all(v.isfinite().all() for v in after["model"].values())
+    resumed, ran = _resume_other_seed(tmp_path, 3)
     resumed.fit()
-    assert resumed.state.epoch == 3
+    assert ran == [2]
+    assert resumed.state.history[:2] == before["state"]["history"]
+    full = _trainer(tmp_path / "full", 3)
+    full.fit()
+    assert _losses(resumed.state.history) == _losses(full.state.history)
 
 
-def test_bad_checkpoint_is_a_clear_error(tmp_path):
-    bad = tmp_path / "last.pt"
-    bad.write_text("not a checkpoint")
-    with pytest.raises(ValueError, match="last.pt"):
-        load_checkpoint(bad)
+def _draws(generator: torch.Generator) -> list[float]:
+    return [
+        random.random(),
+        random.gauss(0, 1),
+        float(np.random.rand()),
+        float(np.random.randn()),
+        torch.rand(1).item(),
+        torch.rand(1, generator=generator).item(),
+    ]
+
+
+def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
+    seed_everything(3)
+    generator = torch.Generator().manual_seed(3)
+    random.gauss(0, 1)  # leaves a cached Gaussian in Python's and NumPy's states
+    np.random.randn()
+    atomic_save({"model": {}, "rng": rng_state(generator)}, tmp_path / "rng.pt")
+    expected = _draws(generator)
+    seed_everything(99)
+    other = torch.Generator().manual_seed(99)
+    set_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"], other)
+    assert _draws(other) == expected
+
+
+class Payload:
+    """A pickled object of a foreign class."""
+
+
+class Trap:
+    """Unpickling it would create ``marker`` (a stand-in for running any code)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def test_foreign_or_truncated_checkpoints_are_clear_errors(tmp_path):
+    torch.save({"model": {"w": torch.ones(2)}, "extra": Payload()}, tmp_path / "object.pt")
+    with pytest.raises(ValueError, match=r"object\.pt .*refers to .*Payload.*weights_only=True"):
+        load_checkpoint(tmp_path / "object.pt")
+    marker = tmp_path / "code-ran"
+    torch.save({"model": Trap(marker)}, tmp_path / "trap.pt")
+    with pytest.raises(ValueError, match=r"trap\.pt was not loaded: it refers to"):
+        load_checkpoint(tmp_path / "trap.pt")
+    assert not marker.exists()
+
+    _trainer(tmp_path / "run", 1).fit()
+    data = (tmp_path / "run" / "last.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut\.pt is not a readable .*truncated"):
+        load_checkpoint(tmp_path / "cut.pt")
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match=r"text\.pt is not a readable"):
+        load_checkpoint(tmp_path / "text.pt")
+    torch.save({"w": torch.ones(2)}, tmp_path / "bare.pt")  # a plain state dict
+    with pytest.raises(ValueError, match=r"bare\.pt .*expected a dict with 'model' weights"):
+        load_checkpoint(tmp_path / "bare.pt")
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def _record_steps(trainer, record) -> None:
+    """Calls ``record(optimizer)`` before and after every optimiser step, in a list."""
+    step = trainer.optimizer.step
+
+    def spy(*args, **kwargs):
+        record("before", trainer.optimizer)
+        out = step(*args, **kwargs)
+        record("after", trainer.optimizer)
+        return out
+
+    trainer.optimizer.step = spy
+
+
+def _grads(optimizer) -> list[torch.Tensor]:
+    return [
+        p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None
+    ]
+
+
+def test_clip_norm_bounds_the_gradient_norm_the_optimiser_sees(tmp_path):
+    norms = {}
+    for clip in (None, 0.05):
+        trainer = _trainer(tmp_path / str(clip), 1, clip_norm=clip)
+        seen = norms[clip] = []
+        _record_steps(
+            trainer,
+            lambda when, opt, seen=seen: (
+                when == "before"
+                and seen.append(
+                    torch.linalg.vector_norm(torch.stack([g.norm() for g in _grads(opt)]))
+                )
+            ),
+        )
+        trainer.fit()
+    assert len(norms[0.05]) == 3 and min(norms[None]) > 0.05  # unclipped gradients are larger
+    assert max(norms[0.05]) <= 0.05 * (1 + 1e-5)
+    assert max(norms[0.05]) == pytest.approx(0.05, rel=1e-5)
+
+
+def test_clipped_adam_clamps_every_gradient_element(tmp_path):
+    bound = 2**-10  # exact in float32
+    trainer = _trainer(tmp_path, 1, optimizer="clipped_adam", clip_norm=bound)
+    assert isinstance(trainer.optimizer, ClippedAdam)
+    largest = {"before": [], "after": []}
+    _record_steps(
+        trainer,
+        lambda when, opt: largest[when].append(max(g.abs().max().item() for g in _grads(opt))),
+    )
+    trainer.fit()
+    assert min(largest["before"]) > bound  # the raw gradients exceed the bound ...
+    assert max(largest["after"]) == bound  # ... and the optimiser stepped with clamped ones
+    unclipped = _trainer(tmp_path / "none", 1, optimizer="clipped_adam")
+    assert unclipped.optimizer.param_groups[0]["clip_norm"] == math.inf
+
+
+def test_lr_decay_with_clipped_adam_resumes_exactly(tmp_path):
+    options = dict(optimizer="clipped_adam", clip_norm=0.5, lr_decay=0.5)
+    full = _trainer(tmp_path / "full", 4, **options)
+    lrs = []
+    _record_steps(
+        full, lambda when, opt: when == "before" and lrs.append(opt.param_groups[0]["lr"])
+    )
+    full.fit()
+    # 3 steps per epoch, at lr · 0.5^epoch
+    assert lrs == [1e-2] * 3 + [5e-3] * 3 + [2.5e-3] * 3 + [1.25e-3] * 3
+    assert [r["lr"] for r in full.state.history] == [1e-2, 5e-3, 2.5e-3, 1.25e-3]
+    _trainer(tmp_path / "part", 2, **options).fit()
+    resumed, ran = _resume_other_seed(tmp_path / "part", 4, **options)
+    resumed.fit()
+    assert ran == [2, 3]
+    assert _losses(resumed.state.history) == _losses(full.state.history)
+    _assert_same_weights(full.model.state_dict(), resumed.model.state_dict())
+    full_state = full.optimizer.state_dict()["state"]
+    resumed_state = resumed.optimizer.state_dict()["state"]
+    assert all(
+        torch.equal(full_state[i]["exp_avg_sq"], resumed_state[i]["exp_avg_sq"]) for i in full_state
+    )

@@ -6,6 +6,7 @@ A *data root* is a folder laid out like the project's shared data folder::
     ROOT/asterisk_en_allison_16k/audio/**/*.flac
     ROOT/cmu_mocap_expmap/{train,test}/<action>/<action>_<n>.txt
     ROOT/skeletons/{h36m_32,cmu_38}.json
+    ROOT/jsb_chorales/jsb-chorales-quarter.json
 
 :func:`locate` looks for ``ROOT/<subdir>`` in this order: the ``root`` argument (the
 ``data.root`` config key), the environment variable ``PYRO_DVAE_DATA``, the download cache
@@ -14,6 +15,7 @@ downloaded into a temporary folder of the cache, extracted there with tarfile's 
 (no absolute paths, no ``..``, no links leading outside, no device files; on a Python without it,
 only plain files and folders inside the folder are accepted), verified by a checksum over their
 files, and only then moved into place: a failed check leaves nothing in the cache.
+Single-file corpora (:data:`FILE_RELEASES`) are checked by the SHA-256 of the file.
 """
 
 from __future__ import annotations
@@ -56,6 +58,25 @@ RELEASES: dict[str, Release] = {
         member="recordings",
         member_as="recordings",
         digest="0fbe6612aaa20a80ef4371894a46e060038337a518fe3d4728cb7eee7caa013c",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class FileRelease:
+    """A public file that becomes ``ROOT/<subdir>/<name>``, checked by the SHA-256 of its bytes."""
+
+    url: str
+    name: str
+    sha256: str
+
+
+FILE_RELEASES: dict[str, FileRelease] = {
+    "jsb_chorales": FileRelease(  # C.-Z. A. Huang's JSON of the Boulanger-Lewandowski split
+        url="https://raw.githubusercontent.com/czhuang/JSB-Chorales-dataset/"
+        "9a7f733ddb4ed91f48da64ac7f0f621c34aadd4d/jsb-chorales-quarter.json",
+        name="jsb-chorales-quarter.json",
+        sha256="2db9329f1881a1d3f49703ec556bf1d6f84b4f6c1d702c156536e93cf31e1c91",
     ),
 }
 
@@ -139,6 +160,8 @@ def locate(subdir: str, root: str | os.PathLike | None = None, download: bool = 
             return base / subdir
     if download and subdir in RELEASES:
         return fetch(subdir, cache_dir() / "data")
+    if download and subdir in FILE_RELEASES:
+        return fetch_file(subdir, cache_dir() / "data")
     looked = ", ".join(str(c / subdir) for c in candidates)
     raise FileNotFoundError(
         f"No local copy of '{subdir}' (looked in {looked}) and it has no public download here. "
@@ -186,6 +209,35 @@ def fetch(subdir: str, base: Path) -> Path:
         staged = Path(tmp) / "staged"
         staged.mkdir()
         shutil.move(str(found[0]), staged / release.member_as)
+        if target.exists():
+            shutil.rmtree(target)
+        staged.rename(target)
+    return target
+
+
+def fetch_file(subdir: str, base: Path) -> Path:
+    """Download ``FILE_RELEASES[subdir]`` into ``base/subdir``, verify its SHA-256, and return
+    that folder. As :func:`fetch`: a temporary folder below ``base``, removed on any failure."""
+    release = FILE_RELEASES[subdir]
+    target = base / subdir
+    base.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=base) as tmp:
+        staged = Path(tmp) / "staged"
+        staged.mkdir()
+        path = staged / release.name
+        try:
+            urllib.request.urlretrieve(release.url, path)
+        except OSError as err:
+            raise FileNotFoundError(
+                f"Could not download '{subdir}' from {release.url} ({err}). Offline? Point "
+                f"data.root=DIR or {ENV_DATA} at a folder that holds '{subdir}/{release.name}'."
+            ) from err
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != release.sha256:
+            raise OSError(
+                f"{release.url}: checksum mismatch (got {digest}, expected {release.sha256}); "
+                "the download was discarded"
+            )
         if target.exists():
             shutil.rmtree(target)
         staged.rename(target)

@@ -6,6 +6,7 @@ from pyro_dvae.likelihoods import Likelihood
 from pyro_dvae.models.base import DVAE
 from pyro_dvae.models.dkf import DKF
 from pyro_dvae.models.dsae import DSAE
+from pyro_dvae.models.kvae import KVAE
 from pyro_dvae.models.rvae import RVAE, NonCausalRVAE
 from pyro_dvae.models.srnn import SRNN
 from pyro_dvae.models.storn import STORN
@@ -22,6 +23,7 @@ MODELS: dict[str, type[DVAE]] = {
     "rvae_causal": RVAE,
     "rvae_noncausal": NonCausalRVAE,
     "dsae": DSAE,
+    "kvae": KVAE,
 }
 
 

@@ -29,7 +29,9 @@ from pyro.distributions import TorchDistribution
 from pyro.nn import PyroModule
 
 from pyro_dvae.distributions import SITES, PosteriorMean, Trajectory, markov_sites
-from pyro_dvae.likelihoods import Likelihood
+from pyro_dvae.feedback import Feedback
+from pyro_dvae.likelihoods import Likelihood, MaskedSteps
+from pyro_dvae.nn import sequence_lengths
 
 
 class DVAE(PyroModule):
@@ -46,6 +48,10 @@ class DVAE(PyroModule):
 
     sites: str = "trajectory"
     """How latent trajectories become sample sites: ``trajectory`` or ``markov`` (:data:`SITES`)."""
+
+    feedback: Feedback | None = None
+    """What the decoder recurrence reads (:mod:`pyro_dvae.feedback`); None for a model whose
+    decoder does not see x_{<t}, where teacher forcing and generation mode coincide."""
 
     def __init__(self, x_dim: int, z_dim: int, likelihood: Likelihood) -> None:
         super().__init__()
@@ -71,12 +77,40 @@ class DVAE(PyroModule):
         self.sites = sites
         return self
 
+    def set_feedback(self, p: float, context: int = 0) -> None:
+        """Let the decoder recurrence read the model's own prediction x̂_{t−1} instead of x_{t−1}
+        with probability ``p``, per sequence and step (0: teacher forcing, the default; 1:
+        generation mode; in between: scheduled sampling), except for the first ``context``
+        frames. A no-op for a model without :attr:`feedback`."""
+        if self.feedback is not None:
+            self.feedback = Feedback(p, context)
+
+    _step_mask: torch.Tensor | None = None
+
+    @contextmanager
+    def step_mask(self, mask: torch.Tensor | None) -> Iterator[None]:
+        """Within this block, batches are padded sequences: ``mask (B, T)`` is False on the
+        padded frames, which add nothing to the ELBO (observations, latent log-densities and
+        KLs, in both site forms); the loss is per valid frame. None: no padding.
+
+        Padding comes after each sequence's valid frames; full-sequence RNNs that run through
+        :func:`~pyro_dvae.nn.run_rnn` (backward and bidirectional ones too) then never read a
+        padded frame at a valid step (:func:`~pyro_dvae.nn.sequence_lengths`)."""
+        previous, self._step_mask = self._step_mask, None if mask is None else mask.bool()
+        try:
+            with sequence_lengths(mask):
+                yield
+        finally:
+            self._step_mask = previous
+
     @contextmanager
     def sequences(self, x: torch.Tensor) -> Iterator[None]:
-        """Plate over the batch of sequences ``x (B, T, D)``, log-densities scaled by 1/(T·B)."""
+        """Plate over the batch of sequences ``x (B, T, D)``, log-densities scaled by one over
+        the number of frames (T·B, or the unpadded frames under :meth:`step_mask`)."""
         B, T = x.shape[:2]
+        frames = B * T if self._step_mask is None else self._step_mask.sum().item()
         pyro.module("dvae", self)
-        with pyro.plate("sequences", B, dim=-1), poutine.scale(scale=1.0 / (B * T)):
+        with pyro.plate("sequences", B, dim=-1), poutine.scale(scale=1.0 / frames):
             yield
 
     def latent(self, name: str, fn: TorchDistribution, kl_weight: float) -> torch.Tensor:
@@ -87,6 +121,8 @@ class DVAE(PyroModule):
         Weight 0 (the first warm-up epochs) masks the KL out: Pyro scales must be positive.
         """
         weighting = poutine.mask(mask=False) if kl_weight == 0 else poutine.scale(scale=kl_weight)
+        if isinstance(fn, Trajectory):
+            fn.step_mask = self._step_mask
         with weighting:
             if self.sites == "markov" and isinstance(fn, Trajectory):
                 return markov_sites(name, fn)
@@ -94,7 +130,8 @@ class DVAE(PyroModule):
 
     def observe(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Score ``x (B, T, D)`` under the likelihood of the decoder output ``y``; returns y."""
-        pyro.sample("x", self.likelihood(y), obs=x)
+        d = self.likelihood(y)
+        pyro.sample("x", d if self._step_mask is None else MaskedSteps(d, self._step_mask), obs=x)
         return y
 
     def model(self, x: torch.Tensor, kl_weight: float = 1.0) -> torch.Tensor:

@@ -30,7 +30,7 @@ from pyro_dvae.distributions import IndependentTrajectory, Trajectory, diag_norm
 from pyro_dvae.likelihoods import Likelihood
 from pyro_dvae.models.base import LatentDecoderDVAE
 from pyro_dvae.models.priors import build_transition
-from pyro_dvae.nn import MLP, GaussianHead, lstm, shift
+from pyro_dvae.nn import MLP, GaussianHead, lstm, run_rnn, shift
 
 GUIDES: dict[str, Callable[..., nn.Module]] = {}
 """Guide name → inference-network class. Each is built with the model's inference sizes
@@ -77,8 +77,8 @@ class DKFInference(nn.Module):
         """Σ of the RNN outputs g^x (B, T, H): backward (DKS), or forward + backward (ST-LR)."""
         h = self.mlp_x_gx(x)
         if self.bidirectional:
-            return self.rnn_gx(h)[0].unflatten(-1, (2, -1)).sum(-2)
-        return self.rnn_gx(h.flip(1))[0].flip(1)
+            return run_rnn(self.rnn_gx, h).unflatten(-1, (2, -1)).sum(-2)
+        return run_rnn(self.rnn_gx, h, backward=True)
 
     def combine(self, z_prev: torch.Tensor, gx: torch.Tensor) -> Distribution:
         """q(z_t | z_{t−1}, g^x_t) from z_{t−1} and g^x_t; any leading dims."""

@@ -44,7 +44,7 @@ from torch.distributions import Distribution
 from pyro_dvae.distributions import IndependentTrajectory, Trajectory, diag_normal, normal_kl
 from pyro_dvae.likelihoods import Likelihood
 from pyro_dvae.models.base import DVAE
-from pyro_dvae.nn import MLP, GaussianHead, LSTMState, lstm, lstm_step, shift
+from pyro_dvae.nn import MLP, GaussianHead, LSTMState, final_state, lstm, lstm_step, run_rnn, shift
 
 
 def over_time(v: torch.Tensor, T: int) -> torch.Tensor:
@@ -69,7 +69,7 @@ class LSTMPrior(nn.Module):
 
     def parallel(self, z: torch.Tensor) -> Distribution:
         """All frames' p(z_t | z_{<t}) along a given z (B, T, L): one LSTM call over shift(z)."""
-        return diag_normal(*self.head(self.rnn(shift(z))[0]))
+        return diag_normal(*self.head(run_rnn(self.rnn, shift(z))))
 
     def trajectory(self, B: int, T: int, L: int, like: torch.Tensor) -> Trajectory:
         return Trajectory(
@@ -116,14 +116,14 @@ class DSAEInference(nn.Module):
 
     def static(self, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loc, scale) of q(v | x), each (B, V), from the bi-LSTM's final states [h^→_T, h^←_1]."""
-        h_n = self.rnn_gv(phi)[1][0]
+        h_n = final_state(self.rnn_gv, phi)
         return self.head_v(self.mlp_gv_v(torch.cat([h_n[0], h_n[1]], dim=-1)))
 
     def dynamic(self, phi: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loc, scale) of q(z_t | x, v), each (B, T, L)."""
         u = self.mlp_xv_gxv(torch.cat([phi, over_time(v, phi.shape[1])], dim=-1))
-        g = self.mlp_gxv_gz(self.rnn_gxv(u)[0])
-        return self.head_z(self.rnn_gz(g)[0])
+        g = self.mlp_gxv_gz(run_rnn(self.rnn_gxv, u))
+        return self.head_z(run_rnn(self.rnn_gz, g))
 
 
 class DSAEDecoder(nn.Module):

@@ -88,7 +88,7 @@ class RVAEInference(nn.Module):
 
     def parallel(self, gx: torch.Tensor, z: torch.Tensor) -> Distribution:
         """All frames' q(z_t | ·) along a given z (B, T, L): LSTM_gz in one call."""
-        gz = self.rnn_gz(self.mlp_z_gz(shift(z)))[0]
+        gz = run_rnn(self.rnn_gz, self.mlp_z_gz(shift(z)))
         return self.posterior(gx, gz)
 
     def forward(self, x: torch.Tensor) -> Trajectory:

@@ -18,8 +18,13 @@ The inference network is swappable:
 h and g are computed in one LSTM call each; only the small combiner MLP_gzz runs step by step
 on the sampled z_{t−1}. The prior (a component, :class:`SRNNPrior`) and the emission are
 scored in parallel over time; the model reuses the h that the guide computed (a
-:class:`~pyro_dvae.models.handoff.Handoff`). Generation feeds x̂_{t−1} = E[x_{t−1} | y_{t−1}]
-into LSTM_h.
+:class:`~pyro_dvae.models.handoff.Handoff`).
+
+Generation mode and scheduled sampling (:mod:`pyro_dvae.feedback`, spec §7): the encoder keeps
+the teacher-forced h^inf_t = LSTM_h(MLP_xh(x_{t−1})), while the prior and the decoder use a
+second, free-running state of the same LSTM, h^gen_t = LSTM_h(MLP_xh(x^in_{t−1})), which reads
+x̂_{t−1} = E[x_{t−1} | y_{t−1}] or x_{t−1} as the feedback's coins say; the model then walks
+h^gen along z step by step. ``generate`` is generation mode from the prior.
 """
 
 from __future__ import annotations
@@ -32,10 +37,11 @@ from torch.distributions import Distribution
 from torch.nn import functional as F
 
 from pyro_dvae.distributions import Step, Trajectory, diag_normal
+from pyro_dvae.feedback import Feedback, FreeRunning
 from pyro_dvae.likelihoods import Likelihood
 from pyro_dvae.models.base import DVAE
 from pyro_dvae.models.handoff import Handoff
-from pyro_dvae.nn import MLP, GaussianHead, lstm, lstm_step, run_rnn, shift
+from pyro_dvae.nn import MLP, GaussianHead, LSTMState, lstm, lstm_step, run_rnn, shift
 
 
 class Combiner(nn.Module):
@@ -154,6 +160,7 @@ class SRNN(DVAE):
     ) -> None:
         super().__init__(x_dim, z_dim, likelihood)
         smoother = self.choose_guide(guide, GUIDES, default="smoother")
+        self.feedback = Feedback()
         self.handoff: Handoff[torch.Tensor] = Handoff()
         self.mlp_x_h = MLP(x_dim, dense_x_h, activation)
         self.rnn_h = lstm(self.mlp_x_h.out_dim, dim_rnn_h)
@@ -172,7 +179,35 @@ class SRNN(DVAE):
         """y = Lin(MLP_hzx([h, z])), any leading dims."""
         return self.decoder(torch.cat([h, z], dim=-1))
 
+    def advance(
+        self, state: LSTMState | None, x_prev: torch.Tensor, z_prev: torch.Tensor
+    ) -> LSTMState:
+        """One step of LSTM_h reading the frame x_prev (B, D); z_prev is not read."""
+        return lstm_step(self.rnn_h, self.mlp_x_h(x_prev), state)
+
+    def free_running(self, x: torch.Tensor, feedback: Feedback) -> tuple[Trajectory, FreeRunning]:
+        """The prior p(z_t | z_{t−1}, h^gen_t) over the free-running h^gen, whose frames are read
+        per ``feedback`` against the ground truth x (B, T, D), and the recurrence itself."""
+        run = FreeRunning(
+            self.advance, self.decode, x, feedback.coins(x), feedback, self.likelihood
+        )
+
+        def step(t: int, z_prev: torch.Tensor, state: LSTMState | None):
+            state = run.step(t, z_prev, state)
+            return self.prior(state[0], z_prev), state
+
+        B, T, _ = x.shape
+        trajectory = Trajectory(
+            step, lambda z: self.prior(run.along(z), shift(z)), B, T, self.z_dim, like=x
+        )
+        return trajectory, run
+
     def model(self, x: torch.Tensor, kl_weight: float = 1.0) -> torch.Tensor:
+        if not self.feedback.teacher_forcing:
+            prior, run = self.free_running(x, self.feedback)
+            with self.sequences(x):
+                z = self.latent("z", prior, kl_weight)
+                return self.observe(self.decode(run.along(z), z), x)
         h = self.handoff.take(x, self, lambda: self.deterministic(x))
         with self.sequences(x):
             z = self.latent("z", self.prior.trajectory(h), kl_weight)
@@ -186,12 +221,8 @@ class SRNN(DVAE):
 
     @torch.no_grad()
     def generate(self, n: int, T: int) -> torch.Tensor:
+        """Generation mode from the prior: x̂_{t−1} = E[x_{t−1} | y_{t−1}] fed to LSTM_h."""
         like = next(self.parameters())
-        x_prev, z = like.new_zeros(n, self.x_dim), like.new_zeros(n, self.z_dim)
-        state, ys = None, []
-        for _ in range(T):
-            state = lstm_step(self.rnn_h, self.mlp_x_h(x_prev), state)
-            z = self.prior(state[0], z).rsample()
-            ys.append(self.decode(state[0], z))
-            x_prev = self.likelihood.mean(ys[-1])
-        return self.likelihood.mean(torch.stack(ys, dim=1))
+        prior, run = self.free_running(like.new_zeros(n, T, self.x_dim), Feedback(1.0))
+        z = prior.rsample()
+        return self.likelihood.mean(self.decode(run.along(z), z))

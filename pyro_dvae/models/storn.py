@@ -7,9 +7,13 @@ LSTM state, g_t (B, T, H_g) the encoder's, y_t (B, T, D) decoder output; x_0 = 0
         h_t = LSTM_h([MLP_zh(z_t), MLP_xh(x_{t−1})], h_{t−1}),   y_t = Lin(MLP_hx(h_t))
     q(z | x) = ∏_t q(z_t | x_{1:t}) = N(heads(MLP_gz(g_t))),  g_t = LSTM_g(MLP_xg(x_t), g_{t−1})
 
-Neither side feeds a sampled z back into a recurrence, so training is fully parallel over
-time: one LSTM call in the guide, one in the model. Generation is autoregressive: x̂_{t−1} =
-E[x_{t−1} | y_{t−1}] replaces x_{t−1} (spec §7).
+Neither side feeds a sampled z back into a recurrence, so teacher-forced training is fully
+parallel over time: one LSTM call in the guide, one in the model.
+
+Generation mode and scheduled sampling (:mod:`pyro_dvae.feedback`, spec §7): the encoder keeps
+reading x; LSTM_h reads x̂_{t−1} = E[x_{t−1} | y_{t−1}] or x_{t−1} as the feedback's coins say,
+one step at a time. The prior N(0, I) does not depend on x, so only the decoder changes.
+``generate`` is generation mode from the prior.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 from torch import nn
 
 from pyro_dvae.distributions import IndependentTrajectory, diag_normal
+from pyro_dvae.feedback import Feedback
 from pyro_dvae.likelihoods import Likelihood
 from pyro_dvae.models.base import DVAE
 from pyro_dvae.models.priors import StandardNormal
@@ -52,6 +57,7 @@ class STORN(DVAE):
         activation: str = "tanh",
     ) -> None:
         super().__init__(x_dim, z_dim, likelihood)
+        self.feedback = Feedback()
         self.prior = StandardNormal()
         self.mlp_x_g = MLP(x_dim, dense_x_g, activation)
         self.rnn_g = lstm(self.mlp_x_g.out_dim, dim_rnn_g)
@@ -73,11 +79,25 @@ class STORN(DVAE):
         inputs = torch.cat([self.mlp_z_h(z), self.mlp_xtm1_h(x_prev)], dim=-1)
         return self.decoder(run_rnn(self.rnn_h, inputs))
 
+    def decode_free(self, z: torch.Tensor, x: torch.Tensor, feedback: Feedback) -> torch.Tensor:
+        """y (B, T, D) from z (B, T, L), LSTM_h stepped one frame at a time, reading x_{t−1} or
+        x̂_{t−1} as the coins of ``feedback`` say (x (B, T, D) is the ground truth)."""
+        coins, features_z = feedback.coins(x), self.mlp_z_h(z)
+        x_prev, state, ys = torch.zeros_like(x[:, 0]), None, []
+        for t in range(x.shape[1]):
+            inputs = torch.cat([features_z[:, t], self.mlp_xtm1_h(x_prev)], dim=-1)
+            state = lstm_step(self.rnn_h, inputs, state)
+            ys.append(self.decoder(state[0]))
+            x_prev = feedback.read(self.likelihood, ys[-1], x[:, t], coins[:, t])
+        return torch.stack(ys, dim=1)
+
     def model(self, x: torch.Tensor, kl_weight: float = 1.0) -> torch.Tensor:
         B, T, _ = x.shape
         with self.sequences(x):
             z = self.latent("z", self.prior.trajectory(B, T, self.z_dim, x), kl_weight)
-            return self.observe(self.decode(z, shift(x)), x)
+            if self.feedback.teacher_forcing:
+                return self.observe(self.decode(z, shift(x)), x)
+            return self.observe(self.decode_free(z, x, self.feedback), x)
 
     def guide(self, x: torch.Tensor, kl_weight: float = 1.0) -> None:
         with self.sequences(x):
@@ -85,12 +105,8 @@ class STORN(DVAE):
 
     @torch.no_grad()
     def generate(self, n: int, T: int) -> torch.Tensor:
+        """Generation mode from the prior: x̂_{t−1} = E[x_{t−1} | y_{t−1}] fed to LSTM_h."""
         like = next(self.parameters())
-        features_z = self.mlp_z_h(self.prior.trajectory(n, T, self.z_dim, like).rsample())
-        x_prev, state, ys = like.new_zeros(n, self.x_dim), None, []
-        for t in range(T):
-            inputs = torch.cat([features_z[:, t], self.mlp_xtm1_h(x_prev)], dim=-1)
-            state = lstm_step(self.rnn_h, inputs, state)
-            ys.append(self.decoder(state[0]))
-            x_prev = self.likelihood.mean(ys[-1])
-        return self.likelihood.mean(torch.stack(ys, dim=1))
+        x = like.new_zeros(n, T, self.x_dim)
+        z = self.prior.trajectory(n, T, self.z_dim, like).rsample()
+        return self.likelihood.mean(self.decode_free(z, x, Feedback(1.0)))

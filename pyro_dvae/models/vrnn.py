@@ -13,8 +13,13 @@ h_t depends on the sampled z_{<t}, so the guide samples step by step, advancing 
 cell per step on the precomputed φx(x). Given z, every h_t is known: the model takes the h
 path that the guide's draw produced (a :class:`~pyro_dvae.models.handoff.Handoff`), or
 recomputes it with one LSTM call over [φx(x), φz(z)], and scores the prior and the emission
-in parallel over time. Generation feeds x̂_{t−1} = E[x_{t−1} | y_{t−1}] back into the
-recurrence (spec §7).
+in parallel over time.
+
+Generation mode and scheduled sampling (:mod:`pyro_dvae.feedback`, spec §7) split the shared
+state in two copies of the same LSTM: the guide's h^inf reads the ground truth as above; the
+prior and the decoder use h^gen_{t+1} = LSTM([φx(x^in_t), φz(z_t)], h^gen_t), where x^in_t is
+x̂_t = E[x_t | y_t] or x_t as the feedback's coins say. ``generate`` is generation mode from
+the prior.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from torch import nn
 from torch.distributions import Distribution
 
 from pyro_dvae.distributions import Parallel, Step, Trajectory, diag_normal
+from pyro_dvae.feedback import Feedback, FreeRunning
 from pyro_dvae.likelihoods import Likelihood
 from pyro_dvae.models.base import DVAE
 from pyro_dvae.models.handoff import Handoff
@@ -65,6 +71,7 @@ class VRNN(DVAE):
     ) -> None:
         super().__init__(x_dim, z_dim, likelihood)
         self.choose_guide(guide, GUIDES, default="filter")
+        self.feedback = Feedback()
         self.handoff: Handoff[torch.Tensor] = Handoff()
         self.phi_x = MLP(x_dim, dense_x, activation)
         self.phi_z = MLP(z_dim, dense_z, activation)
@@ -120,7 +127,32 @@ class VRNN(DVAE):
 
         return _trajectory(step, lambda z: self.p_step(path(z)[1]), x, self.z_dim)
 
+    def emit(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """y = Lin(MLP_hzx([φz(z), h])), any leading dims."""
+        return self.decoder(torch.cat([self.phi_z(z), h], dim=-1))
+
+    def free_running(self, x: torch.Tensor, feedback: Feedback) -> tuple[Trajectory, FreeRunning]:
+        """The prior p(z_t | h^gen_t) over the free-running state h^gen, whose frames are read per
+        ``feedback`` against the ground truth x (B, T, D), and the recurrence itself."""
+
+        def advance(state: LSTMState | None, x_prev: torch.Tensor, z_prev: torch.Tensor):
+            return self.advance(state, None if state is None else self.phi_x(x_prev), z_prev)
+
+        run = FreeRunning(advance, self.emit, x, feedback.coins(x), feedback, self.likelihood)
+
+        def step(t: int, z_prev: torch.Tensor, state: LSTMState | None):
+            state = run.step(t, z_prev, state)
+            return self.p_step(state[0]), state
+
+        return _trajectory(step, lambda z: self.p_step(run.along(z)), x, self.z_dim), run
+
     def model(self, x: torch.Tensor, kl_weight: float = 1.0) -> torch.Tensor:
+        if not self.feedback.teacher_forcing:
+            prior, run = self.free_running(x, self.feedback)
+            with self.sequences(x):
+                z = self.latent("z", prior, kl_weight)
+                return self.observe(self.emit(run.along(z), z), x)
+
         def along(z: torch.Tensor) -> Path:
             features_z = self.phi_z(z)
             h = self.handoff.take(z, self, lambda: self.hidden(self.phi_x(x), features_z))
@@ -140,14 +172,11 @@ class VRNN(DVAE):
 
     @torch.no_grad()
     def generate(self, n: int, T: int) -> torch.Tensor:
+        """Generation mode from the prior: φx(x̂_{t−1}), x̂_{t−1} = E[x_{t−1} | y_{t−1}], fed back."""
         like = next(self.parameters())
-        z, features_x, state, ys = like.new_zeros(n, self.z_dim), None, None, []
-        for _ in range(T):
-            state = self.advance(state, features_x, z)
-            z = self.p_step(state[0]).rsample()
-            ys.append(self.decoder(torch.cat([self.phi_z(z), state[0]], dim=-1)))
-            features_x = self.phi_x(self.likelihood.mean(ys[-1]))
-        return self.likelihood.mean(torch.stack(ys, dim=1))
+        prior, run = self.free_running(like.new_zeros(n, T, self.x_dim), Feedback(1.0))
+        z = prior.rsample()
+        return self.likelihood.mean(self.emit(run.along(z), z))
 
 
 def _head(

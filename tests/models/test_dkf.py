@@ -70,17 +70,23 @@ def _by_hand(model, x, z):
     return [torch.stack(v, 1) for v in (mq, sq, mp, sp)], model.decoder(z)
 
 
-@pytest.mark.parametrize("guide", ["dks", "st_lr"])
-@pytest.mark.parametrize("prior", ["gated", "linear"])
-def test_mean_field_loss_is_recon_plus_stepwise_kl(guide, prior):
-    x_dim, B, T = 10, 4, 6
-    model = build_model("dkf", x_dim, ExponentialPower(), guide=guide, prior=prior, **TINY)
-    x = torch.rand(B, T, x_dim)
+def _mean_field_loss_by_hand(**choices):
+    """TraceMeanField_ELBO loss (KL weight 0.6) of a tiny DKF on x (4, 6, 10), with the guide's
+    draw z and the hand-written step outputs along it."""
+    model = build_model("dkf", 10, ExponentialPower(), **choices, **TINY)
+    x = torch.rand(4, 6, 10)
     torch.manual_seed(3)
     loss = TraceMeanField_ELBO().differentiable_loss(model.model, model.guide, x, 0.6)
     torch.manual_seed(3)
     z = poutine.trace(model.guide).get_trace(x).nodes["z"]["value"]
-    (mq, sq, mp, sp), y = _by_hand(model, x, z)
+    return (loss, x, z, *_by_hand(model, x, z))
+
+
+@pytest.mark.parametrize("guide", ["dks", "st_lr"])
+@pytest.mark.parametrize("prior", ["gated", "linear"])
+def test_mean_field_loss_is_recon_plus_stepwise_kl(guide, prior):
+    B, T = 4, 6
+    loss, x, z, (mq, sq, mp, sp), y = _mean_field_loss_by_hand(guide=guide, prior=prior)
     expected = (exponential_nll(x, y) + 0.6 * gaussian_kl(mq, sq, mp, sp)) / (B * T)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
 
@@ -148,15 +154,9 @@ def test_unknown_guide_and_prior_are_clear_errors():
 def test_student_t_prior_falls_back_to_the_sampled_log_ratio():
     """No KL(Normal ‖ Student-t) is registered: TraceMeanField_ELBO scores the prior with
     log q(z) − log p(z) of the guide's draw; p is the Student-t density written out."""
-    x_dim, B, T = 10, 4, 6
-    model = build_model("dkf", x_dim, ExponentialPower(), prior="student_t", **TINY)
-    x = torch.rand(B, T, x_dim)
-    torch.manual_seed(3)
-    loss = TraceMeanField_ELBO().differentiable_loss(model.model, model.guide, x, 0.6)
-    torch.manual_seed(3)
-    z = poutine.trace(model.guide).get_trace(x).nodes["z"]["value"]
-    (mq, sq, mp, sp), y = _by_hand(model, x, z)
-    nu = 2 + model.prior.log_df_minus_2.exp()
+    B, T = 4, 6
+    loss, x, z, (mq, sq, mp, sp), y = _mean_field_loss_by_hand(prior="student_t")
+    nu = torch.tensor(5.0)  # the initial degrees of freedom
     u = (z - mp) / sp
     log_p = (
         torch.lgamma((nu + 1) / 2) - torch.lgamma(nu / 2) - 0.5 * torch.log(nu * math.pi)

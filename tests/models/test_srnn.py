@@ -4,6 +4,7 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from benchmarks.reference_sequential import reference_loss_srnn
+from pyro_dvae.feedback import Feedback
 from pyro_dvae.likelihoods import ExponentialPower, build_likelihood
 from pyro_dvae.models import build_model
 from tests.helpers import exponential_nll, gaussian_kl, gaussian_log_density
@@ -14,6 +15,12 @@ from tests.models.by_hand import (
     lstm_cell,
     lstm_outputs,
     stack,
+)
+from tests.models.feedback_checks import (
+    assert_loss_and_gradients_match,
+    assert_perfect_predictor_is_teacher_forcing,
+    elbo_loss,
+    guide_draw_and_coins,
 )
 
 SPEECH = dict(z_dim=16, dense_x_h=[256], dim_rnn_h=128, dense_hx_g=[256], dim_rnn_g=128,
@@ -157,3 +164,51 @@ def test_reconstruction_follows_the_posterior_mean_path(guide):
 def test_unknown_guide_is_a_clear_error():
     with pytest.raises(ValueError, match="guide.name='dks'.*smoother.*filter"):
         build_model("srnn", D, ExponentialPower(), guide="dks", **TINY)
+
+
+def _free_running_by_hand(model, x, z, coins):
+    """Prior and decoder over h^gen, one cell at a time: LSTM_h reads x̂_{t−1} = exp(y_{t−1})
+    (detached) where coins[:, t−1], else x_{t−1}. Returns the prior's (mean, std) and y."""
+    prior = model.prior
+    h = c = x.new_zeros(x.shape[0], model.rnn_h.hidden_size)
+    x_prev, z_prev = torch.zeros_like(x[:, 0]), torch.zeros_like(z[:, 0])
+    mp, sp, ys = [], [], []
+    for t in range(x.shape[1]):
+        h, c = lstm_cell(model.rnn_h, model.mlp_x_h(x_prev), h, c)
+        loc, scale = gaussian(prior.head, prior.mlp(torch.cat([h, z_prev], -1)))
+        mp.append(loc)
+        sp.append(scale)
+        ys.append(model.decoder(torch.cat([h, z[:, t]], -1)))
+        x_prev = torch.where(coins[:, t, None], torch.exp(ys[-1]).detach(), x[:, t])
+        z_prev = z[:, t]
+    return stack(mp, sp, ys)
+
+
+@pytest.mark.parametrize("guide", ["smoother", "filter"])
+def test_generation_mode_fed_the_ground_truth_is_teacher_forcing(guide):
+    model = build_model("srnn", D, ExponentialPower(), guide=guide, **TINY)
+    assert_perfect_predictor_is_teacher_forcing(model, torch.rand(B, T, D))
+
+
+@pytest.mark.parametrize("p", [1.0, 0.5])
+def test_generation_mode_and_scheduled_sampling_by_hand(p):
+    """Encoder on the ground truth (h^inf), prior and decoder on h^gen, which reads the
+    prediction where the per-sequence, per-step coin says so; gradients not through x̂."""
+    model = build_model("srnn", D, ExponentialPower(), **TINY)
+    x = torch.rand(B, T, D)
+    loss = elbo_loss(model, x, Feedback(p), seed=7)
+    z, coins = guide_draw_and_coins(model, x, p, seed=7)
+    assert 0 < coins[:, :-1].sum() < coins[:, :-1].numel() or p == 1
+    (mq, sq, _, _), _ = _by_hand(model, x, "smoother", z)
+    mp, sp, y = _free_running_by_hand(model, x, z, coins)
+    expected = (exponential_nll(x, y) + gaussian_kl(mq, sq, mp, sp)) / (B * T)
+    assert_loss_and_gradients_match(model, loss, expected)
+
+
+def test_generation_mode_differs_from_teacher_forcing():
+    model = build_model("srnn", D, ExponentialPower(), **TINY)
+    x = torch.rand(2, 5, D)
+    teacher = model.reconstruct(x)
+    model.set_feedback(1.0)
+    assert not torch.allclose(model.reconstruct(x), teacher)
+    torch.testing.assert_close(model.reconstruct(x)[:, 0], teacher[:, 0])  # both read x_0 = 0

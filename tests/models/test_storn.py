@@ -4,6 +4,7 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from benchmarks.reference_sequential import reference_loss_storn
+from pyro_dvae.feedback import Feedback
 from pyro_dvae.likelihoods import ExponentialPower, build_likelihood
 from pyro_dvae.models import build_model
 from tests.helpers import exponential_nll, gaussian_kl, gaussian_log_density
@@ -14,6 +15,12 @@ from tests.models.by_hand import (
     lstm_cell,
     lstm_outputs,
     stack,
+)
+from tests.models.feedback_checks import (
+    assert_loss_and_gradients_match,
+    assert_perfect_predictor_is_teacher_forcing,
+    elbo_loss,
+    guide_draw_and_coins,
 )
 
 SPEECH = dict(z_dim=16, dense_x_g=[256], dim_rnn_g=128, dense_g_z=[64, 32], dense_z_h=[32, 64],
@@ -115,3 +122,36 @@ def test_reconstruction_with_the_posterior_mean_is_deterministic():
 def test_storn_has_a_single_guide():
     with pytest.raises(ValueError, match="guide.name='filter'"):
         build_model("storn", D, ExponentialPower(), guide="filter", **TINY)
+
+
+def _free_running_decoder_by_hand(model, x, z, coins):
+    """y with LSTM_h reading x̂_{t−1} = exp(y_{t−1}) (detached) where coins[:, t−1], else
+    x_{t−1}."""
+    h = c = x.new_zeros(x.shape[0], model.rnn_h.hidden_size)
+    x_prev, ys = torch.zeros_like(x[:, 0]), []
+    for t in range(x.shape[1]):
+        inputs = torch.cat([model.mlp_z_h(z[:, t]), model.mlp_xtm1_h(x_prev)], -1)
+        h, c = lstm_cell(model.rnn_h, inputs, h, c)
+        ys.append(model.decoder(h))
+        x_prev = torch.where(coins[:, t, None], torch.exp(ys[-1]).detach(), x[:, t])
+    return torch.stack(ys, 1)
+
+
+def test_generation_mode_fed_the_ground_truth_is_teacher_forcing():
+    model = build_model("storn", D, ExponentialPower(), **TINY)
+    assert_perfect_predictor_is_teacher_forcing(model, torch.rand(B, T, D))
+
+
+@pytest.mark.parametrize("p", [1.0, 0.5])
+def test_generation_mode_and_scheduled_sampling_by_hand(p):
+    """The encoder reads the ground truth, the decoder recurrence the prediction where the
+    per-sequence, per-step coin says so; the N(0, I) prior is unchanged."""
+    model = build_model("storn", D, ExponentialPower(), **TINY)
+    x = torch.rand(B, T, D)
+    loss = elbo_loss(model, x, Feedback(p), seed=7)
+    z, coins = guide_draw_and_coins(model, x, p, seed=7)
+    assert 0 < coins[:, :-1].sum() < coins[:, :-1].numel() or p == 1
+    mq, sq, _ = _by_hand(model, x, z)
+    y = _free_running_decoder_by_hand(model, x, z, coins)
+    kl = gaussian_kl(mq, sq, torch.zeros_like(mq), torch.ones_like(sq))
+    assert_loss_and_gradients_match(model, loss, (exponential_nll(x, y) + kl) / (B * T))

@@ -4,6 +4,7 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from benchmarks.reference_sequential import reference_loss_vrnn
+from pyro_dvae.feedback import Feedback
 from pyro_dvae.likelihoods import ExponentialPower, build_likelihood
 from pyro_dvae.models import build_model
 from tests.helpers import exponential_nll, gaussian_kl, gaussian_log_density
@@ -13,6 +14,12 @@ from tests.models.by_hand import (
     gaussian,
     lstm_cell,
     stack,
+)
+from tests.models.feedback_checks import (
+    assert_loss_and_gradients_match,
+    assert_perfect_predictor_is_teacher_forcing,
+    elbo_loss,
+    guide_draw_and_coins,
 )
 
 SPEECH = dict(z_dim=16, dense_x=[256], dense_z=[32, 64], dense_hx_z=[], dense_hz_x=[],
@@ -140,3 +147,41 @@ def test_guides():
     build_model("vrnn", D, ExponentialPower(), guide="filter", **TINY)
     with pytest.raises(ValueError, match="guide.name='smoother'.*filter"):
         build_model("vrnn", D, ExponentialPower(), guide="smoother", **TINY)
+
+
+def _free_running_by_hand(model, x, z, coins):
+    """Prior and decoder over h^gen, a second state of the same LSTM, which reads
+    φx(x̂_t), x̂_t = exp(y_t) (detached), where coins[:, t], else φx(x_t). Returns the prior's
+    (mean, std) and y."""
+    prior_mlp, prior_head = model.prior_net
+    h = c = x.new_zeros(x.shape[0], model.rnn.hidden_size)
+    mp, sp, ys = [], [], []
+    for t in range(x.shape[1]):
+        loc, scale = gaussian(prior_head, prior_mlp(h))
+        mp.append(loc)
+        sp.append(scale)
+        fz = model.phi_z(z[:, t])
+        ys.append(model.decoder(torch.cat([fz, h], -1)))
+        x_in = torch.where(coins[:, t, None], torch.exp(ys[-1]).detach(), x[:, t])
+        h, c = lstm_cell(model.rnn, torch.cat([model.phi_x(x_in), fz], -1), h, c)
+    return stack(mp, sp, ys)
+
+
+def test_generation_mode_fed_the_ground_truth_is_teacher_forcing():
+    model = build_model("vrnn", D, ExponentialPower(), **TINY)
+    assert_perfect_predictor_is_teacher_forcing(model, torch.rand(B, T, D))
+
+
+@pytest.mark.parametrize("p", [1.0, 0.5])
+def test_generation_mode_and_scheduled_sampling_by_hand(p):
+    """Separate recurrences: the guide's h^inf reads the ground truth, the prior's and decoder's
+    h^gen reads the prediction where the per-sequence, per-step coin says so."""
+    model = build_model("vrnn", D, ExponentialPower(), **TINY)
+    x = torch.rand(B, T, D)
+    loss = elbo_loss(model, x, Feedback(p), seed=7)
+    z, coins = guide_draw_and_coins(model, x, p, seed=7)
+    assert 0 < coins[:, :-1].sum() < coins[:, :-1].numel() or p == 1
+    (mq, sq, _, _), _ = _by_hand(model, x, z)
+    mp, sp, y = _free_running_by_hand(model, x, z, coins)
+    expected = (exponential_nll(x, y) + gaussian_kl(mq, sq, mp, sp)) / (B * T)
+    assert_loss_and_gradients_match(model, loss, expected)
