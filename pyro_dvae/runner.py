@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pyro_dvae.collect import flatten
 from pyro_dvae.data import Task, build_task
 from pyro_dvae.likelihoods import build_likelihood
 from pyro_dvae.loglik import log_likelihood
@@ -82,21 +83,10 @@ CONTINUATION_KEYS = (
 """Settings a resumed run may change; everything else is the run's own."""
 
 
-def _leaves(tree: dict, prefix: str = "") -> dict:
-    """``{"a.b": value}`` for every non-dict value of a nested dict."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_leaves(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _given(overrides: Sequence[str], cfg: dict) -> set[str]:
     """The leaves set on the command line: ``key=value`` sets ``key`` (and what is below it),
     a config-group choice such as ``model=dkf`` sets only ``model.name``."""
-    leaves, given = _leaves(cfg), set()
+    leaves, given = flatten(cfg), set()
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
         below = [leaf for leaf in leaves if leaf.startswith(f"{key}.")]
@@ -113,7 +103,7 @@ def resumed_config(cfg: DictConfig, saved: dict, overrides: Sequence[str] | None
     resumed run never silently trains a different model or on different data.
     """
     new = OmegaConf.to_container(cfg, resolve=True)
-    old, now = _leaves(saved), _leaves(new)
+    old, now = flatten(saved), flatten(new)
     given = set(now) if overrides is None else _given(overrides, new)
     changed = sorted(k for k in given if k in old and k in now and old[k] != now[k])
     conflicts = [k for k in changed if k not in CONTINUATION_KEYS]

@@ -109,30 +109,3 @@ def test_pyro_svi_with_clipped_adam_trains_a_model():
     losses = [svi.step(x) for _ in range(60)]
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
     assert sum(losses[-5:]) / 5 < losses[0] - 1.0
-
-
-@pytest.mark.parametrize("sites", ["trajectory", "markov"])
-@pytest.mark.parametrize("name,guide", [("vrnn", None), ("storn", None), ("dkf", "mean_field")])
-def test_padded_steps_add_nothing(name, guide, sites):
-    """Two sequences of lengths 6 and 4, padded to 6 under a step mask, give the frame-weighted
-    mean of the two unpadded losses (same latent values: the padded run's, replayed)."""
-    model = small(name, guide, sites=sites)
-    x = torch.exp(torch.randn(2, T, D))
-    x[1, 4:] = 123.0  # padding: any value
-    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
-    elbo = TraceMeanField_ELBO()
-    with model.step_mask(mask):
-        guide_trace = poutine.trace(model.guide).get_trace(x, KL_WEIGHT)
-        guide = poutine.replay(model.guide, trace=guide_trace)
-        padded = elbo.loss(model.model, guide, x, KL_WEIGHT)
-    z = {n: guide_trace.nodes[n]["value"] for n in guide_trace.stochastic_nodes}
-
-    def alone(b: int, length: int) -> float:
-        if sites == "markov":
-            values = {f"z_{t}": z[f"z_{t}"][b : b + 1] for t in range(1, length + 1)}
-        else:
-            values = {"z": z["z"][b : b + 1, :length]}
-        guide = poutine.replay(model.guide, trace=replayed_trace(values))
-        return elbo.loss(model.model, guide, x[b : b + 1, :length], KL_WEIGHT)
-
-    assert padded == pytest.approx((6 * alone(0, 6) + 4 * alone(1, 4)) / 10, rel=1e-5)

@@ -15,16 +15,10 @@ from pyro_dvae.distributions import Trajectory
 from pyro_dvae.likelihoods import ExponentialPower
 from pyro_dvae.models import build_model
 from pyro_dvae.train import loss_terms
+from tests.models.test_base import PAIRS as BASE_PAIRS
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
-PAIRS = [
-    ("vae", None, None), ("dkf", "dks", None), ("dkf", "st_lr", None),
-    ("dkf", "mean_field", None), ("dkf", "dks", "linear"), ("dkf", "dks", "student_t"),
-    ("storn", None, None), ("vrnn", None, None), ("srnn", "smoother", None),
-    ("srnn", "filter", None), ("rvae_causal", "causal", None), ("rvae_causal", "noncausal", None),
-    ("rvae_noncausal", "noncausal", None), ("rvae_noncausal", "causal", None), ("dsae", None, None),
-    ("kvae", None, None),
-]
+PAIRS = [*BASE_PAIRS, ("kvae", None, None)]
 D, T, KL_WEIGHT = 12, 6, 0.7
 LENGTHS = (6, 4)
 
