@@ -181,13 +181,7 @@ def fetch(subdir: str, base: Path) -> Path:
     base.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=base) as tmp:
         archive = Path(tmp) / "archive.tar.gz"
-        try:
-            urllib.request.urlretrieve(release.url, archive)
-        except OSError as err:
-            raise FileNotFoundError(
-                f"Could not download '{subdir}' from {release.url} ({err}). Offline? Point "
-                f"data.root=DIR or {ENV_DATA} at a folder that holds '{subdir}/'."
-            ) from err
+        download(release.url, archive, subdir, f"{subdir}/")
         extracted = Path(tmp) / "extracted"
         extracted.mkdir()
         try:
@@ -225,13 +219,7 @@ def fetch_file(subdir: str, base: Path) -> Path:
         staged = Path(tmp) / "staged"
         staged.mkdir()
         path = staged / release.name
-        try:
-            urllib.request.urlretrieve(release.url, path)
-        except OSError as err:
-            raise FileNotFoundError(
-                f"Could not download '{subdir}' from {release.url} ({err}). Offline? Point "
-                f"data.root=DIR or {ENV_DATA} at a folder that holds '{subdir}/{release.name}'."
-            ) from err
+        download(release.url, path, subdir, f"{subdir}/{release.name}")
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         if digest != release.sha256:
             raise OSError(
@@ -242,3 +230,15 @@ def fetch_file(subdir: str, base: Path) -> Path:
             shutil.rmtree(target)
         staged.rename(target)
     return target
+
+
+def download(url: str, path: Path, subdir: str, expected: str) -> None:
+    """Fetch ``url`` into ``path``; offline or unreachable, a clear error that says where a
+    local copy (``expected``, below a data root) would be looked for."""
+    try:
+        urllib.request.urlretrieve(url, path)
+    except OSError as err:
+        raise FileNotFoundError(
+            f"Could not download '{subdir}' from {url} ({err}). Offline? Point "
+            f"data.root=DIR or {ENV_DATA} at a folder that holds '{expected}'."
+        ) from err
