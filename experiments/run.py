@@ -1,5 +1,11 @@
-"""Train a DVAE: ``python experiments/run.py model=dkf data=fsdd [key=value ...]``."""
+"""Train a DVAE: ``python experiments/run.py model=dkf data=fsdd [key=value ...]``.
 
+Several processes: ``torchrun --nproc_per_node=N experiments/run.py ... train.distributed=true``
+(README, "Several GPUs and nodes"). Only rank 0 writes: the other ranks keep Hydra from saving
+its config and logs, and log warnings and errors only.
+"""
+
+import os
 import sys
 from pathlib import Path
 
@@ -8,6 +14,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from pyro_dvae import runner
+
+QUIET_RANK = ("hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none")
+"""Overrides for the processes of rank > 0."""
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
@@ -20,4 +29,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    if os.environ.get("RANK", "0") != "0":
+        sys.argv.extend(QUIET_RANK)
     main()

@@ -56,7 +56,8 @@ NAME_KEYS = ("model.name", "guide.name", "data.name")
 """Always the first columns of a table (as ``model``, ``guide``, ``data``)."""
 
 IGNORED_KEYS = (
-    "seed", "threads", "device", "resume", "train.progress", "train.num_workers", "data.n_workers",
+    "seed", "threads", "device", "resume", "train.progress", "train.num_workers",
+    "train.distributed", "data.n_workers",
 )
 """Config keys that do not make two runs different experiments: ``seed`` is averaged over, the
 others only say how a run was executed."""

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pyro_dvae import distributed
 from pyro_dvae.collect import flatten
 from pyro_dvae.data import Task, build_task
 from pyro_dvae.likelihoods import build_likelihood
@@ -78,7 +79,7 @@ def train_config(cfg: DictConfig, modality: str) -> TrainConfig:
 
 CONTINUATION_KEYS = (
     "train.epochs", "train.early_stop_patience", "train.progress", "train.num_workers",
-    "threads", "device", "resume",
+    "train.distributed", "threads", "device", "resume",
 )
 """Settings a resumed run may change; everything else is the run's own."""
 
@@ -136,24 +137,55 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] | None = None
 
     With ``cfg.resume`` the run continues from ``run_dir/last.pt`` with its own settings
     (:func:`resumed_config`; ``overrides`` are the command line's ``key=value`` strings).
+    With ``train.distributed`` under torchrun, every process calls this; they train together
+    in rank 0's ``run_dir`` (:mod:`pyro_dvae.distributed`), where rank 0 alone writes.
     """
-    run_dir = Path(run_dir)
+    cluster = distributed.start(_flag(cfg, "train.distributed"), resolve_device(cfg.device))
+    try:
+        return _train(cfg, _shared_run_dir(cluster, Path(run_dir)), overrides, cluster)
+    finally:
+        distributed.stop(cluster)
+
+
+def _flag(cfg: DictConfig, key: str) -> bool:
+    value = OmegaConf.select(cfg, key, default=False)
+    if not isinstance(value, bool):
+        raise ValueError(f"{key}={value!r}: expected true or false")
+    return value
+
+
+def _shared_run_dir(cluster: distributed.Cluster, run_dir: Path) -> Path:
+    """Rank 0's run directory (Hydra may have stamped another second on another rank; that
+    empty folder is removed)."""
+    shared = Path(cluster.broadcast(str(run_dir.resolve())))
+    if shared != run_dir.resolve() and run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+    return shared
+
+
+def _train(
+    cfg: DictConfig, run_dir: Path, overrides: Sequence[str] | None, cluster: distributed.Cluster
+) -> Path:
     last = load_checkpoint(run_dir / "last.pt") if cfg.resume else None
     if last and last.get("config"):
         cfg = resumed_config(cfg, last["config"], overrides)
+    cfg.train.distributed = cluster.connected  # how this run trains now (a resume may change it)
     tcfg = train_config(cfg, cfg.data.modality)  # bad settings fail before the data is read
-    device = resolve_device(cfg.device)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    cluster.share(tcfg.batch_size)
+    device = cluster.device
     seed_everything(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    task = build_task(**cfg.data)
+    with cluster.main_first():  # downloads and feature caches once
+        task = build_task(**cfg.data)
     model = build_model_for(cfg, task).to(device)
     if tcfg.init_from and not last:
         init_weights(model, Path(tcfg.init_from), device)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    if cluster.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     log.info(
-        "%s on %s (%s): %d train / %d val sequences, %d parameters, device %s",
+        "%s on %s (%s): %d train / %d val sequences, %d parameters, device %s, %d process(es)",
         cfg.model.name,
         task.name,
         task.modality,
@@ -161,6 +193,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] | None = None
         len(task.val),
         sum(p.numel() for p in model.parameters()),
         device,
+        cluster.world_size,
     )
     trainer = Trainer(
         model,
@@ -171,6 +204,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] | None = None
         device,
         cfg.seed,
         extra_state={"config": OmegaConf.to_container(cfg, resolve=True)},
+        cluster=cluster,
     )
     if last:
         trainer.restore(last)

@@ -24,6 +24,11 @@ Bookkeeping (spec §4.3–4.4, with its bugs fixed):
   resumable with ``resume=true``. SIGTERM and Ctrl-C stop between epochs' writes, never inside.
 * Checkpoints hold only tensors and plain Python values and are read with
   ``torch.load(weights_only=True)``, so loading a ``.pt`` from elsewhere cannot run code.
+* Several processes (``train.distributed``, :mod:`pyro_dvae.distributed`): each rank trains on
+  its share of every global batch through DistributedDataParallel; per-step frame counts,
+  non-finite losses and stop signals, and every epoch's losses are all-reduced, so all ranks
+  take the same steps and stop together; rank 0 alone writes. The checkpoint keeps every rank's
+  RNG states and resumes on any number of processes (exactly on the same number).
 """
 
 from __future__ import annotations
@@ -51,9 +56,10 @@ from pyro.distributions.util import scale_and_mask
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.optim.clipped_adam import ClippedAdam
 from torch.distributions import kl_divergence
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from pyro_dvae.distributed import SINGLE, Cluster, batch_sampler
 from pyro_dvae.feedback import check_schedule, sampling_probability
 from pyro_dvae.models.base import DVAE
 
@@ -90,6 +96,7 @@ class TrainConfig:
     ss_every: int = 10
     ss_reset_optimizer: bool = False
     init_from: str | None = None
+    distributed: bool = False
 
     def __post_init__(self) -> None:
         for key, low in (
@@ -108,7 +115,7 @@ class TrainConfig:
         _require("clip_norm", self.clip_norm, clip_ok, "null (no clipping) or a number > 0")
         decay_ok = _is_positive(self.lr_decay) and self.lr_decay <= 1
         _require("lr_decay", self.lr_decay, decay_ok, "a number in (0, 1] (1: no decay)")
-        for key in ("scheduled_sampling", "ss_reset_optimizer"):
+        for key in ("scheduled_sampling", "ss_reset_optimizer", "distributed"):
             _require(key, getattr(self, key), isinstance(getattr(self, key), bool), "true or false")
         check_schedule(self.ss_start, self.ss_step, self.ss_every)
         init_ok = self.init_from is None or isinstance(self.init_from, str)
@@ -133,6 +140,7 @@ class TrainState:
     """What ``last.pt`` remembers besides weights and optimiser."""
 
     epoch: int = 0
+    seed: int = 0  # the shuffle's: the training order is a function of it and the epoch
     best_val: float = math.inf
     best_epoch: int = -1
     patience: int = 0
@@ -196,6 +204,20 @@ def loss_terms(model: DVAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return recon, kl
 
 
+class ELBOLoss(torch.nn.Module):
+    """The training objective as a module, so that DistributedDataParallel can wrap it: the
+    differentiable negative ELBO per (valid) frame of a batch, at a KL weight."""
+
+    def __init__(self, model: DVAE, elbo: str) -> None:
+        super().__init__()
+        self.dvae = model
+        self.elbo = ELBOS[elbo]()
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, weight: float) -> torch.Tensor:
+        with self.dvae.step_mask(mask):
+            return self.elbo.differentiable_loss(self.dvae.model, self.dvae.guide, x, weight)
+
+
 class Trainer:
     """Fits a model to a task's train split, validating and checkpointing every epoch.
 
@@ -208,6 +230,7 @@ class Trainer:
         seed: seeds Python, NumPy, torch and the shuffling generator.
         extra_state: saved into every checkpoint (e.g. the resolved config); plain Python values
             and tensors only, as checkpoints are read with ``weights_only=True``.
+        cluster: this process's rank among the training processes (:data:`SINGLE`: alone).
     """
 
     def __init__(
@@ -220,29 +243,30 @@ class Trainer:
         device: torch.device,
         seed: int = 0,
         extra_state: dict | None = None,
+        cluster: Cluster = SINGLE,
     ) -> None:
         self.model, self.cfg, self.run_dir, self.device = model, cfg, Path(run_dir), device
-        self.extra_state = extra_state or {}
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        seed_everything(seed)
-        self.shuffle = torch.Generator().manual_seed(seed)
+        self.extra_state, self.seed, self.cluster = extra_state or {}, seed, cluster
+        if cluster.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        seed_everything(seed + cluster.rank)  # every rank draws its own noise
         self.train_loader = self._loader(train_set, shuffle=True)
         self.val_loader = self._loader(val_set, shuffle=False)
         self.optimizer = build_optimizer(model.parameters(), cfg)
         # with clipped_adam, clip_norm is the optimiser's own element-wise clamp
         self.clip_norm = cfg.clip_norm if cfg.optimizer == "adam" else None
-        self.loss_fn = ELBOS[cfg.elbo]().differentiable_loss
-        self.state = TrainState()
+        self.loss = cluster.wrap(ELBOLoss(model, cfg.elbo))
+        self.state = TrainState(seed=seed)
         self.stop_signal: str | None = None  # SIGINT / SIGTERM received during fit()
         self.writing = False  # inside an epoch's bookkeeping: stop signals wait for its end
         self.plotted = time.monotonic()  # when loss.png was last drawn
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        """Whole batches are fetched at once (see :class:`Batches`), not item by item."""
-        order = RandomSampler(dataset, generator=self.shuffle) if shuffle else range(len(dataset))
+        """This rank's share of each batch (:func:`~pyro_dvae.distributed.batch_sampler`),
+        fetched at once (see :class:`Batches`), not item by item."""
         return DataLoader(
             Batches(dataset),
-            sampler=BatchSampler(order, self.cfg.batch_size, drop_last=False),
+            sampler=batch_sampler(dataset, self.cfg.batch_size, self.cluster, self.seed, shuffle),
             batch_size=None,
             num_workers=self.cfg.num_workers,
             pin_memory=self.device.type == "cuda",
@@ -255,7 +279,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "state": asdict(self.state),
-            "rng": rng_state(self.shuffle),
+            "rng": self.cluster.gather(rng_state()),
             **self.extra_state,
         }
 
@@ -265,11 +289,16 @@ class Trainer:
 
     def restore(self, ckpt: dict) -> None:
         """Continue from a loaded checkpoint: weights, optimiser, counters, history and RNG
-        states."""
+        states. Rank r takes the saved states of rank r; a rank the saved run did not have
+        (resumed on more processes) is seeded from the seed, its rank and the epoch."""
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.state = TrainState(**ckpt["state"])
-        set_rng_state(ckpt["rng"], self.shuffle)
+        self.state = TrainState(**{"seed": self.seed, **ckpt["state"]})
+        states = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
+        if self.cluster.rank < len(states):
+            set_rng_state(states[self.cluster.rank])
+        else:
+            seed_everything(self.seed + self.cluster.rank + 1000 * self.state.epoch)
         log.info("resumed at epoch %d", self.state.epoch)
 
     # --- loop --------------------------------------------------------------------------
@@ -278,20 +307,21 @@ class Trainer:
         """Train until ``epochs`` or early stopping; returns the final state.
 
         SIGTERM is handled like Ctrl-C: both stop with ``KeyboardInterrupt`` and a one-line
-        message, never inside the writes of an epoch's checkpoints and metrics. ``loss.png`` is
-        redrawn every :data:`PLOT_SECONDS` and when fit() ends, however it ends."""
+        message, never inside the writes of an epoch's checkpoints and metrics; with several
+        processes, all of them at the next all-reduce after any one is signalled. ``loss.png``
+        is redrawn every :data:`PLOT_SECONDS` and when fit() ends, however it ends."""
         pyro.enable_validation(False)
         try:
             with self._stop_on_signals():
-                if self.state.history:  # resumed: a kill may have come between last.pt and
-                    with self._bookkeeping():  # metrics.csv
+                if self.state.history and self.cluster.main:  # resumed: a kill may have come
+                    with self._bookkeeping():  # between last.pt and metrics.csv
                         write_metrics(self.state.history, self.run_dir / "metrics.csv")
                 self._epochs()
         except KeyboardInterrupt:
             log.warning("%s", self._interrupted_message())
             raise
         finally:
-            if self.state.history:
+            if self.state.history and self.cluster.main:
                 self.plot()
         return self.state
 
@@ -317,7 +347,8 @@ class Trainer:
     @contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
         """SIGINT and SIGTERM raise ``KeyboardInterrupt`` (at once, or at the end of the
-        current bookkeeping); the previous handlers come back afterwards. Only the main thread
+        current bookkeeping; with several processes at the next all-reduce, see
+        :meth:`_synchronise`); the previous handlers come back afterwards. Only the main thread
         can handle signals: elsewhere nothing changes."""
         if threading.current_thread() is not threading.main_thread():
             yield
@@ -325,7 +356,7 @@ class Trainer:
 
         def stop(signum: int, frame: object) -> None:
             self.stop_signal = signal.Signals(signum).name
-            if not self.writing:
+            if not self.writing and not self.cluster.connected:
                 raise KeyboardInterrupt(self.stop_signal)
 
         previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
@@ -344,8 +375,17 @@ class Trainer:
             yield
         finally:
             self.writing = False
-        if self.stop_signal:
+        if self.stop_signal and not self.cluster.connected:
             raise KeyboardInterrupt(self.stop_signal)
+
+    def _synchronise(self, values: list[float]) -> list[float]:
+        """``values`` summed over the ranks, together with whether any rank was signalled to
+        stop; if one was, every rank stops here with ``KeyboardInterrupt``."""
+        *total, stops = self.cluster.sum([*values, self.stop_signal is not None])
+        if stops:
+            self.stop_signal = self.stop_signal or "a signal to another process"
+            raise KeyboardInterrupt(self.stop_signal)
+        return total
 
     def run_epoch(self, epoch: int) -> dict:
         weight, lr = kl_weight(epoch, self.cfg), learning_rate(epoch, self.cfg)
@@ -356,15 +396,17 @@ class Trainer:
         if self.cfg.ss_reset_optimizer and epoch and p != feedback_probability(epoch - 1, self.cfg):
             self.optimizer.state.clear()
         start = time.perf_counter()
-        train_loss, wait = self.train_epoch(epoch, weight)
+        train_sums, wait = self.train_epoch(epoch, weight)
         seconds = time.perf_counter() - start
-        val_recon, val_kl = self.validate()
+        sums = self._synchronise([*train_sums, *self.validate()])
+        loss, train_frames, recon, kl, val_frames = sums
+        val_recon, val_kl = recon / val_frames, kl / val_frames
         return {
             "epoch": epoch,
             "kl_weight": weight,
             "lr": lr,
             **({"feedback_p": p} if self.cfg.scheduled_sampling else {}),
-            "train_loss": train_loss,
+            "train_loss": loss / train_frames,
             "val_loss": val_recon + weight * val_kl,
             "val_recon": val_recon,
             "val_kl": val_kl,
@@ -372,39 +414,47 @@ class Trainer:
             "data_wait_seconds": wait,
         }
 
-    def train_epoch(self, epoch: int, weight: float) -> tuple[float, float]:
-        """One pass over the training set; returns the mean per-frame loss and the seconds
-        spent waiting for the DataLoader."""
+    def train_epoch(self, epoch: int, weight: float) -> tuple[tuple[float, int], float]:
+        """One pass over this rank's share of the training set; returns (the sum of the
+        per-frame losses times the frames, the number of frames), and the seconds spent waiting
+        for the DataLoader."""
         self.model.train()
+        shuffle = self.train_loader.sampler.sampler  # the DistributedSampler
+        shuffle.seed = self.state.seed
+        shuffle.set_epoch(epoch)
         total, count, wait = 0.0, 0, 0.0
         batches = tqdm(
-            self.train_loader, desc=f"epoch {epoch}", leave=False, disable=not self.cfg.progress
+            self.train_loader,
+            desc=f"epoch {epoch}",
+            leave=False,
+            disable=not (self.cfg.progress and self.cluster.main),
         )
         tick = time.perf_counter()
         for batch in batches:
             wait += time.perf_counter() - tick
             x, mask = on_device(batch, self.device)
-            with self.model.step_mask(mask):
-                loss = self.loss_fn(self.model.model, self.model.guide, x, weight)
-            if not torch.isfinite(loss):
+            loss, n = self.loss(x, mask, weight), frames(x, mask)
+            all_frames, bad = self._synchronise([n, not torch.isfinite(loss).item()])
+            if bad:
                 raise FloatingPointError(
                     f"non-finite loss {loss.item()} at epoch {epoch}; {self.run_dir / 'last.pt'} "
                     "still holds the last good epoch (try a lower train.lr)"
                 )
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * self.cluster.step_weight(n, all_frames)).backward()
             if self.clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
             self.optimizer.step()
-            total += loss.item() * frames(x, mask)
-            count += frames(x, mask)
+            total += loss.item() * n
+            count += n
             batches.set_postfix(loss=f"{loss.item():.3f}")
             tick = time.perf_counter()
-        return total / count, wait
+        return (total, count), wait
 
     @torch.no_grad()
-    def validate(self) -> tuple[float, float]:
-        """Mean per-frame reconstruction and KL over the validation set (eval mode)."""
+    def validate(self) -> tuple[float, float, int]:
+        """Sums over this rank's share of the validation set (eval mode) of the per-frame
+        reconstruction and KL times the frames, and the number of frames."""
         self.model.eval()
         recon, kl, count = 0.0, 0.0, 0
         for batch in self.val_loader:
@@ -414,11 +464,11 @@ class Trainer:
             recon += r.item() * frames(x, mask)
             kl += k.item() * frames(x, mask)
             count += frames(x, mask)
-        return recon / count, kl / count
+        return recon, kl, count
 
     def end_epoch(self, row: dict) -> None:
-        """Early-stopping bookkeeping, checkpoints, metrics.csv, loss curve (at most every
-        :data:`PLOT_SECONDS`), log line."""
+        """Early-stopping bookkeeping (on every rank, from all-reduced losses); on rank 0
+        checkpoints, metrics.csv, loss curve (at most every :data:`PLOT_SECONDS`), log line."""
         state, epoch = self.state, row["epoch"]
         if not math.isfinite(row["val_loss"]):
             raise FloatingPointError(f"non-finite validation loss at epoch {epoch}")
@@ -428,16 +478,20 @@ class Trainer:
             # weight) is not compared with later ones: best_val stays at inf until warm.
             state.best_val = row["val_loss"] if warm else math.inf
             state.best_epoch, state.patience = epoch, 0
-            atomic_save(
-                {"model": self.model.state_dict(), "epoch": epoch, **self.extra_state},
-                self.run_dir / "best.pt",
-            )
+            if self.cluster.main:
+                atomic_save(
+                    {"model": self.model.state_dict(), "epoch": epoch, **self.extra_state},
+                    self.run_dir / "best.pt",
+                )
         else:
             state.patience += 1
         row["best_epoch"] = state.best_epoch
         state.history.append(row)
         state.epoch = epoch + 1
-        atomic_save(self.checkpoint(), self.run_dir / "last.pt")
+        checkpoint = self.checkpoint()  # every rank: it gathers their RNG states
+        if not self.cluster.main:
+            return
+        atomic_save(checkpoint, self.run_dir / "last.pt")
         write_metrics(state.history, self.run_dir / "metrics.csv")
         if time.monotonic() - self.plotted >= PLOT_SECONDS:
             self.plot()
@@ -496,10 +550,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state(generator: torch.Generator) -> dict:
-    """Every RNG state as tensors and plain Python values (``weights_only``-safe): Python's
-    ``random`` (a tuple of ints), NumPy's global MT19937, torch's CPU and CUDA generators and
-    the shuffling ``generator``."""
+def rng_state() -> dict:
+    """Every global RNG state as tensors and plain Python values (``weights_only``-safe):
+    Python's ``random`` (a tuple of ints), NumPy's global MT19937, torch's CPU and CUDA
+    generators. (The shuffle is a function of the seed and the epoch: no state.)"""
     numpy_state = np.random.get_state(legacy=False)
     state = {
         "python": random.getstate(),
@@ -510,14 +564,13 @@ def rng_state(generator: torch.Generator) -> dict:
             "gauss": float(numpy_state["gauss"]),
         },
         "torch": torch.get_rng_state(),
-        "shuffle": generator.get_state(),
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def set_rng_state(state: dict, generator: torch.Generator) -> None:
+def set_rng_state(state: dict) -> None:
     """Inverse of :func:`rng_state` (its tensors may have been loaded onto any device)."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
@@ -534,7 +587,6 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
         }
     )
     torch.set_rng_state(state["torch"].cpu())
-    generator.set_state(state["shuffle"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 

@@ -1,8 +1,11 @@
 """Hand-written closed forms that the tests compare Pyro's numbers with."""
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
+from torch.distributions import normal
 
 
 def exponential_nll(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -18,3 +21,18 @@ def gaussian_kl(mq, sq, mp, sp) -> torch.Tensor:
 def gaussian_log_density(z, m, s) -> torch.Tensor:
     """Σ log N(z; m, s²)."""
     return (-0.5 * ((z - m) / s) ** 2 - torch.log(s) - 0.5 * math.log(2 * math.pi)).sum()
+
+
+@contextlib.contextmanager
+def zero_noise() -> Iterator[None]:
+    """Every reparameterised Normal draw is its mean (ε = 0). Runs on different numbers of
+    processes then compute the same numbers; with noise each rank draws its own ε and they
+    agree only in distribution."""
+    draw = normal._standard_normal
+    normal._standard_normal = lambda shape, dtype, device: torch.zeros(
+        shape, dtype=dtype, device=device
+    )
+    try:
+        yield
+    finally:
+        normal._standard_normal = draw

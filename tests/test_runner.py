@@ -116,7 +116,7 @@ def test_resume_through_the_runner_matches_uninterrupted(data_root, tmp_path, mo
 def test_evaluate_best_and_last_use_their_own_weights(data_root, tmp_path, monkeypatch):
     # scripted validation losses (no warm-up): 3, 1, 2 -> best epoch 1, last epoch 2
     losses = iter([3.0, 1.0, 2.0])
-    monkeypatch.setattr(runner.Trainer, "validate", lambda self: (next(losses), 0.0))
+    monkeypatch.setattr(runner.Trainer, "validate", lambda self: (next(losses), 0.0, 1))
     overrides = [*QUICK, "model=vae", "train.epochs=3", "train.warmup_every=0",
                  "data.max_files=6"]
     run_dir = runner.train(compose_config(overrides), tmp_path)

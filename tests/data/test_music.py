@@ -184,7 +184,6 @@ def test_the_trainer_scores_padded_batches_per_valid_frame(tmp_path):
     x = torch.cat([torch.from_numpy(r).float() for r in rolls])  # the 51 valid frames
     expected = nn.functional.binary_cross_entropy_with_logits(
         model.logits.detach().expand(x.shape), x, reduction="sum") / len(x)
-    recon, kl = trainer.validate()
-    assert recon == pytest.approx(expected.item(), rel=1e-6) and kl == 0
-    train_loss, _ = trainer.train_epoch(0, 1.0)
-    assert train_loss == pytest.approx(expected.item(), rel=1e-6)
+    row = trainer.run_epoch(0)
+    assert row["val_recon"] == pytest.approx(expected.item(), rel=1e-6) and row["val_kl"] == 0
+    assert row["train_loss"] == pytest.approx(expected.item(), rel=1e-6)

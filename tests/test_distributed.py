@@ -1,0 +1,304 @@
+"""Data-parallel training (pyro_dvae.distributed): how the batches are shared, and 2 CPU
+processes with gloo against one process with the same global batch and seed.
+
+The multi-process runs use :func:`helpers.zero_noise` (every Normal draw is its mean): each rank
+draws its own noise, so with noise a 2-process run equals a 1-process run only in distribution;
+without it they compute the same numbers and the tolerance is float round-off (the gradient
+all-reduce sums in another order). Data sets have an even size, so torch's DistributedSampler
+repeats nothing.
+"""
+
+import contextlib
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from helpers import zero_noise
+
+from pyro_dvae import distributed, runner
+from pyro_dvae.data.music import PianoRolls
+from pyro_dvae.distributed import SINGLE, Cluster, batch_sampler
+from pyro_dvae.likelihoods import Bernoulli
+from pyro_dvae.models import build_model
+from pyro_dvae.train import TrainConfig, Trainer, load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+ZERO_NOISE_RUN = ROOT / "tests" / "zero_noise_run.py"
+FSDD = [  # 20 train chunks (batches of 6: 6 + 6 + 6 + 2), 19 validation chunks
+    "model=dkf", "data.max_files=40", "train.batch_size=6", "train.warmup_every=1",
+    "train.progress=false", "threads=1",
+]  # fmt: skip
+LOSSES = ("epoch", "kl_weight", "train_loss", "val_loss", "val_recon", "val_kl", "best_epoch")
+
+
+# --- how the batches are shared ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_the_ranks_shares_make_up_the_single_process_batches(world):
+    """For every world size the k-th batches of all ranks together are the single process's
+    k-th batch, in every epoch; validation shares cover the set once."""
+    n, batch = 36, 12
+    data = list(range(n))
+    ranks = [Cluster(rank, world) for rank in range(world)]
+    for epoch in (0, 1):
+        single = batch_sampler(data, batch, SINGLE, seed=5, shuffle=True)
+        single.sampler.set_epoch(epoch)
+        shares = [batch_sampler(data, batch, c, seed=5, shuffle=True) for c in ranks]
+        for share in shares:
+            share.sampler.set_epoch(epoch)
+        steps = list(zip(*shares, strict=True))
+        assert len(steps) == len(list(single)) == 3
+        for whole, parts in zip(single, steps, strict=True):
+            assert sorted(sum(parts, [])) == sorted(whole)
+            assert {len(p) for p in parts} == {batch // world}
+    last_epoch = list(single)
+    single.sampler.set_epoch(0)
+    assert list(single) != last_epoch  # reshuffled every epoch
+    val = [batch_sampler(list(range(37)), batch, c, seed=5, shuffle=False) for c in ranks]
+    scored = [i for share in val for b in share for i in b]
+    assert sorted(scored) == list(range(37))
+
+
+def test_the_trainer_reshuffles_every_epoch(tmp_path):
+    trainer, seen = _trainer(tmp_path, SINGLE), []
+    loss = trainer.loss
+    trainer.loss = lambda x, mask, weight: seen.append(x.sum().item()) or loss(x, mask, weight)
+    for epoch in (0, 1, 0):
+        trainer.run_epoch(epoch)
+    assert seen[:2] != seen[2:4] and seen[:2] == seen[4:]
+
+
+def test_a_global_batch_must_split_evenly():
+    with pytest.raises(ValueError, match=r"train.batch_size=10 .* multiple of the 4 processes"):
+        batch_sampler(list(range(20)), 10, Cluster(0, 4), seed=0, shuffle=True)
+
+
+def test_step_weights_make_ddp_average_the_global_per_frame_gradient():
+    """DDP averages ∇ℓ_r over N ranks; weighting rank r by N·f_r/F gives Σ_r (f_r/F) ∇ℓ_r."""
+    frames = [30, 10, 20]
+    weights = [Cluster(r, 3).step_weight(f, sum(frames)) for r, f in enumerate(frames)]
+    assert np.mean(weights) == pytest.approx(1.0)
+    assert weights == pytest.approx([1.5, 0.5, 1.0])
+    assert SINGLE.step_weight(7, 7) == 1.0
+
+
+def test_launch_settings_are_checked(monkeypatch):
+    for name in distributed.LAUNCH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValueError, match=r"train.distributed=true, but RANK, WORLD_SIZE.*torchrun"):
+        distributed.start(True, torch.device("cpu"))
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"train.distributed=false, but .* WORLD_SIZE=2"):
+        distributed.start(False, torch.device("cpu"))
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun with one process: it may train alone
+    assert distributed.start(False, torch.device("cpu")) == SINGLE
+
+
+# --- 2 processes through torchrun and experiments/run.py -----------------------------------
+
+
+def _run(run_dir: Path, *overrides: str, processes: int = 0) -> None:
+    """``experiments/run.py`` under zero noise, alone or as ``processes`` ranks of torchrun."""
+    launcher = [sys.executable]
+    if processes:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        overrides += ("train.distributed=true",)
+    done = subprocess.run(
+        [*launcher, str(ZERO_NOISE_RUN), *FSDD, *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _losses(run_dir: Path) -> list[dict]:
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    return [{k: float(r[k]) for k in LOSSES} for r in rows]
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    """Same losses at every epoch to float round-off (relative 1e-5), and the same final
+    weights to 1 % in norm: Adam divides each gradient element by its running RMS, so where an
+    element's gradient is itself round-off-sized (e.g. inputs that are almost always 0) its
+    sign decides a step of up to lr, and such elements differ by ~lr · steps."""
+    for row_a, row_b in zip(_losses(a), _losses(b), strict=True):
+        assert row_a == pytest.approx(row_b, rel=1e-5)
+    weights_a = load_checkpoint(a / "last.pt")["model"]
+    weights_b = load_checkpoint(b / "last.pt")["model"]
+    assert weights_a.keys() == weights_b.keys()
+    for name, w in weights_a.items():
+        assert torch.linalg.norm(w - weights_b[name]) <= 1e-2 * torch.linalg.norm(w), name
+
+
+@pytest.fixture(scope="module")
+def one_process(data_root, tmp_path_factory) -> Path:
+    """The reference: 4 epochs of DKF on an FSDD subset in one process."""
+    run_dir = tmp_path_factory.mktemp("ddp") / "one"
+    _run(run_dir, "train.epochs=4")
+    return run_dir
+
+
+def test_two_gloo_processes_follow_the_single_process_trajectory(one_process, tmp_path):
+    _run(tmp_path / "two", "train.epochs=4", processes=2)
+    _assert_same_run(tmp_path / "two", one_process)
+    assert _losses(one_process)[-1]["train_loss"] < 0.5 * _losses(one_process)[0]["train_loss"]
+    # rank 0 alone writes: the same files as one process, one log
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
+        p.name for p in one_process.iterdir()
+    )
+    assert (tmp_path / "two" / "run.log").read_text().count("done: 4 epochs") == 1
+    rng = load_checkpoint(tmp_path / "two" / "last.pt")["rng"]  # every rank's RNG states,
+    assert len(rng) == 2 and not torch.equal(rng[0]["torch"], rng[1]["torch"])  # not the same
+
+
+def test_a_ddp_run_resumes_on_one_process_and_back(one_process, tmp_path):
+    """2 epochs on 2 processes, resumed on 1 to epoch 3 then on 2 to epoch 4: the same run."""
+    run_dir = tmp_path / "mixed"
+    _run(run_dir, "train.epochs=2", processes=2)
+    _run(run_dir, "train.epochs=3", "resume=true")
+    _run(run_dir, "train.epochs=4", "resume=true", processes=2)
+    _assert_same_run(run_dir, one_process)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_nccl_on_gpus_follows_the_single_gpu_trajectory(one_process, tmp_path):
+    """min(2, GPUs) processes with nccl against one process on one GPU (CUDA kernels sum in
+    other orders than the CPU: relative 1e-4)."""
+    _run(tmp_path / "gpu1", "train.epochs=4", "device=cuda")
+    _run(tmp_path / "gpus", "train.epochs=4", "device=cuda",
+         processes=min(2, torch.cuda.device_count()))  # fmt: skip
+    for row_a, row_b in zip(_losses(tmp_path / "gpus"), _losses(tmp_path / "gpu1"), strict=True):
+        assert row_a == pytest.approx(row_b, rel=1e-4)
+
+
+# --- the Trainer on 2 spawned processes ------------------------------------------------------
+
+
+def _rolls(n: int = 8) -> PianoRolls:
+    """``n`` piano rolls of 6 keys and 3 to 17 steps: every batch is padded."""
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 18, (n,), generator=g).tolist()
+    return PianoRolls([(torch.rand(t, 88, generator=g) < 0.2).numpy().astype(np.uint8)
+                       for t in lengths])  # fmt: skip
+
+
+def _trainer(run_dir: Path, cluster: Cluster, epochs: int = 3) -> Trainer:
+    torch.manual_seed(0)
+    model = build_model(
+        "dkf", 88, Bernoulli(), z_dim=3, dense_x_gx=[8], dim_rnn_gx=6, dense_ztm1_g=[4],
+        dense_g_z=[5], dense_z_x=[7],
+    )  # fmt: skip
+    cfg = TrainConfig(epochs=epochs, batch_size=4, lr=1e-2, warmup_every=1, progress=False)
+    return Trainer(model, _rolls(), _rolls(6), cfg, run_dir, torch.device("cpu"), 0, None, cluster)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, run_dir: Path, run: dict) -> None:
+    """Rank ``rank`` trains :func:`_trainer` for ``run["epochs"]``, under zero noise unless
+    ``run["noise"]``, resuming from ``last.pt`` if ``run["resume"]``. With ``run["fault"]``,
+    rank 1 is signalled (``sigterm``) or gets a NaN loss (``nan``) at its 2nd step of epoch 1.
+    Writes what happened to ``run_dir/rank{rank}.txt``: ``done``, or the exception and the
+    step."""
+    env = {"RANK": rank, "WORLD_SIZE": world, "LOCAL_RANK": rank, "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": port}  # fmt: skip
+    os.environ.update({k: str(v) for k, v in env.items()})
+    torch.set_num_threads(1)
+    cluster = distributed.start(True, torch.device("cpu"))
+    trainer, steps = _trainer(run_dir, cluster, run.get("epochs", 3)), []
+    if run.get("resume"):
+        trainer.resume(run_dir / "last.pt")
+    loss, fault = trainer.loss, run.get("fault")
+
+    def faulty(x, mask, weight):
+        steps.append(trainer.state.epoch)
+        value = loss(x, mask, weight)
+        if rank == 1 and steps.count(1) == 2:
+            if fault == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)
+            if fault == "nan":
+                value = value * float("nan")
+        return value
+
+    trainer.loss = faulty
+    try:
+        with contextlib.nullcontext() if run.get("noise") else zero_noise():
+            trainer.fit()
+        outcome = "done"
+    except (KeyboardInterrupt, FloatingPointError) as err:
+        outcome = f"{type(err).__name__} at step {len(steps)}"
+    finally:
+        distributed.stop(cluster)
+    (run_dir / f"rank{rank}.txt").write_text(outcome)
+
+
+def _spawn(run_dir: Path, **run) -> list[str]:
+    """Run :func:`_worker` on 2 processes; returns what happened on each."""
+    run_dir.mkdir(exist_ok=True)
+    mp.start_processes(_worker, (2, _free_port(), run_dir, run), nprocs=2, start_method="spawn")
+    return [(run_dir / f"rank{r}.txt").read_text() for r in range(2)]
+
+
+def test_padded_batches_on_two_processes_equal_one_process(tmp_path):
+    """Chorale-like batches of different lengths: the ranks hold different numbers of valid
+    frames, and the weighted step still equals the single process's."""
+    assert _spawn(tmp_path / "two") == ["done", "done"]
+    one = _trainer(tmp_path / "one", SINGLE)
+    with zero_noise():
+        one.fit()
+    _assert_same_run(tmp_path / "two", tmp_path / "one")
+
+
+@pytest.mark.parametrize(
+    ("fault", "stopped"), [("sigterm", "KeyboardInterrupt"), ("nan", "FloatingPointError")]
+)
+def test_a_fault_on_one_rank_stops_every_rank_at_the_same_step(fault, stopped, tmp_path):
+    """Rank 1 alone is signalled / gets a NaN loss at its 2nd step of epoch 1 (of 2 steps an
+    epoch): both ranks stop at that step, and last.pt holds epoch 0."""
+    assert _spawn(tmp_path, fault=fault) == [f"{stopped} at step 4"] * 2
+    assert load_checkpoint(tmp_path / "last.pt")["state"]["epoch"] == 1
+
+
+def _share_worker(rank: int, port: int, root: Path) -> None:
+    """Rank r was given ``root/r`` as its run directory (Hydra stamped another second)."""
+    env = {"RANK": rank, "WORLD_SIZE": 2, "LOCAL_RANK": rank, "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": port}  # fmt: skip
+    os.environ.update({k: str(v) for k, v in env.items()})
+    own = root / str(rank)
+    own.mkdir()
+    cluster = distributed.start(True, torch.device("cpu"))
+    shared = runner._shared_run_dir(cluster, own)
+    distributed.stop(cluster)
+    (root / f"rank{rank}.txt").write_text(str(shared))
+
+
+def test_every_rank_trains_in_rank_0s_run_directory(tmp_path):
+    mp.start_processes(_share_worker, (_free_port(), tmp_path), nprocs=2, start_method="spawn")
+    assert {(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)} == {str(tmp_path / "0")}
+    assert not (tmp_path / "1").exists()  # rank 1's empty folder is gone
+
+
+def test_resuming_on_as_many_processes_is_exact_with_noise(tmp_path):
+    """Every rank's RNG state is saved and given back to the same rank: with noise on, 2 + 1
+    epochs resumed on 2 processes equal 3 epochs straight."""
+    assert _spawn(tmp_path / "straight", noise=True) == ["done", "done"]
+    assert _spawn(tmp_path / "resumed", noise=True, epochs=2) == ["done", "done"]
+    assert _spawn(tmp_path / "resumed", noise=True, resume=True) == ["done", "done"]
+    straight = load_checkpoint(tmp_path / "straight" / "last.pt")
+    resumed = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")
+    for name, w in straight["model"].items():
+        assert torch.equal(w, resumed["model"][name]), name
