@@ -17,15 +17,19 @@ A :class:`Cluster` is the process's view of the group: :data:`SINGLE` (one proce
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Sequence, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DistributedSampler
+
+log = logging.getLogger(__name__)
 
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 """The environment ``torchrun`` gives each process it starts."""
@@ -171,10 +175,28 @@ def start(distributed: bool, device: torch.device) -> Cluster:
     return Cluster(rank, world, local_rank, device)
 
 
-def stop(cluster: Cluster) -> None:
-    """Leave the process group (a no-op for :data:`SINGLE`)."""
-    if cluster.connected:
-        dist.destroy_process_group()
+FINISH_SECONDS = 120
+"""How long :func:`stop` waits for the other ranks before leaving without them."""
+
+
+def stop(cluster: Cluster, together: bool = True) -> None:
+    """Leave the process group (a no-op for :data:`SINGLE`).
+
+    ``together``: first wait (at most :data:`FINISH_SECONDS`) until every rank is here, so that
+    none tears down its connections while a peer's last collective is still in flight. Only for
+    exits every rank takes at the same point: the end of training, or a stop the ranks agreed on.
+    """
+    if not cluster.connected:
+        return
+    if together:
+        try:
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=timedelta(seconds=FINISH_SECONDS))
+            else:
+                dist.barrier()
+        except RuntimeError as err:  # a rank that never came: leave anyway
+            log.warning("not every rank finished together: %s", err)
+    dist.destroy_process_group()
 
 
 def batch_sampler(

@@ -141,10 +141,16 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] | None = None
     in rank 0's ``run_dir`` (:mod:`pyro_dvae.distributed`), where rank 0 alone writes.
     """
     cluster = distributed.start(_flag(cfg, "train.distributed"), resolve_device(cfg.device))
+    together = False  # whether every rank leaves at the same point
     try:
-        return _train(cfg, _shared_run_dir(cluster, Path(run_dir)), overrides, cluster)
+        run_dir = _train(cfg, _shared_run_dir(cluster, Path(run_dir)), overrides, cluster)
+        together = True
+        return run_dir
+    except (KeyboardInterrupt, FloatingPointError):  # the trainer stops all ranks at one step
+        together = True
+        raise
     finally:
-        distributed.stop(cluster)
+        distributed.stop(cluster, together)
 
 
 def _flag(cfg: DictConfig, key: str) -> bool:

@@ -227,7 +227,8 @@ class Trainer:
         cfg: training options.
         run_dir: where ``last.pt``, ``best.pt``, ``metrics.csv`` and ``loss.png`` go.
         device: torch device of the model.
-        seed: seeds Python, NumPy, torch and the shuffling generator.
+        seed: seeds Python, NumPy and torch (plus the rank) and the shuffle (a function of the
+            seed and the epoch).
         extra_state: saved into every checkpoint (e.g. the resolved config); plain Python values
             and tensors only, as checkpoints are read with ``weights_only=True``.
         cluster: this process's rank among the training processes (:data:`SINGLE`: alone).
@@ -298,7 +299,7 @@ class Trainer:
         if self.cluster.rank < len(states):
             set_rng_state(states[self.cluster.rank])
         else:
-            seed_everything(self.seed + self.cluster.rank + 1000 * self.state.epoch)
+            seed_everything(self.state.seed + self.cluster.rank + 1000 * self.state.epoch)
         log.info("resumed at epoch %d", self.state.epoch)
 
     # --- loop --------------------------------------------------------------------------

@@ -207,17 +207,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _join(rank: int, world: int, port: int) -> Cluster:
+    """Rank ``rank`` of ``world`` CPU processes, joined as under torchrun (its variables)."""
+    env = {"RANK": rank, "WORLD_SIZE": world, "LOCAL_RANK": rank, "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": port}  # fmt: skip
+    os.environ.update({k: str(v) for k, v in env.items()})
+    torch.set_num_threads(1)
+    return distributed.start(True, torch.device("cpu"))
+
+
 def _worker(rank: int, world: int, port: int, run_dir: Path, run: dict) -> None:
     """Rank ``rank`` trains :func:`_trainer` for ``run["epochs"]``, under zero noise unless
     ``run["noise"]``, resuming from ``last.pt`` if ``run["resume"]``. With ``run["fault"]``,
     rank 1 is signalled (``sigterm``) or gets a NaN loss (``nan``) at its 2nd step of epoch 1.
     Writes what happened to ``run_dir/rank{rank}.txt``: ``done``, or the exception and the
     step."""
-    env = {"RANK": rank, "WORLD_SIZE": world, "LOCAL_RANK": rank, "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": port}  # fmt: skip
-    os.environ.update({k: str(v) for k, v in env.items()})
-    torch.set_num_threads(1)
-    cluster = distributed.start(True, torch.device("cpu"))
+    cluster = _join(rank, world, port)
     trainer, steps = _trainer(run_dir, cluster, run.get("epochs", 3)), []
     if run.get("resume"):
         trainer.resume(run_dir / "last.pt")
@@ -274,12 +279,9 @@ def test_a_fault_on_one_rank_stops_every_rank_at_the_same_step(fault, stopped, t
 
 def _share_worker(rank: int, port: int, root: Path) -> None:
     """Rank r was given ``root/r`` as its run directory (Hydra stamped another second)."""
-    env = {"RANK": rank, "WORLD_SIZE": 2, "LOCAL_RANK": rank, "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": port}  # fmt: skip
-    os.environ.update({k: str(v) for k, v in env.items()})
     own = root / str(rank)
     own.mkdir()
-    cluster = distributed.start(True, torch.device("cpu"))
+    cluster = _join(rank, 2, port)
     shared = runner._shared_run_dir(cluster, own)
     distributed.stop(cluster)
     (root / f"rank{rank}.txt").write_text(str(shared))
