@@ -83,6 +83,7 @@ class TrainConfig:
     beta: float = 1.0
     warmup_every: int = 10
     warmup_step: float = 0.2
+    warmup_start: float = 0.0
     early_stop_patience: int = 50
     elbo: str = "mean_field"
     num_workers: int = 0
@@ -108,6 +109,8 @@ class TrainConfig:
         for key in ("lr", "warmup_step"):
             _require(key, getattr(self, key), _is_positive(getattr(self, key)), "a number > 0")
         _require("beta", self.beta, _is_positive(self.beta) or self.beta == 0, "a number >= 0")
+        start_ok = isinstance(self.warmup_start, Real) and 0 <= self.warmup_start <= 1
+        _require("warmup_start", self.warmup_start, start_ok, "a number in [0, 1]")
         _require("elbo", self.elbo, self.elbo in ELBOS, f"one of {sorted(ELBOS)}")
         _require("progress", self.progress, isinstance(self.progress, bool), "true or false")
         _require("optimizer", self.optimizer, self.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}")
@@ -148,14 +151,20 @@ class TrainState:
 
 
 def kl_weight(epoch: int, cfg: TrainConfig) -> float:
-    """KL warm-up × β: 0 for the first ``warmup_every`` epochs, then ``+warmup_step`` every
-    ``warmup_every`` epochs up to 1 (spec §4.3). ``warmup_every=0`` disables the warm-up."""
-    warm = 1.0 if cfg.warmup_every <= 0 else min(1.0, cfg.warmup_step * (epoch // cfg.warmup_every))
-    return warm * cfg.beta
+    """KL warm-up × β: ``warmup_start`` (the spec's 0, or e.g. Pyro's DMM's 0.2) for the first
+    ``warmup_every`` epochs, then ``+warmup_step`` every ``warmup_every`` epochs up to 1
+    (spec §4.3). ``warmup_every=0`` disables the warm-up."""
+    return _warmup(epoch, cfg) * cfg.beta
+
+
+def _warmup(epoch: int, cfg: TrainConfig) -> float:
+    if cfg.warmup_every <= 0:
+        return 1.0
+    return min(1.0, round(cfg.warmup_start + cfg.warmup_step * (epoch // cfg.warmup_every), 12))
 
 
 def warmup_done(epoch: int, cfg: TrainConfig) -> bool:
-    kl_done = cfg.warmup_every <= 0 or cfg.warmup_step * (epoch // cfg.warmup_every) >= 1.0
+    kl_done = _warmup(epoch, cfg) >= 1.0
     return kl_done and (not cfg.scheduled_sampling or feedback_probability(epoch, cfg) >= 1.0)
 
 

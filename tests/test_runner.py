@@ -181,7 +181,9 @@ def _no_data(monkeypatch) -> None:
      ("train.lr=-0.001", r"train\.lr=-0\.001: expected a number > 0"),
      ("train.optimizer=sgd", r"train\.optimizer='sgd': expected one of \('adam', 'clipped_adam'\)"),
      ("train.clip_norm=0", r"train\.clip_norm=0: expected null \(no clipping\) or a number > 0"),
-     ("train.lr_decay=1.5", r"train\.lr_decay=1\.5: expected a number in \(0, 1\]")],
+     ("train.lr_decay=1.5", r"train\.lr_decay=1\.5: expected a number in \(0, 1\]"),
+     ("train.warmup_start=1.5", r"train\.warmup_start=1\.5: expected a number in \[0, 1\]"),
+     ("train.distributed=yes", r"train\.distributed='yes': expected true or false")],
 )
 def test_bad_train_settings_fail_before_training(override, message, monkeypatch, tmp_path):
     _no_data(monkeypatch)

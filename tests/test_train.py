@@ -22,6 +22,7 @@ from pyro_dvae.train import (
     rng_state,
     seed_everything,
     set_rng_state,
+    warmup_done,
 )
 
 TINY = dict(z_dim=3, dense_x_gx=[8], dim_rnn_gx=6, dense_ztm1_g=[4], dense_g_z=[5], dense_z_x=[7])
@@ -44,6 +45,9 @@ def test_warmup_schedule_matches_spec():
     assert weights == pytest.approx([0, 0, 0.2, 0.2, 0.4, 0.6, 0.8, 1.0, 1.0])
     assert kl_weight(12, TrainConfig(beta=0.5)) == pytest.approx(0.1)
     assert kl_weight(0, TrainConfig(warmup_every=0)) == 1.0
+    dmm = TrainConfig(warmup_start=0.2, warmup_every=1, warmup_step=0.1)  # Pyro's DMM's ramp
+    assert [kl_weight(e, dmm) for e in (0, 1, 2, 7, 8, 9)] == [0.2, 0.3, 0.4, 0.9, 1.0, 1.0]
+    assert [warmup_done(e, dmm) for e in (7, 8)] == [False, True]
 
 
 def _data(n=24, T=6, D=10, seed=0):
