@@ -1,7 +1,7 @@
 """Train a DVAE: ``python experiments/run.py model=dkf data=fsdd [key=value ...]``.
 
 Several processes: ``torchrun --nproc_per_node=N experiments/run.py ... train.distributed=true``
-(README, "Several GPUs and nodes"). Only rank 0 writes: the other ranks keep Hydra from saving
+(docs/distributed.md). Only rank 0 writes: the other ranks keep Hydra from saving
 its config and logs, and log warnings and errors only.
 """
 

@@ -162,7 +162,7 @@ def start(distributed: bool, device: torch.device) -> Cluster:
         raise ValueError(
             f"train.distributed=true, but {', '.join(missing)} are not set: launch with "
             "torchrun --nproc_per_node=N experiments/run.py ... train.distributed=true "
-            "(see the README, 'Several GPUs and nodes')"
+            "(docs/distributed.md)"
         )
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
