@@ -18,16 +18,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyro
 import pytest
 import torch
 import torch.multiprocessing as mp
 from helpers import zero_noise
 
+from benchmarks.train_step import build
 from pyro_dvae import distributed, runner
 from pyro_dvae.data.music import PianoRolls
 from pyro_dvae.distributed import SINGLE, Cluster, batch_sampler
 from pyro_dvae.likelihoods import Bernoulli
-from pyro_dvae.models import build_model
+from pyro_dvae.models import MODELS, build_model
 from pyro_dvae.train import TrainConfig, Trainer, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -291,6 +293,39 @@ def test_every_rank_trains_in_rank_0s_run_directory(tmp_path):
     mp.start_processes(_share_worker, (_free_port(), tmp_path), nprocs=2, start_method="spawn")
     assert {(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)} == {str(tmp_path / "0")}
     assert not (tmp_path / "1").exists()  # rank 1's empty folder is gone
+
+
+def _model_trainer(name: str, run_dir: Path, cluster: Cluster) -> Trainer:
+    """``name`` with its speech sizes on 8 random sequences (T=6, D=12), 2 epochs of batch 4,
+    the first at KL weight 0 (the prior has no gradient: DDP must allow unused parameters)."""
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    model = build(name, "speech", 12, torch.device("cpu"))
+    data = list(torch.rand(8, 6, 12, generator=torch.Generator().manual_seed(1)) + 0.01)
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-3, warmup_every=1, warmup_step=1.0,
+                      progress=False)  # fmt: skip
+    return Trainer(model, data, data[:6], cfg, run_dir, torch.device("cpu"), 0, None, cluster)
+
+
+def _models_worker(rank: int, world: int, port: int, root: Path) -> None:
+    cluster = _join(rank, world, port)
+    try:
+        with zero_noise():
+            for name in sorted(MODELS):
+                _model_trainer(name, root / name, cluster).fit()
+    finally:
+        distributed.stop(cluster)
+
+
+def test_every_model_trains_on_two_processes_as_on_one(tmp_path):
+    """All nine models (parameters a step may leave unused included) under DDP."""
+    mp.start_processes(
+        _models_worker, (2, _free_port(), tmp_path / "two"), nprocs=2, start_method="spawn"
+    )
+    for name in sorted(MODELS):
+        with zero_noise():
+            _model_trainer(name, tmp_path / "one" / name, SINGLE).fit()
+        _assert_same_run(tmp_path / "two" / name, tmp_path / "one" / name)
 
 
 def test_resuming_on_as_many_processes_is_exact_with_noise(tmp_path):
