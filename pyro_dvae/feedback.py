@@ -134,12 +134,16 @@ class FreeRunning:
         return self._last[1]
 
 
-def sampling_probability(epoch: int, start: float, step: float, every: int) -> float:
-    """Scheduled sampling's p at ``epoch``: ``min(1, start + step · ⌊epoch / every⌋)``.
-
-    The spec's schedule (§7) is start 0.1, step 0.1: 0.1, 0.2, …, 1.0, reached at epoch
-    9·every. Rounded to 12 decimals, so that 0.1 + 0.2 prints and compares as 0.3."""
+def ramp(epoch: int, start: float, step: float, every: int) -> float:
+    """A stepwise schedule: ``min(1, start + step · ⌊epoch / every⌋)``, rounded to 12 decimals
+    so that 0.1 + 0.2 prints and compares as 0.3 (also the trainer's KL warm-up)."""
     return min(1.0, round(start + step * (epoch // every), 12))
+
+
+def sampling_probability(epoch: int, start: float, step: float, every: int) -> float:
+    """Scheduled sampling's p at ``epoch``: :func:`ramp`. The spec's schedule (§7) is start
+    0.1, step 0.1: 0.1, 0.2, …, 1.0, reached at epoch 9·every."""
+    return ramp(epoch, start, step, every)
 
 
 def check_schedule(start: float, step: float, every: int) -> None:

@@ -140,7 +140,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] | None = None
     With ``train.distributed`` under torchrun, every process calls this; they train together
     in rank 0's ``run_dir`` (:mod:`pyro_dvae.distributed`), where rank 0 alone writes.
     """
-    cluster = distributed.start(_flag(cfg, "train.distributed"), resolve_device(cfg.device))
+    launch = train_config(cfg, cfg.data.modality)  # bad settings fail before anything starts
+    cluster = distributed.start(launch.distributed, resolve_device(cfg.device))
     together = False  # whether every rank leaves at the same point
     try:
         run_dir = _train(cfg, _shared_run_dir(cluster, Path(run_dir)), overrides, cluster)
@@ -151,13 +152,6 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] | None = None
         raise
     finally:
         distributed.stop(cluster, together)
-
-
-def _flag(cfg: DictConfig, key: str) -> bool:
-    value = OmegaConf.select(cfg, key, default=False)
-    if not isinstance(value, bool):
-        raise ValueError(f"{key}={value!r}: expected true or false")
-    return value
 
 
 def _shared_run_dir(cluster: distributed.Cluster, run_dir: Path) -> Path:
@@ -176,7 +170,7 @@ def _train(
     if last and last.get("config"):
         cfg = resumed_config(cfg, last["config"], overrides)
     cfg.train.distributed = cluster.connected  # how this run trains now (a resume may change it)
-    tcfg = train_config(cfg, cfg.data.modality)  # bad settings fail before the data is read
+    tcfg = train_config(cfg, cfg.data.modality)  # a resumed run: its own settings
     cluster.share(tcfg.batch_size)
     device = cluster.device
     seed_everything(cfg.seed)

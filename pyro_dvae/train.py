@@ -60,7 +60,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from pyro_dvae.distributed import SINGLE, Cluster, batch_sampler
-from pyro_dvae.feedback import check_schedule, sampling_probability
+from pyro_dvae.feedback import check_schedule, ramp, sampling_probability
 from pyro_dvae.models.base import DVAE
 
 log = logging.getLogger(__name__)
@@ -160,12 +160,12 @@ def kl_weight(epoch: int, cfg: TrainConfig) -> float:
 def _warmup(epoch: int, cfg: TrainConfig) -> float:
     if cfg.warmup_every <= 0:
         return 1.0
-    return min(1.0, round(cfg.warmup_start + cfg.warmup_step * (epoch // cfg.warmup_every), 12))
+    return ramp(epoch, cfg.warmup_start, cfg.warmup_step, cfg.warmup_every)
 
 
 def warmup_done(epoch: int, cfg: TrainConfig) -> bool:
-    kl_done = _warmup(epoch, cfg) >= 1.0
-    return kl_done and (not cfg.scheduled_sampling or feedback_probability(epoch, cfg) >= 1.0)
+    sampling_done = not cfg.scheduled_sampling or feedback_probability(epoch, cfg) >= 1.0
+    return _warmup(epoch, cfg) >= 1.0 and sampling_done
 
 
 def feedback_probability(epoch: int, cfg: TrainConfig) -> float:
@@ -444,10 +444,11 @@ class Trainer:
             wait += time.perf_counter() - tick
             x, mask = on_device(batch, self.device)
             loss, n = self.loss(x, mask, weight), frames(x, mask)
-            all_frames, bad = self._synchronise([n, not torch.isfinite(loss).item()])
+            value = loss.item()
+            all_frames, bad = self._synchronise([n, not math.isfinite(value)])
             if bad:
                 raise FloatingPointError(
-                    f"non-finite loss {loss.item()} at epoch {epoch}; {self.run_dir / 'last.pt'} "
+                    f"non-finite loss {value} at epoch {epoch}; {self.run_dir / 'last.pt'} "
                     "still holds the last good epoch (try a lower train.lr)"
                 )
             self.optimizer.zero_grad(set_to_none=True)
@@ -455,9 +456,9 @@ class Trainer:
             if self.clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
             self.optimizer.step()
-            total += loss.item() * n
+            total += value * n
             count += n
-            batches.set_postfix(loss=f"{loss.item():.3f}")
+            batches.set_postfix(loss=f"{value:.3f}")
             tick = time.perf_counter()
         return (total, count), wait
 
@@ -471,9 +472,8 @@ class Trainer:
             x, mask = on_device(batch, self.device)
             with self.model.step_mask(mask):
                 r, k = loss_terms(self.model, x)
-            recon += r.item() * frames(x, mask)
-            kl += k.item() * frames(x, mask)
-            count += frames(x, mask)
+            n = frames(x, mask)
+            recon, kl, count = recon + r.item() * n, kl + k.item() * n, count + n
         return recon, kl, count
 
     def end_epoch(self, row: dict) -> None:
