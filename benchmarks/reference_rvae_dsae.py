@@ -14,14 +14,16 @@ from benchmarks.reference_basic import exponential_nll, gaussian_kl, noise
 from pyro_dvae.distributions import normal_kl
 from pyro_dvae.models.dsae import DSAE, over_time
 from pyro_dvae.models.rvae import RVAE
-from pyro_dvae.nn import lstm_step, shift
+from pyro_dvae.nn import lstm_step, run_rnn, shift
 
 
 def rvae_loss(model: RVAE, x: torch.Tensor) -> torch.Tensor:
-    """RVAE with either guide: the inference LSTM on z is stepped inside the sampling loop."""
+    """RVAE with either guide: the inference LSTM on z is stepped inside the sampling loop; the
+    LSTMs over x and z are ``nn.LSTM`` calls and the layer after [g^x_t, g^z_t] reads their
+    concatenation, as the original does."""
     B, T, _ = x.shape
-    inference = model.inference
-    gx = inference.summary(x)
+    inference, decoder = model.inference, model.decoder
+    gx = run_rnn(inference.rnn_gx, inference.mlp_x_gx(x), backward=True)
     z_prev, state = x.new_zeros(B, model.z_dim), None
     zs, locs, scales = [], [], []
     for t in range(T):
@@ -33,7 +35,8 @@ def rvae_loss(model: RVAE, x: torch.Tensor) -> torch.Tensor:
         scales.append(scale)
     z, mq, sq = torch.stack(zs, 1), torch.stack(locs, 1), torch.stack(scales, 1)
     kl = gaussian_kl(mq, sq, torch.zeros_like(mq), torch.ones_like(sq))
-    return (exponential_nll(x, model.decoder(z)) + kl) / (B * T)
+    y = decoder.gen_out(decoder.mlp_h_x(run_rnn(decoder.rnn_h, decoder.mlp_z_h(z))))
+    return (exponential_nll(x, y) + kl) / (B * T)
 
 
 reference_loss_rvae_causal = rvae_loss

@@ -182,7 +182,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--x-dim", type=int, default=None, help="override D (tiny smoke runs)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument(
-        "--sites", default="trajectory", choices=["trajectory", "markov"],
+        "--sites",
+        default="trajectory",
+        choices=["trajectory", "markov"],
         help="latent sample sites of the Pyro step (model.sites)",
     )
     parser.add_argument("--steps", type=int, default=20)

@@ -2,10 +2,11 @@
 
 Every run below SWEEP_DIR (e.g. a Hydra multirun's ``hydra.sweep.dir``) is read; runs whose
 configs differ only in ``seed`` form one row, with mean ± sample std (ddof=1) of each metric
-(see :mod:`pyro_dvae.collect`); ``--results results_generation.json`` tabulates the
-``mode=generation`` evaluations instead. Writes ``SWEEP_DIR/collected.md`` and
-``SWEEP_DIR/collected.csv`` (or ``--out PREFIX``.md / .csv), prints the markdown table, and
-lists skipped folders and repeated seeds on stderr.
+and the test items it covers, e.g. ``0.30 ± 0.01 (129/300)``, and for speech the floor of a
+trivial reconstruction beside each metric (see :mod:`pyro_dvae.collect`);
+``--results results_generation.json`` tabulates the ``mode=generation`` evaluations instead.
+Writes ``SWEEP_DIR/collected.md`` and ``SWEEP_DIR/collected.csv`` (or ``--out PREFIX``.md /
+.csv), prints the markdown table, and lists skipped folders and repeated seeds on stderr.
 """
 
 from __future__ import annotations
@@ -24,11 +25,16 @@ def main() -> None:
         "--out", type=Path, help="write PREFIX.md and PREFIX.csv (default SWEEP_DIR/collected)"
     )
     parser.add_argument(
-        "--ignore", action="append", default=[], metavar="KEY",
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="KEY",
         help="config key that does not split rows, like seed (repeatable), e.g. data.root",
     )
     parser.add_argument(
-        "--results", default="results.json", metavar="FILE",
+        "--results",
+        default="results.json",
+        metavar="FILE",
         help="each run's file of test metrics: results.json (default) or results_generation.json",
     )
     opts = parser.parse_args()

@@ -22,9 +22,9 @@ import csv
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import long_run
 import torch
 from omegaconf import OmegaConf
 
@@ -51,39 +51,22 @@ MARKERS = ("<!-- music_table:start -->", "<!-- music_table:end -->")
 
 
 def train(model: str, run_dir: Path, minutes: float, overrides: list[str]) -> bool:
-    """Train (or resume) ``model`` for at most ``minutes``; adds the wall time to wall.json.
-    Returns whether an epoch was added."""
-    wall_file = run_dir / "wall.json"
-    wall = json.loads(wall_file.read_text()) if wall_file.is_file() else {"seconds": 0.0}
-    before = epochs_done(run_dir)
-    args = [f"model={model}", *SETTINGS, *PER_MODEL.get(model, ()), *overrides,
-            f"hydra.run.dir={run_dir}"]
-    if (run_dir / "last.pt").is_file():
-        args.append("resume=true")
-    start = time.monotonic()
-    process = subprocess.Popen([sys.executable, str(ROOT / "experiments" / "run.py"), *args],
-                               cwd=ROOT)
-    try:
-        process.wait(timeout=minutes * 60)
-    except subprocess.TimeoutExpired:  # the trainer stops between two epochs' writes
-        process.terminate()
-        process.wait()
-    wall["seconds"] += time.monotonic() - start
-    run_dir.mkdir(parents=True, exist_ok=True)
-    wall_file.write_text(json.dumps(wall))
-    return epochs_done(run_dir) > before
-
-
-def epochs_done(run_dir: Path) -> int:
-    metrics = run_dir / "metrics.csv"
-    return max(len(metrics.read_text().splitlines()) - 1, 0) if metrics.is_file() else 0
+    """Train (or resume) ``model`` for at most ``minutes`` (:func:`long_run.train`)."""
+    args = [f"model={model}", *SETTINGS, *PER_MODEL.get(model, ()), *overrides]
+    return long_run.train(run_dir, minutes, args)
 
 
 def evaluate(run_dir: Path, iwae_samples: int) -> None:
     subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / "evaluate.py"), f"run_dir={run_dir}",
-         f"iwae_samples={iwae_samples}", "device=cpu"],
-        cwd=ROOT, check=True,
+        [
+            sys.executable,
+            str(ROOT / "experiments" / "evaluate.py"),
+            f"run_dir={run_dir}",
+            f"iwae_samples={iwae_samples}",
+            "device=cpu",
+        ],
+        cwd=ROOT,
+        check=True,
     )
 
 
@@ -107,30 +90,33 @@ def row(model: str, run_dir: Path) -> str:
 def table(run_dirs: dict[str, Path]) -> str:
     """The section of docs/results.md: heading, settings and one row per evaluated run."""
     finished = {m: d for m, d in run_dirs.items() if (d / "results.json").is_file()}
-    K = sorted({json.loads((d / "results.json").read_text())["iwae_samples"]
-                for d in finished.values()})
+    K = sorted(
+        {json.loads((d / "results.json").read_text())["iwae_samples"] for d in finished.values()}
+    )
     samples = "/".join(map(str, K)) or "?"
-    return "\n".join([
-        "## Music: JSB chorales test set (77 chorales, 4,725 quarter-note steps, 88 keys)",
-        "",
-        "Made by `python experiments/music_table.py` (one CPU thread per model on a shared "
-        "2-core machine; settings in its `SETTINGS`: batch 20, KL warm-up to weight 1 by "
-        "epoch 25 (DKF: its `PER_MODEL` settings), gradient-norm clipping at 10, "
-        "`configs/model/*.yaml` `music:` sizes). "
-        f"Test log-likelihood with the best validation epoch's weights, K = {samples} "
-        "importance samples per chorale; nats per time step, summed over the test set and "
-        "divided by its 4,725 steps. Pyro's DMM example reports the test −ELBO per step: "
-        f"{PYRO_DMM_NLL} after 5,000 epochs (about 20 h on a GTX 1080).",
-        "",
-        f"The key frequencies of the training set alone (no temporal structure) give "
-        f"{marginal_nll():.2f} nats per test step.",
-        "",
-        f"| model | guide | test −ELBO / step | test NLL / step (IWAE) | NLL − {PYRO_DMM_NLL} "
-        "| epochs | best epoch | wall time (min) | s / epoch | lr | init "
-        "| KL weight: start + step / every (epochs) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        *(row(m, d) for m, d in finished.items()),
-    ])
+    return "\n".join(
+        [
+            "## Music: JSB chorales test set (77 chorales, 4,725 quarter-note steps, 88 keys)",
+            "",
+            "Made by `python experiments/music_table.py` (one CPU thread per model on a shared "
+            "2-core machine; settings in its `SETTINGS`: batch 20, KL warm-up to weight 1 by "
+            "epoch 25 (DKF: its `PER_MODEL` settings), gradient-norm clipping at 10, "
+            "`configs/model/*.yaml` `music:` sizes). "
+            f"Test log-likelihood with the best validation epoch's weights, K = {samples} "
+            "importance samples per chorale; nats per time step, summed over the test set and "
+            "divided by its 4,725 steps. Pyro's DMM example reports the test −ELBO per step: "
+            f"{PYRO_DMM_NLL} after 5,000 epochs (about 20 h on a GTX 1080).",
+            "",
+            f"The key frequencies of the training set alone (no temporal structure) give "
+            f"{marginal_nll():.2f} nats per test step.",
+            "",
+            f"| model | guide | test −ELBO / step | test NLL / step (IWAE) | NLL − {PYRO_DMM_NLL} "
+            "| epochs | best epoch | wall time (min) | s / epoch | lr | init "
+            "| KL weight: start + step / every (epochs) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            *(row(m, d) for m, d in finished.items()),
+        ]
+    )
 
 
 def marginal_nll() -> float:

@@ -96,8 +96,12 @@ def forecasts(run_dir: Path, opts: argparse.Namespace) -> dict[str, dict]:
             out[mode] = json.loads(path.read_text())
         elif not opts.collect:
             out[mode] = forecast.run(
-                run_dir, runner.resolve_device("cpu"), opts.context, opts.horizon,
-                mean=mode == "mean", samples=opts.samples,
+                run_dir,
+                runner.resolve_device("cpu"),
+                opts.context,
+                opts.horizon,
+                mean=mode == "mean",
+                samples=opts.samples,
             )
     return out
 
@@ -148,7 +152,8 @@ def row(name: str, training: str, evaluation: str, result: dict, keys: list[str]
 def results_table(all_results: dict[str, dict]) -> str:
     keys = [k for k in COLUMNS if any(k in r for res in all_results.values() for r in res.values())]
     lines = [
-        "| row | training | evaluation | " + " | ".join(COLUMNS[k] for k in keys)
+        "| row | training | evaluation | "
+        + " | ".join(COLUMNS[k] for k in keys)
         + " | epochs (best) |",
         "|---|---|---|" + "---|" * (len(keys) + 1),
     ]
@@ -166,7 +171,8 @@ def forecast_table(all_forecasts: dict[str, dict], metric: str) -> str:
     first = next(iter(next(iter(all_forecasts.values())).values()))["mean"]
     horizons = list(first["forecast"][metric]["at_ms"]) or ["mean"]
     lines = [
-        "| run | forecast | " + " | ".join(f"{h} ms" if h != "mean" else "mean" for h in horizons)
+        "| run | forecast | "
+        + " | ".join(f"{h} ms" if h != "mean" else "mean" for h in horizons)
         + " |",
         "|---|---|" + "---|" * len(horizons),
     ]
@@ -180,10 +186,15 @@ def forecast_table(all_forecasts: dict[str, dict], metric: str) -> str:
     for model, runs in all_forecasts.items():
         for run, by_mode in runs.items():
             for mode, res in by_mode.items():
-                label = ("prior mean path" if mode == "mean"
-                         else f"sampled (error averaged over {res['samples']} draws)")
-                lines.append(f"| {model.upper()} ({TRAINING[run]}) | {label} | "
-                             f"{cells(res['forecast'][metric])} |")
+                label = (
+                    "prior mean path"
+                    if mode == "mean"
+                    else f"sampled (error averaged over {res['samples']} draws)"
+                )
+                lines.append(
+                    f"| {model.upper()} ({TRAINING[run]}) | {label} | "
+                    f"{cells(res['forecast'][metric])} |"
+                )
     return "\n".join(lines) + "\n"
 
 

@@ -12,9 +12,15 @@ every other hidden folder are skipped). Its metrics are:
   and a ``results.json`` written after fewer epochs than ``metrics.csv`` has (a run resumed
   since its evaluation) is reported;
 - from ``results.json`` (written by ``experiments/evaluate.py``; ``results_generation.json``
-  for ``mode=generation``, chosen with ``results=``): the test-set metrics. A run not evaluated
-  yet contributes its ``metrics.csv`` columns only; a cell averaged over fewer runs than its row
-  holds says so with ``(n=k)``.
+  for ``mode=generation``, chosen with ``results=``): the test-set metrics, each with the number
+  of test items its mean covers (``counts``), and for speech the metrics of the trivial
+  reconstruction (``floor``, as ``floor_<metric>``). A run not evaluated yet contributes its
+  ``metrics.csv`` columns only; a cell averaged over fewer runs than its row holds says so with
+  ``(n=k)``.
+
+A test-metric cell reads ``0.30 ± 0.02 (129/300)``: the mean over the row's runs, and the items
+scored of the items in the test set, per run (a range such as ``128–130/300`` where the runs
+differ).
 
 A folder with ``config.yaml`` but neither file (a run that stopped before its first epoch) is
 skipped with a message.
@@ -29,17 +35,22 @@ import math
 import re
 import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 COLUMNS = {  # metric key -> column title, in table order; absent metrics are left out
     "si_sdr": "SI-SDR (dB)",
+    "floor_si_sdr": "floor SI-SDR (dB)",
     "pesq_nb": "PESQ-NB",
+    "floor_pesq_nb": "floor PESQ-NB",
     "pesq_wb": "PESQ-WB",
+    "floor_pesq_wb": "floor PESQ-WB",
     "estoi": "ESTOI",
+    "floor_estoi": "floor ESTOI",
     "rmse": "RMSE",
+    "floor_rmse": "floor RMSE",
     "mpjpe_mm": "MPJPE all joints (mm)",
     "mpjpe_mm_subset": "MPJPE subset (mm)",
     "val_neg_elbo": "val −ELBO (best epoch)",
@@ -47,7 +58,7 @@ COLUMNS = {  # metric key -> column title, in table order; absent metrics are le
     "best_epoch": "best epoch",
     "seconds_per_epoch": "s / epoch",
 }
-DECIMALS = {"estoi": 3, "rmse": 3, "epochs": 1, "best_epoch": 1}
+DECIMALS = {"estoi": 3, "floor_estoi": 3, "rmse": 3, "floor_rmse": 3, "epochs": 1, "best_epoch": 1}
 """Decimals shown in the markdown table (default 2); the CSV keeps full precision."""
 COUNTS = ("epochs", "best_epoch")
 """Whole-number metrics: shown without decimals when their mean is a whole number."""
@@ -56,8 +67,15 @@ NAME_KEYS = ("model.name", "guide.name", "data.name")
 """Always the first columns of a table (as ``model``, ``guide``, ``data``)."""
 
 IGNORED_KEYS = (
-    "seed", "threads", "device", "resume", "train.progress", "train.num_workers",
-    "train.distributed", "data.n_workers",
+    "seed",
+    "threads",
+    "device",
+    "resume",
+    "overwrite",
+    "train.progress",
+    "train.num_workers",
+    "train.distributed",
+    "data.n_workers",
 )
 """Config keys that do not make two runs different experiments: ``seed`` is averaged over, the
 others only say how a run was executed."""
@@ -66,14 +84,16 @@ others only say how a run was executed."""
 @dataclass(frozen=True)
 class Run:
     """One run directory: its flattened ``config.yaml`` (``{"train.epochs": 2, ...}``), its
-    numeric metrics, the guide its model resolved (``results.json``'s ``guide``), and a warning
-    when its results are older than its training."""
+    numeric metrics, the guide its model resolved (``results.json``'s ``guide``), a warning
+    when its results are older than its training, and ``counts``: metric → (test items scored,
+    test items)."""
 
     path: Path
     config: dict
     metrics: dict[str, float]
     guide: str | None = None
     warning: str | None = None
+    counts: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -88,12 +108,14 @@ class Stat:
 
 @dataclass(frozen=True)
 class Row:
-    """One configuration: its label columns, seeds, run directories and per-metric statistics."""
+    """One configuration: its label columns, seeds, run directories, per-metric statistics and
+    per-metric ``(scored, items)`` of each run that recorded them."""
 
     labels: dict[str, str]
     seeds: list
     runs: list[Path]
     stats: dict[str, Stat]
+    counts: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -167,13 +189,43 @@ def load_run(run_dir: Path, results: str = "results.json") -> Run | None:
     config = flatten(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")))
     training = training_metrics(csv_path) if csv_path.is_file() else {}
     scores = read_results(json_path) if json_path.is_file() else {}
-    numbers = {
+    floor = scores.get("floor", {})
+    numbers = {**_numbers(scores), **{f"floor_{k}": v for k, v in _numbers(floor).items()}}
+    counts = read_counts(scores, json_path)
+    counts.update({f"floor_{k}": c for k, c in read_counts(floor, json_path).items()})
+    return Run(
+        run_dir,
+        config,
+        {**numbers, **training},
+        scores.get("guide"),
+        stale_warning(json_path, numbers.get("epochs"), training.get("epochs")),
+        counts,
+    )
+
+
+def _numbers(scores: dict) -> dict[str, float]:
+    """The int and float values of ``scores`` (not bools)."""
+    return {
         k: v for k, v in scores.items() if isinstance(v, int | float) and not isinstance(v, bool)
     }
-    return Run(
-        run_dir, config, {**numbers, **training}, scores.get("guide"),
-        stale_warning(json_path, numbers.get("epochs"), training.get("epochs")),
-    )
+
+
+def read_counts(scores: dict, path: Path) -> dict[str, tuple[int, int]]:
+    """Metric → (items scored, items) from the ``counts`` of results read from ``path``; results
+    written before ``counts`` existed give them from ``n_failed`` and ``n_utterances``.
+
+    Raises:
+        ValueError: ``counts`` is not ``{metric: {"scored": int, "items": int}}``, naming ``path``.
+    """
+    if "counts" not in scores:
+        n = scores.get("n_utterances")
+        return {} if n is None else {m: (n - k, n) for m, k in scores.get("n_failed", {}).items()}
+    try:
+        return {m: (int(c["scored"]), int(c["items"])) for m, c in scores["counts"].items()}
+    except (AttributeError, TypeError, KeyError, ValueError) as err:
+        raise ValueError(
+            f"{path}: expected counts as {{metric: {{'scored': int, 'items': int}}}} ({err!r})"
+        ) from err
 
 
 def stale_warning(path: Path, evaluated: int | None, trained: int | None) -> str | None:
@@ -250,12 +302,16 @@ def group(runs: Sequence[Run], ignore: Iterable[str] = ()) -> list[Row]:
     rows = []
     for members in groups.values():
         stats = {m: summarise([run.metrics.get(m) for run in members]) for m in COLUMNS}
-        rows.append(Row(
-            labels=_labels(members, keys),
-            seeds=[run.config.get("seed") for run in members],
-            runs=[run.path for run in members],
-            stats={m: s for m, s in stats.items() if s is not None},
-        ))
+        counts = {m: [run.counts[m] for run in members if m in run.counts] for m in COLUMNS}
+        rows.append(
+            Row(
+                labels=_labels(members, keys),
+                seeds=[run.config.get("seed") for run in members],
+                runs=[run.path for run in members],
+                stats={m: s for m, s in stats.items() if s is not None},
+                counts={m: c for m, c in counts.items() if c},
+            )
+        )
     return rows
 
 
@@ -285,8 +341,8 @@ def duplicate_seeds(rows: Sequence[Row]) -> list[str]:
 
 
 def metric_keys(rows: Sequence[Row]) -> list[str]:
-    """The :data:`COLUMNS` that any row has, in table order."""
-    return [k for k in COLUMNS if any(k in row.stats for row in rows)]
+    """The :data:`COLUMNS` that any row has (a value or a count), in table order."""
+    return [k for k in COLUMNS if any(k in row.stats or k in row.counts for row in rows)]
 
 
 def decimals(metric: str, row: Row) -> int:
@@ -298,17 +354,28 @@ def decimals(metric: str, row: Row) -> int:
     return DECIMALS.get(metric, 2)
 
 
-def format_cell(stat: Stat | None, row_size: int, places: int = 2) -> str:
+def format_cell(
+    stat: Stat | None, row_size: int, places: int = 2, counts: Sequence[tuple[int, int]] = ()
+) -> str:
     """``mean ± std`` to ``places`` decimals (``mean`` alone for one value, ``–`` for none),
-    with ``(n=k)`` when the statistic covers fewer runs than the row holds."""
-    if stat is None:
-        return "–"
-    text = f"{stat.mean:.{places}f}"
-    if stat.std is not None:
+    then the test items scored of the items per run, ``(129/300)`` (a range ``(128–130/300)``
+    where runs differ), when ``counts`` (one ``(scored, items)`` per run) are given, and
+    ``(n=k)`` when the statistic covers fewer runs than the row holds."""
+    text = "–" if stat is None else f"{stat.mean:.{places}f}"
+    if stat is not None and stat.std is not None:
         text += f" ± {stat.std:.{places}f}"
-    if stat.n < row_size:
+    if counts:
+        scored, items = zip(*counts, strict=True)
+        text += f" ({_span(scored)}/{_span(items)})"
+    if stat is not None and stat.n < row_size:
         text += f" (n={stat.n})"
     return text
+
+
+def _span(values: Sequence[int]) -> str:
+    """``"129"`` when all values are equal, else ``"128–130"`` (smallest–largest)."""
+    low, high = min(values), max(values)
+    return str(low) if low == high else f"{low}–{high}"
 
 
 def markdown(rows: Sequence[Row]) -> str:
@@ -320,31 +387,44 @@ def markdown(rows: Sequence[Row]) -> str:
     lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
     for row in rows:
         cells = [*row.labels.values(), ", ".join(map(str, row.seeds))]
-        cells += [format_cell(row.stats.get(m), len(row.runs), decimals(m, row)) for m in metrics]
+        cells += [
+            format_cell(row.stats.get(m), len(row.runs), decimals(m, row), row.counts.get(m, ()))
+            for m in metrics
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def csv_text(rows: Sequence[Row]) -> str:
     """CSV of the same table at full precision: label columns, ``seeds``, ``n_runs``,
-    ``<metric>_mean``, ``<metric>_std`` (sample, ddof=1; empty for one run) and ``<metric>_n``
-    for each metric, and ``run_dirs``."""
+    ``<metric>_mean``, ``<metric>_std`` (sample, ddof=1; empty for one run), ``<metric>_n`` (runs
+    averaged), ``<metric>_scored`` and ``<metric>_items`` (test items scored and test items,
+    summed over the runs that recorded them; empty for metrics without counts) for each metric,
+    and ``run_dirs``."""
     if not rows:
         return ""
     metrics = metric_keys(rows)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([
-        *rows[0].labels, "seeds", "n_runs",
-        *(f"{m}_{part}" for m in metrics for part in ("mean", "std", "n")), "run_dirs",
-    ])
+    writer.writerow(
+        [
+            *rows[0].labels,
+            "seeds",
+            "n_runs",
+            *(f"{m}_{part}" for m in metrics for part in ("mean", "std", "n", "scored", "items")),
+            "run_dirs",
+        ]
+    )
     for row in rows:
         cells = [*row.labels.values(), " ".join(map(str, row.seeds)), len(row.runs)]
         for m in metrics:
-            stat = row.stats.get(m)
-            cells += ["", "", 0] if stat is None else [
-                repr(stat.mean), "" if stat.std is None else repr(stat.std), stat.n
-            ]
+            stat, counts = row.stats.get(m), row.counts.get(m)
+            cells += (
+                ["", "", 0]
+                if stat is None
+                else [repr(stat.mean), "" if stat.std is None else repr(stat.std), stat.n]
+            )
+            cells += [sum(c[0] for c in counts), sum(c[1] for c in counts)] if counts else ["", ""]
         writer.writerow([*cells, " ".join(str(p) for p in row.runs)])
     return out.getvalue()
 

@@ -71,6 +71,22 @@ def point(d: Distribution) -> torch.Tensor:
         return value
 
 
+def require_rsample(step: Distribution, owner: str) -> None:
+    """Refuse a step distribution without ``rsample``: the guide's steps are drawn with
+    gradients in training, the prior's in generation and forecasting. ``owner`` (the config key
+    and the class that made ``step``) starts the one-line message."""
+    if not step.has_rsample:
+        name, inner = type(step).__name__, step
+        while isinstance(inner, Independent):  # name what .to_event wraps
+            inner = inner.base_dist
+            name = f"{name}({type(inner).__name__})"
+        raise ValueError(
+            f"{owner} returns a step distribution {name}, which has no rsample; a "
+            "guide or prior step must be a Pyro distribution with rsample (a Gaussian mixture: "
+            "pyro.distributions.MixtureOfDiagNormals)"
+        )
+
+
 class Trajectory(TorchDistribution):
     """A trajectory ``z (B, T, L)`` from its step conditionals; batch ``(B,)``, event ``(T, L)``.
 
@@ -108,15 +124,22 @@ class Trajectory(TorchDistribution):
         return self._like.new_zeros(self.batch_shape[0], self.event_shape[1])
 
     def walk(self, choose: Callable[[Distribution], torch.Tensor]) -> torch.Tensor:
-        """Walk the steps, z_t = ``choose(d_t)``; returns z (B, T, L) and caches it."""
-        z_prev, state, zs, steps = self.initial(), None, [], []
+        """Walk the steps, z_t = ``choose(d_t)``; returns z (B, T, L) and caches it with its
+        conditionals: diagonal Gaussians stacked, any other family as :class:`ScoredSteps`."""
+        z_prev, state, zs, steps, scores = self.initial(), None, [], [], []
         for t in range(self.T):
             d, state = self.step(t, z_prev, state)
             z_prev = choose(d)
             zs.append(z_prev)
             steps.append(d)
+            if not _is_diag_normal(d):  # now, while a flow's transforms cache this draw
+                scores.append(d.log_prob(z_prev))
         z = torch.stack(zs, dim=1)
-        self._last = (z, _stack_diag_normals(steps))
+        if not scores:
+            self._last = (z, _stack_diag_normals(steps))
+        else:  # None (a parallel pass) for a walk that mixes Gaussian and other steps
+            scored = len(scores) == self.T
+            self._last = (z, ScoredSteps(z, torch.stack(scores, dim=1)) if scored else None)
         return z
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
@@ -195,9 +218,31 @@ class IndependentTrajectory(Trajectory):
         return self._all.mean
 
 
+class ScoredSteps(Distribution):
+    """The conditionals of a walked trajectory ``z (B, T, L)`` known only at ``z``: their
+    log-densities ``(B, T)``, computed as each step was drawn. A flow step scores its own draw
+    through its transforms' cache; the parallel pass would invert it, a sequential loop over
+    the L dimensions for an autoregressive flow. Batch (B, T), event (L,); no KL."""
+
+    arg_constraints: dict = {}
+
+    def __init__(self, z: torch.Tensor, log_probs: torch.Tensor) -> None:
+        super().__init__(log_probs.shape, z.shape[-1:], validate_args=False)
+        self.z, self.log_probs = z, log_probs
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if value is not self.z:
+            raise ValueError("ScoredSteps scores only the trajectory drawn with it")
+        return self.log_probs
+
+
+def _is_diag_normal(d: Distribution) -> bool:
+    return isinstance(d, Independent) and type(d.base_dist) is Normal
+
+
 def _stack_diag_normals(steps: list[Distribution]) -> Distribution | None:
     """Per-step diagonal Gaussians (batch (B,)) as one over (B, T); None for other families."""
-    if not all(isinstance(d, Independent) and type(d.base_dist) is Normal for d in steps):
+    if not all(_is_diag_normal(d) for d in steps):
         return None
     loc = torch.stack([d.base_dist.loc for d in steps], dim=1)
     return diag_normal(loc, torch.stack([d.base_dist.scale for d in steps], dim=1))
@@ -255,4 +300,5 @@ __all__ = [
     "markov_sites",
     "normal_kl",
     "point",
+    "require_rsample",
 ]

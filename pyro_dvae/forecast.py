@@ -276,7 +276,15 @@ def run(
     cfg, task, model = load_run(Path(run_dir), device, checkpoint)
     seed_everything(seed)
     results, x, estimate = evaluate_forecasts(
-        model, task, context, horizon, mean, samples, batch_size, max_sequences, horizons_ms,
+        model,
+        task,
+        context,
+        horizon,
+        mean,
+        samples,
+        batch_size,
+        max_sequences,
+        horizons_ms,
         device,
     )
     results.update(model=cfg.model.name, data=cfg.data.name, checkpoint=checkpoint, seed=seed)

@@ -80,9 +80,7 @@ class Filtered:
         """p(a_t | a_{<t}) for every t: batch ``(..., T)``, event ``(N,)``."""
         return MultivariateNormal(self.obs_loc, scale_tril=self.obs_scale_tril)
 
-    def log_likelihood(
-        self, a: torch.Tensor, observed: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def log_likelihood(self, a: torch.Tensor, observed: torch.Tensor | None = None) -> torch.Tensor:
         """``log p(a_{1:T}) = Σ_t log p(a_t | a_{<t})`` over the observed steps, ``(...,)``."""
         log_p = self.predictive().log_prob(a)
         if observed is not None:
@@ -149,9 +147,7 @@ def update(
     )
 
 
-def kalman_filter(
-    model: LGSSM, a: torch.Tensor, observed: torch.Tensor | None = None
-) -> Filtered:
+def kalman_filter(model: LGSSM, a: torch.Tensor, observed: torch.Tensor | None = None) -> Filtered:
     """Filter ``a (..., T, N)`` (``observed (..., T)`` bool marks the steps present)."""
     loc, cov = model.init_loc, model.init_cov
     fields: dict[str, list[torch.Tensor]] = {name: [] for name in Filtered.__dataclass_fields__}
@@ -172,10 +168,12 @@ def kalman_filter(
 
 def stack_filtered(fields: dict[str, list[torch.Tensor]]) -> Filtered:
     """A :class:`Filtered` from per-step lists of its fields (each stacked along time)."""
-    return Filtered(**{
-        name: torch.stack(steps, dim=-2 if name.endswith("loc") else -3)
-        for name, steps in fields.items()
-    })
+    return Filtered(
+        **{
+            name: torch.stack(steps, dim=-2 if name.endswith("loc") else -3)
+            for name, steps in fields.items()
+        }
+    )
 
 
 def rts_smoother(model: LGSSM, filtered: Filtered) -> tuple[torch.Tensor, torch.Tensor]:

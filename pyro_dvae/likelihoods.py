@@ -19,7 +19,9 @@ used for evaluation and generation.
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Callable
 
 import torch
 from pyro.distributions import Bernoulli as BernoulliDist
@@ -28,10 +30,18 @@ from torch import nn
 
 from pyro_dvae.data.skeleton import mpjpe_mm
 from pyro_dvae.nn import LOGVAR_BOUND
+from pyro_dvae.registry import Registry
 
 
 class Likelihood(nn.Module):
-    """Base class. ``forward(y)`` returns the distribution of x; :meth:`mean` its mean."""
+    """Base class. ``forward(y)`` returns the distribution of x; :meth:`mean` its mean.
+
+    A registered likelihood is built as ``cls(x_dim, **options)`` (``likelihood.options``);
+    ``x_dim`` is D, for likelihoods with per-dimension parameters (the base class ignores it).
+    """
+
+    def __init__(self, x_dim: int | None = None) -> None:
+        super().__init__()
 
     def forward(self, y: torch.Tensor) -> TorchDistribution:
         raise NotImplementedError
@@ -97,6 +107,18 @@ class ExponentialLogMean(TorchDistribution):
         return torch.exp(self.y.clamp(-LOGVAR_BOUND, LOGVAR_BOUND))
 
 
+LIKELIHOODS: Registry[type[Likelihood]] = Registry(
+    "likelihood.name", "likelihood", "pyro_dvae.likelihoods.register_likelihood"
+)
+
+
+def register_likelihood(name: str) -> Callable[[type[Likelihood]], type[Likelihood]]:
+    """Class decorator: make a :class:`Likelihood` available as ``likelihood=<name>`` (in a
+    module outside this package too, loaded with ``plugins=[module]``)."""
+    return LIKELIHOODS.register(name)
+
+
+@register_likelihood("exponential")
 class ExponentialPower(Likelihood):
     """Power spectrogram ``x ~ Exponential(mean = exp(y))``, ``y`` the log-variance."""
 
@@ -144,6 +166,7 @@ class MPJPEFactor(TorchDistribution):
         return self.y
 
 
+@register_likelihood("mpjpe")
 class MPJPE(Likelihood):
     """The paper's motion objective, see :class:`MPJPEFactor`."""
 
@@ -154,6 +177,7 @@ class MPJPE(Likelihood):
         return y
 
 
+@register_likelihood("gaussian")
 class Gaussian(Likelihood):
     """``x ~ N(y, σ²)`` per dimension; σ learned unless ``learn_scale=False``.
 
@@ -178,6 +202,7 @@ class Gaussian(Likelihood):
         return y
 
 
+@register_likelihood("bernoulli")
 class Bernoulli(Likelihood):
     """``x ~ Bernoulli(sigmoid(y))`` per element; y the logits."""
 
@@ -217,21 +242,23 @@ def step_log_prob(d: TorchDistribution, x: torch.Tensor) -> torch.Tensor:
 
 
 DEFAULT_FOR_MODALITY = {
-    "speech": "exponential", "motion": "mpjpe", "music": "bernoulli", "video": "bernoulli"
+    "speech": "exponential",
+    "motion": "mpjpe",
+    "music": "bernoulli",
+    "video": "bernoulli",
 }
 
 
 def build_likelihood(name: str | None, modality: str, x_dim: int, **options) -> Likelihood:
-    """The likelihood ``name`` (None: the default of the data's modality)."""
+    """The likelihood ``name`` (None: the default of the data's modality) for D = ``x_dim``,
+    with the ``likelihood.options`` of its config; an unknown name or option is a
+    ``ValueError`` naming the key."""
     name = name or DEFAULT_FOR_MODALITY.get(modality)
-    if name == "exponential":
-        return ExponentialPower()
-    if name == "mpjpe":
-        return MPJPE()
-    if name == "gaussian":
-        return Gaussian(x_dim, **options)
-    if name == "bernoulli":
-        return Bernoulli()
-    raise ValueError(
-        f"likelihood.name={name!r} is not known; expected exponential, mpjpe, gaussian or bernoulli"
-    )
+    cls = LIKELIHOODS.lookup(name)
+    try:
+        inspect.signature(cls).bind(x_dim, **options)
+    except TypeError as err:
+        raise ValueError(
+            f"likelihood.options={options!r}: not options of likelihood {name!r} ({err})"
+        ) from None
+    return cls(x_dim, **options)

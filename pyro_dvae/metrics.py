@@ -4,7 +4,8 @@ Every metric is a small function of a reference waveform ``ref`` and an estimate
 arrays ``(N,)`` of the same length and sample rate. Signals of different lengths or shapes are an
 error (:class:`MetricInputError`), never trimmed silently: a length mismatch means the two signals
 are not aligned. :func:`evaluate_pairs` computes the metrics for many utterances in worker
-processes; :func:`summarise` turns the rows into a JSON-ready dict.
+processes; :func:`summarise` turns the rows into a JSON-ready dict that says, for every metric,
+how many utterances its mean covers (``counts``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import pesq
 import pystoi
 
 EPS = float(np.finfo(np.float64).eps)
+WIDE_BAND_FS = 16000
+"""The rate of wide-band PESQ (P.862.2): signals with content up to 8 kHz."""
 
 
 class MetricInputError(ValueError):
@@ -38,7 +41,8 @@ def as_pair(ref: np.ndarray, est: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if ref.ndim != 1 or est.shape != ref.shape:
         raise MetricInputError(
             f"reference {ref.shape} and estimate {est.shape}: expected two 1-D signals of the "
-            f"same length (samples at the same rate, aligned); trim or pad them first")
+            f"same length (samples at the same rate, aligned); trim or pad them first"
+        )
     return ref, est
 
 
@@ -95,32 +99,49 @@ def estoi(ref: np.ndarray, est: np.ndarray, fs: int) -> float:
     return float("nan") if too_short else float(value)
 
 
-def utterance_metrics(ref: np.ndarray, est: np.ndarray, fs: int) -> dict[str, float]:
+def utterance_metrics(
+    ref: np.ndarray, est: np.ndarray, fs: int, recorded_fs: int | None = None
+) -> dict[str, float]:
     """All metrics of one utterance: ``si_sdr``, ``rmse``, ``estoi``, ``pesq_nb`` (at 8 and 16 kHz)
-    and ``pesq_wb`` (at 16 kHz)."""
+    and ``pesq_wb`` (at 16 kHz).
+
+    ``recorded_fs``: the rate the reference was recorded at, before resampling to ``fs`` (None: at
+    ``fs``). Wide-band PESQ is refused (NaN, so counted as not scored) for a recording below
+    :data:`WIDE_BAND_FS` resampled up: it has nothing between ``recorded_fs / 2`` and 8 kHz, so
+    the score would not be a wide-band one.
+    """
     row = {"si_sdr": si_sdr(ref, est), "rmse": rmse(ref, est), "estoi": estoi(ref, est, fs)}
     if fs in (8000, 16000):
         row["pesq_nb"] = pesq_score(ref, est, fs, "nb")
-    if fs == 16000:
-        row["pesq_wb"] = pesq_score(ref, est, fs, "wb")
+    if fs == WIDE_BAND_FS:
+        wide = recorded_fs is None or recorded_fs >= WIDE_BAND_FS
+        row["pesq_wb"] = pesq_score(ref, est, fs, "wb") if wide else float("nan")
     return row
 
 
 def evaluate_pairs(
-    refs: Sequence[np.ndarray], ests: Sequence[np.ndarray], fs: int, n_workers: int | None = None
+    refs: Sequence[np.ndarray],
+    ests: Sequence[np.ndarray],
+    fs: int,
+    n_workers: int | None = None,
+    recorded_fs: Sequence[int | None] | None = None,
 ) -> list[dict[str, float]]:
-    """:func:`utterance_metrics` of every ``(refs[i], ests[i])`` pair, in ``n_workers`` processes
-    (default ``min(4, os.cpu_count())``; ``n_workers <= 1`` computes them in this process)."""
+    """:func:`utterance_metrics` of every ``(refs[i], ests[i])`` pair (recorded at
+    ``recorded_fs[i]``; None: all at ``fs``), in ``n_workers`` processes (default
+    ``min(4, os.cpu_count())``; ``n_workers <= 1`` computes them in this process)."""
     n_workers = min(4, os.cpu_count() or 1) if n_workers is None else n_workers
+    recorded_fs = repeat(None) if recorded_fs is None else recorded_fs
     if n_workers <= 1 or len(refs) <= 1:
-        return list(map(utterance_metrics, refs, ests, repeat(fs)))
+        return list(map(utterance_metrics, refs, ests, repeat(fs), recorded_fs))
     # Forked workers start at once and need not re-run the caller's script (as spawned ones do);
     # they only run numpy / C code, so the threads of the parent (torch) do not matter to them.
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
     with warnings.catch_warnings(), ProcessPoolExecutor(n_workers, mp_context=context) as pool:
         warnings.filterwarnings("ignore", ".*multi-threaded, use of fork", DeprecationWarning)
         chunksize = max(1, len(refs) // (4 * n_workers))
-        return list(pool.map(utterance_metrics, refs, ests, repeat(fs), chunksize=chunksize))
+        return list(
+            pool.map(utterance_metrics, refs, ests, repeat(fs), recorded_fs, chunksize=chunksize)
+        )
 
 
 def median_ci(values: Sequence[float]) -> tuple[float, float]:
@@ -132,21 +153,21 @@ def median_ci(values: Sequence[float]) -> tuple[float, float]:
     return float(q50), float(1.57 * (q75 - q25) / np.sqrt(len(v)))
 
 
-def summarise(
-    rows: Sequence[dict[str, float]], names: Sequence[str], max_listed: int = 20
-) -> dict:
+def summarise(rows: Sequence[dict[str, float]], names: Sequence[str], max_listed: int = 20) -> dict:
     """JSON-ready summary of per-utterance metric ``rows``.
 
     Returns ``{metric: mean, ..., "n_utterances": n, "median": {metric: {"median", "ci"}},
-    "n_failed": {metric: number of NaN rows}}``, plus ``"per_utterance"`` (with ``names``) when
-    ``n <= max_listed``. NaN rows are left out of the means and medians; a metric with no valid
-    row has mean, median and ci ``None``.
+    "n_failed": {metric: number of NaN rows}, "counts": {metric: {"scored": n - n_failed,
+    "items": n}}}``, plus ``"per_utterance"`` (with ``names``) when ``n <= max_listed``. NaN rows
+    (a metric that failed or was refused) are left out of the means and medians; a metric with
+    no valid row has mean, median and ci ``None``.
     """
-    result: dict = {"n_utterances": len(rows), "median": {}, "n_failed": {}}
+    result: dict = {"n_utterances": len(rows), "median": {}, "n_failed": {}, "counts": {}}
     for key in rows[0]:
         v = np.array([row[key] for row in rows], np.float64)
         ok = ~np.isnan(v)
         result["n_failed"][key] = int((~ok).sum())
+        result["counts"][key] = {"scored": int(ok.sum()), "items": len(rows)}
         if ok.any():
             result[key] = float(v[ok].mean())
             med, ci = median_ci(v)

@@ -193,6 +193,21 @@ def lstm(in_dim: int, hidden: int, bidirectional: bool = False) -> nn.LSTM:
     return nn.LSTM(in_dim, hidden, num_layers=1, batch_first=True, bidirectional=bidirectional)
 
 
+RNNS = ("lstm", "relu", "tanh")
+"""Kinds of :func:`recurrent` net: an LSTM, or an Elman RNN with that nonlinearity."""
+
+
+def recurrent(kind: str, in_dim: int, hidden: int, bidirectional: bool = False) -> nn.RNNBase:
+    """A one-layer, batch-first recurrent net: :func:`lstm` for ``lstm``, else an Elman
+    ``nn.RNN`` with the nonlinearity ``kind`` (``relu``: Pyro's DMM guide). Either runs through
+    :func:`run_rnn` and :func:`final_state`, padded batches included."""
+    if kind not in RNNS:
+        raise ValueError(f"model.<modality>.rnn={kind!r}: expected one of {list(RNNS)}")
+    if kind == "lstm":
+        return lstm(in_dim, hidden, bidirectional)
+    return nn.RNN(in_dim, hidden, nonlinearity=kind, batch_first=True, bidirectional=bidirectional)
+
+
 LSTMState = tuple[torch.Tensor, torch.Tensor]
 
 

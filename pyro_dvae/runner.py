@@ -11,6 +11,7 @@ import csv
 import difflib
 import json
 import logging
+import shutil
 import statistics
 import time
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pyro_dvae import distributed
+from pyro_dvae import distributed, plugins
 from pyro_dvae.collect import flatten
 from pyro_dvae.data import Task, build_task
 from pyro_dvae.likelihoods import build_likelihood
@@ -54,6 +55,7 @@ def build_model_for(cfg: DictConfig, task: Task) -> DVAE:
         likelihood,
         guide=cfg.guide.name,
         prior=cfg.prior.name,
+        prior_options=OmegaConf.to_container(cfg.prior, resolve=True).get("options"),
         init=cfg.model.get("init", "torch"),
         sites=cfg.model.get("sites", "trajectory"),
         **params,
@@ -77,9 +79,16 @@ def train_config(cfg: DictConfig, modality: str) -> TrainConfig:
     return TrainConfig(**options)
 
 
-CONTINUATION_KEYS = (
-    "train.epochs", "train.early_stop_patience", "train.progress", "train.num_workers",
-    "train.distributed", "threads", "device", "resume",
+CONTINUATION_KEYS = (  # fmt: skip
+    "train.epochs",
+    "train.early_stop_patience",
+    "train.progress",
+    "train.num_workers",
+    "train.distributed",
+    "threads",
+    "device",
+    "resume",
+    "overwrite",
 )
 """Settings a resumed run may change; everything else is the run's own."""
 
@@ -113,7 +122,8 @@ def resumed_config(cfg: DictConfig, saved: dict, overrides: Sequence[str] | None
         raise ValueError(
             f"resume=true: {listing}. A resumed run keeps its model, data and training settings; "
             f"only {', '.join(CONTINUATION_KEYS)} may change. Drop those overrides, or start a "
-            f"new run in another hydra.run.dir")
+            f"new run in another hydra.run.dir"
+        )
     merged = OmegaConf.create({**{k: v for k, v in new.items() if k not in saved}, **saved})
     for key in changed:
         OmegaConf.update(merged, key, now[key])
@@ -140,6 +150,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] | None = None
     With ``train.distributed`` under torchrun, every process calls this; they train together
     in rank 0's ``run_dir`` (:mod:`pyro_dvae.distributed`), where rank 0 alone writes.
     """
+    plugins.prepare(cfg, Path(run_dir))  # user code imported, names checked before any data
     launch = train_config(cfg, cfg.data.modality)  # bad settings fail before anything starts
     cluster = distributed.start(launch.distributed, resolve_device(cfg.device))
     together = False  # whether every rank leaves at the same point
@@ -166,6 +177,8 @@ def _shared_run_dir(cluster: distributed.Cluster, run_dir: Path) -> Path:
 def _train(
     cfg: DictConfig, run_dir: Path, overrides: Sequence[str] | None, cluster: distributed.Cluster
 ) -> Path:
+    if not cfg.resume:
+        claim_run_dir(run_dir, cfg.get("overwrite", False), cluster.main)
     last = load_checkpoint(run_dir / "last.pt") if cfg.resume else None
     if last and last.get("config"):
         cfg = resumed_config(cfg, last["config"], overrides)
@@ -215,6 +228,40 @@ def _train(
     return run_dir
 
 
+RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "results.json")
+"""A run directory holding any of these holds a run (started, finished or evaluated)."""
+RUN_OUTPUTS = (
+    "last.pt", "best.pt", ".last.pt.tmp", ".best.pt.tmp", "metrics.csv", "loss.png",
+    "config.yaml", "results*.json", "results*.md", "eval", "eval_*", "generated", "forecast_*",
+)  # fmt: skip
+"""What training, evaluation, generation and forecasting write into a run directory."""
+
+
+def claim_run_dir(run_dir: Path, overwrite: bool, main: bool = True) -> None:
+    """Refuse to train into a directory that holds a run unless ``overwrite``; with it, the
+    old run's outputs (:data:`RUN_OUTPUTS`) are removed first (by the main process), so no
+    stale result survives.
+
+    Raises:
+        FileExistsError: naming the directory and the way out (``resume=true`` or
+            ``overwrite=true``).
+    """
+    found = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if not found:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{run_dir} already holds a run ({', '.join(found)}): continue it with resume=true, "
+            "replace it with overwrite=true, or choose another hydra.run.dir"
+        )
+    if main:
+        removed = sorted({p for pattern in RUN_OUTPUTS for p in run_dir.glob(pattern)})
+        for path in removed:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        names = ", ".join(p.name for p in removed)
+        log.warning("overwrite=true: removed %s from %s", names, run_dir)
+
+
 def load_run(
     run_dir: Path, device: torch.device, checkpoint: str = "best"
 ) -> tuple[DictConfig, Task, DVAE]:
@@ -228,6 +275,7 @@ def load_run(
             f"run_dir={run_dir}: no config.yaml; is it a pyro-dvae run directory?"
         )
     cfg = OmegaConf.load(config_path)
+    plugins.prepare(cfg)  # the run's own plugins
     task = build_task(**cfg.data)
     model = build_model_for(cfg, task).to(device)
     path = run_dir / f"{checkpoint}.pt"
@@ -257,8 +305,8 @@ def evaluate(
     """Evaluate a run on its test set; writes ``results.json`` and ``results.md`` in ``run_dir``.
 
     With ``iwae_samples`` K > 0 (None: the task's ``iwae_samples``, 0 where it has none) and a
-    test set with ``batch``, also ``elbo_per_step`` and ``nll_per_step`` (−IWAE_K), in nats per
-    test time step (:func:`test_log_likelihood`).
+    test set with ``batch``, also ``elbo_per_step``, ``elbo_per_sequence_step`` and
+    ``nll_per_step`` (−IWAE_K), in nats per test time step (:func:`test_log_likelihood`).
 
     ``mode=generation``: the decoder recurrence of an autoregressive model reads its own
     predictions, the encoder the ground truth (spec §7); written to ``results_generation.json``,
@@ -296,9 +344,11 @@ IWAE_MAX_BATCH = 1000
 
 @torch.no_grad()
 def test_log_likelihood(model: DVAE, task: Task, num_samples: int, device: torch.device) -> dict:
-    """``elbo_per_step``, ``nll_per_step`` (IWAE with K = ``num_samples``), ``iwae_samples``
-    and ``loglik_seconds`` over the task's test set, one sequence at a time (its K draws are
-    the batch; a padded ``batch`` comes with its mask), by :func:`pyro_dvae.loglik.log_likelihood`.
+    """``elbo_per_step``, ``elbo_per_sequence_step``, ``nll_per_step`` (IWAE with K =
+    ``num_samples``), ``iwae_samples`` and ``loglik_seconds`` over the task's test set, one
+    sequence at a time (its K draws are the batch, in passes of at most
+    :data:`IWAE_MAX_BATCH`; a padded ``batch`` comes with its mask), by
+    :func:`pyro_dvae.loglik.log_likelihood`.
 
     Raises:
         ValueError: a test set without ``batch(index)``, naming ``iwae_samples``.
@@ -314,6 +364,7 @@ def test_log_likelihood(model: DVAE, task: Task, num_samples: int, device: torch
     scores = log_likelihood(model, batches, num_samples, IWAE_MAX_BATCH)
     return {
         "elbo_per_step": scores["elbo_per_step"],
+        "elbo_per_sequence_step": scores["elbo_per_sequence_step"],
         "nll_per_step": scores["nll_per_step"],
         "iwae_samples": num_samples,
         "loglik_seconds": time.perf_counter() - start,
@@ -336,12 +387,29 @@ def run_summary(cfg: DictConfig, run_dir: Path, checkpoint: str, sample: bool) -
 
 
 def markdown_row(results: dict) -> str:
-    """A header and one markdown table row of the scalar results."""
-    keys = [k for k, v in results.items() if isinstance(v, (int, float, str)) and k != "checkpoint"]
-    cells = [
-        f"{results[k]:.3f}" if isinstance(results[k], float) else str(results[k]) for k in keys
+    """A header and one markdown table row of the scalar results. A metric with ``counts`` says
+    how many test items its mean covers, ``0.300 (129/300)`` (``– (0/300)`` when none). With a
+    ``floor`` (speech), a second row gives the same metrics of the trivial reconstruction."""
+
+    def cell(scores: dict, key: str) -> str:
+        value = scores[key]
+        text = "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+        count = scores.get("counts", {}).get(key)
+        return text if count is None else f"{text} ({count['scored']}/{count['items']})"
+
+    counts = results.get("counts", {})
+    keys = [
+        k
+        for k, v in results.items()
+        if k in counts or isinstance(v, (int, float, str)) and k != "checkpoint"
     ]
-    return f"| {' | '.join(keys)} |\n|{'---|' * len(keys)}\n| {' | '.join(cells)} |\n"
+    rows = [[cell(results, k) for k in keys]]
+    floor = results.get("floor")
+    if floor:
+        label = {"model": f"floor: {floor['estimate']}"}
+        rows.append([cell(floor, k) if k in floor["counts"] else label.get(k, "") for k in keys])
+    lines = [keys, ["---"] * len(keys), *rows]
+    return "".join(f"| {' | '.join(cells)} |\n" for cells in lines)
 
 
 def generate(run_dir: Path, device: torch.device, n: int, T: int, seed: int = 0) -> list[Path]:

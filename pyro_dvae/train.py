@@ -8,11 +8,17 @@ Optional global gradient-norm clipping (``clip_norm``) and a per-epoch LR decay 
 
 Bookkeeping (spec §4.3–4.4, with its bugs fixed):
 
-* KL warm-up: weight ``min(1, step · ⌊epoch / every⌋)`` times β; a pure function of the epoch,
-  so it stays right after a resume.
+* KL warm-up: weight ``min(1, start + step · ⌊epoch / every⌋)`` times β; a pure function of the
+  epoch, so it stays right after a resume. A run too short to finish that schedule
+  (``warmup_fit``, the default) ramps evenly to β instead, reaching it in its last epoch, so a
+  short run trains its prior too; a run that still ends with its prior untrained is warned of.
 * Validation under ``no_grad`` in eval mode, at the epoch's KL weight.
 * Early stopping on the validation loss, counted only once the warm-up is over.
-* LR decay: ``lr · lr_decay^epoch``, also a pure function of the epoch.
+* LR decay: ``lr · lr_decay^⌊epoch / lr_decay_every⌋``, also a pure function of the epoch
+  (``lr_decay_every`` > 1: a staircase, as TensorFlow's ``exponential_decay(staircase=True)``).
+* Frozen parameters (``freeze``, ``freeze_epochs``): the parameters under the named modules get
+  no update, and no part in the clipped gradient norm, during the first ``freeze_epochs``
+  epochs (the KVAE authors' ``kf_update_steps``: the α-network joins after 10 epochs).
 * Scheduled sampling (``scheduled_sampling``): every epoch the model is told the probability p
   that its decoder recurrence reads its own prediction (:meth:`DVAE.set_feedback`; training and
   validation), p rising from ``ss_start`` by ``ss_step`` every ``ss_every`` epochs to 1, a pure
@@ -84,6 +90,7 @@ class TrainConfig:
     warmup_every: int = 10
     warmup_step: float = 0.2
     warmup_start: float = 0.0
+    warmup_fit: bool = True
     early_stop_patience: int = 50
     elbo: str = "mean_field"
     num_workers: int = 0
@@ -91,6 +98,9 @@ class TrainConfig:
     optimizer: str = "adam"
     clip_norm: float | None = None
     lr_decay: float = 1.0
+    lr_decay_every: int = 1
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
     scheduled_sampling: bool = False
     ss_start: float = 0.1
     ss_step: float = 0.1
@@ -98,6 +108,8 @@ class TrainConfig:
     ss_reset_optimizer: bool = False
     init_from: str | None = None
     distributed: bool = False
+    freeze: tuple[str, ...] = ()
+    freeze_epochs: int = 0
 
     def __post_init__(self) -> None:
         for key, low in (
@@ -118,7 +130,21 @@ class TrainConfig:
         _require("clip_norm", self.clip_norm, clip_ok, "null (no clipping) or a number > 0")
         decay_ok = _is_positive(self.lr_decay) and self.lr_decay <= 1
         _require("lr_decay", self.lr_decay, decay_ok, "a number in (0, 1] (1: no decay)")
-        for key in ("scheduled_sampling", "ss_reset_optimizer", "distributed"):
+        every_ok = _is_int(self.lr_decay_every, 1)
+        _require("lr_decay_every", self.lr_decay_every, every_ok, "an integer >= 1 (epochs)")
+        freeze_ok = isinstance(self.freeze, (list, tuple))
+        freeze_ok = freeze_ok and all(isinstance(n, str) and n for n in self.freeze)
+        _require("freeze", self.freeze, freeze_ok, "a list of module names, e.g. [dynamics.A]")
+        self.freeze = tuple(self.freeze)
+        epochs_ok = _is_int(self.freeze_epochs, 0)
+        _require("freeze_epochs", self.freeze_epochs, epochs_ok, "an integer >= 0")
+        betas_ok = isinstance(self.betas, (list, tuple)) and len(self.betas) == 2
+        betas_ok = betas_ok and all(_is_number(b) and 0 <= b < 1 for b in self.betas)
+        _require("betas", self.betas, betas_ok, "two numbers in [0, 1), e.g. [0.9, 0.999]")
+        self.betas = tuple(self.betas)
+        wd_ok = _is_number(self.weight_decay) and self.weight_decay >= 0
+        _require("weight_decay", self.weight_decay, wd_ok, "a number >= 0 (0: none)")
+        for key in ("warmup_fit", "scheduled_sampling", "ss_reset_optimizer", "distributed"):
             _require(key, getattr(self, key), isinstance(getattr(self, key), bool), "true or false")
         check_schedule(self.ss_start, self.ss_step, self.ss_every)
         init_ok = self.init_from is None or isinstance(self.init_from, str)
@@ -130,7 +156,12 @@ def _is_int(value: object, low: int) -> bool:
 
 
 def _is_positive(value: object) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool) and 0 < value < math.inf
+    return _is_number(value) and value > 0
+
+
+def _is_number(value: object) -> bool:
+    """A finite real number (not a bool)."""
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _require(key: str, value: object, ok: bool, expected: str) -> None:
@@ -148,24 +179,93 @@ class TrainState:
     best_epoch: int = -1
     patience: int = 0
     history: list[dict] = field(default_factory=list)
+    warmup_epochs: int | None = None  # a warm-up fitted to the run (fitted_warmup): its length
 
 
-def kl_weight(epoch: int, cfg: TrainConfig) -> float:
+def kl_weight(epoch: int, cfg: TrainConfig, fitted: int | None = None) -> float:
     """KL warm-up × β: ``warmup_start`` (the spec's 0, or e.g. Pyro's DMM's 0.2) for the first
     ``warmup_every`` epochs, then ``+warmup_step`` every ``warmup_every`` epochs up to 1
-    (spec §4.3). ``warmup_every=0`` disables the warm-up."""
-    return _warmup(epoch, cfg) * cfg.beta
+    (spec §4.3). ``warmup_every=0`` disables the warm-up.
+
+    ``fitted`` (:func:`fitted_warmup`, kept in the run's state): a warm-up fitted to a run of
+    ``fitted`` epochs, ``start + (1 − start) · (epoch + 1) / fitted``, so the weight is above 0
+    from the first epoch (for ``start < 1``) and reaches 1 in the run's last epoch."""
+    return _warmup(epoch, cfg, fitted) * cfg.beta
 
 
-def _warmup(epoch: int, cfg: TrainConfig) -> float:
+def _warmup(epoch: int, cfg: TrainConfig, fitted: int | None = None) -> float:
     if cfg.warmup_every <= 0:
         return 1.0
+    if fitted:
+        start = cfg.warmup_start
+        return min(1.0, round(start + (1 - start) * (epoch + 1) / fitted, 12))
     return ramp(epoch, cfg.warmup_start, cfg.warmup_step, cfg.warmup_every)
 
 
-def warmup_done(epoch: int, cfg: TrainConfig) -> bool:
+def warmup_length(cfg: TrainConfig) -> int:
+    """The first epoch at full KL weight on the configured schedule (0 without warm-up)."""
+    if cfg.warmup_every <= 0 or cfg.warmup_start >= 1:
+        return 0
+    return cfg.warmup_every * math.ceil(round((1 - cfg.warmup_start) / cfg.warmup_step, 9))
+
+
+def fitted_warmup(cfg: TrainConfig) -> int | None:
+    """``warmup_fit``: the length of a warm-up fitted to a run that would end before the
+    configured schedule reaches full weight (``epochs`` ≤ :func:`warmup_length`), else None
+    (the configured schedule). Decided when a run starts and kept in its checkpoint, so a
+    resumed run keeps its schedule even if ``train.epochs`` changes."""
+    if cfg.warmup_fit and 0 < cfg.epochs <= warmup_length(cfg):
+        return cfg.epochs
+    return None
+
+
+def warmup_done(epoch: int, cfg: TrainConfig, fitted: int | None = None) -> bool:
     sampling_done = not cfg.scheduled_sampling or feedback_probability(epoch, cfg) >= 1.0
-    return _warmup(epoch, cfg) >= 1.0 and sampling_done
+    return _warmup(epoch, cfg, fitted) >= 1.0 and sampling_done
+
+
+def describe_warmup(cfg: TrainConfig, fitted: int | None) -> str:
+    """One line for the log: the KL weights of the run and how best.pt is chosen."""
+    if cfg.warmup_every <= 0 or cfg.warmup_start >= 1:
+        return f"KL weight {cfg.beta:g} from the first epoch; best.pt: lowest validation loss"
+    best = (
+        "best.pt during warm-up: the latest epoch (a loss at a lower KL weight is not compared "
+        "with later ones), then the epoch of lowest validation loss"
+    )
+    if fitted:
+        weights = ", ".join(f"{kl_weight(e, cfg, fitted):.2f}" for e in range(min(fitted, 5)))
+        more = ", ..." if fitted > 5 else ""
+        return (
+            f"KL warm-up fitted to this {fitted}-epoch run (the configured schedule needs "
+            f"{warmup_length(cfg)} epochs to reach full weight; train.warmup_fit=false keeps it): "
+            f"weights {weights}{more} up to {cfg.beta:g} in the last epoch; {best}"
+        )
+    return (
+        f"KL warm-up: weight {cfg.warmup_start:g} for epochs 0-{cfg.warmup_every - 1}, then "
+        f"+{cfg.warmup_step:g} every {cfg.warmup_every} epochs, full weight ({cfg.beta:g}) from "
+        f"epoch {warmup_length(cfg)}; {best}"
+    )
+
+
+def untrained_prior_warning(history: list[dict], cfg: TrainConfig) -> str | None:
+    """A warning when a finished run never trained its prior (KL weight 0 in every epoch) or
+    ended during its warm-up; None otherwise (or when ``beta`` is 0 on purpose)."""
+    if not history or cfg.beta == 0:
+        return None
+    weights = [row["kl_weight"] for row in history]
+    if max(weights) == 0:
+        return (
+            f"the KL weight was 0 in all {len(weights)} epochs (KL warm-up), so the prior p(z) "
+            "was never trained and nothing kept q(z|x) near it: this run trained an "
+            "autoencoder. Train for more epochs, or use train.warmup_fit=true or "
+            "train.warmup_every=0"
+        )
+    if weights[-1] < cfg.beta:
+        return (
+            f"the run ended during the KL warm-up (weight {weights[-1]:g} of {cfg.beta:g}): its "
+            "prior was trained at a reduced weight and best.pt is its latest epoch"
+        )
+    return None
 
 
 def feedback_probability(epoch: int, cfg: TrainConfig) -> float:
@@ -177,19 +277,44 @@ def feedback_probability(epoch: int, cfg: TrainConfig) -> float:
 
 
 def learning_rate(epoch: int, cfg: TrainConfig) -> float:
-    """``lr · lr_decay^epoch``: the LR of every step of ``epoch``."""
-    return cfg.lr * cfg.lr_decay**epoch
+    """``lr · lr_decay^⌊epoch / lr_decay_every⌋``: the LR of every step of ``epoch``."""
+    return cfg.lr * cfg.lr_decay ** (epoch // cfg.lr_decay_every)
+
+
+def frozen_parameters(model: torch.nn.Module, names: tuple[str, ...]) -> list[torch.nn.Parameter]:
+    """The parameters ``train.freeze`` names: a name covers the parameter or module of that name
+    and everything below it (``dynamics.A`` covers ``dynamics.A``, not ``dynamics.alpha_out``).
+
+    Raises:
+        ValueError: naming ``train.freeze`` and the model's modules, for a name that covers no
+            parameter.
+    """
+    named = dict(model.named_parameters())
+    frozen = []
+    for name in names:
+        found = [p for n, p in named.items() if n == name or n.startswith(f"{name}.")]
+        if not found:
+            modules = sorted({".".join(n.split(".")[:2]) for n in named})
+            raise ValueError(
+                f"train.freeze: {name!r} names no parameter of the model; expected names "
+                f"under {modules}"
+            )
+        frozen += found
+    return frozen
 
 
 def build_optimizer(
     params: Iterator[torch.nn.Parameter], cfg: TrainConfig
 ) -> torch.optim.Optimizer:
     """``torch.optim.Adam``, or Pyro's ``ClippedAdam``, which clamps every gradient element to
-    ``[-clip_norm, clip_norm]`` before its Adam step (no clamping when ``clip_norm`` is null)."""
+    ``[-clip_norm, clip_norm]`` before its Adam step (no clamping when ``clip_norm`` is null).
+    Both with ``betas`` and an L2 ``weight_decay`` (``weight_decay · θ`` added to the gradient of
+    the per-frame loss, after any clipping)."""
+    adam = {"lr": cfg.lr, "betas": tuple(cfg.betas), "weight_decay": cfg.weight_decay}
     if cfg.optimizer == "clipped_adam":
         clip = math.inf if cfg.clip_norm is None else cfg.clip_norm
-        return ClippedAdam(params, lr=cfg.lr, clip_norm=clip)
-    return torch.optim.Adam(params, lr=cfg.lr)
+        return ClippedAdam(params, clip_norm=clip, **adam)
+    return torch.optim.Adam(params, **adam)
 
 
 def loss_terms(model: DVAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -265,8 +390,9 @@ class Trainer:
         self.optimizer = build_optimizer(model.parameters(), cfg)
         # with clipped_adam, clip_norm is the optimiser's own element-wise clamp
         self.clip_norm = cfg.clip_norm if cfg.optimizer == "adam" else None
+        self.frozen = frozen_parameters(model, cfg.freeze) if cfg.freeze_epochs else []
         self.loss = cluster.wrap(ELBOLoss(model, cfg.elbo))
-        self.state = TrainState(seed=seed)
+        self.state = TrainState(seed=seed, warmup_epochs=fitted_warmup(cfg))
         self.stop_signal: str | None = None  # SIGINT / SIGTERM received during fit()
         self.writing = False  # inside an epoch's bookkeeping: stop signals wait for its end
         self.plotted = time.monotonic()  # when loss.png was last drawn
@@ -321,12 +447,17 @@ class Trainer:
         processes, all of them at the next all-reduce after any one is signalled. ``loss.png``
         is redrawn every :data:`PLOT_SECONDS` and when fit() ends, however it ends."""
         pyro.enable_validation(False)
+        if self.cluster.main:
+            log.info("%s", describe_warmup(self.cfg, self.state.warmup_epochs))
         try:
             with self._stop_on_signals():
                 if self.state.history and self.cluster.main:  # resumed: a kill may have come
                     with self._bookkeeping():  # between last.pt and metrics.csv
                         write_metrics(self.state.history, self.run_dir / "metrics.csv")
                 self._epochs()
+            warning = untrained_prior_warning(self.state.history, self.cfg)
+            if warning and self.cluster.main:
+                log.warning("%s", warning)
         except KeyboardInterrupt:
             log.warning("%s", self._interrupted_message())
             raise
@@ -341,9 +472,13 @@ class Trainer:
             row = self.run_epoch(state.epoch)
             with self._bookkeeping():
                 self.end_epoch(row)
-            if warmup_done(row["epoch"], cfg) and state.patience >= cfg.early_stop_patience:
+            if self.warm(row["epoch"]) and state.patience >= cfg.early_stop_patience:
                 log.info("early stopping after epoch %d (best %d)", row["epoch"], state.best_epoch)
                 return
+
+    def warm(self, epoch: int) -> bool:
+        """Whether ``epoch`` is past the KL warm-up (and scheduled sampling's ramp)."""
+        return warmup_done(epoch, self.cfg, self.state.warmup_epochs)
 
     def _interrupted_message(self) -> str:
         cause = f"stopped by {self.stop_signal}" if self.stop_signal else "interrupted"
@@ -398,7 +533,8 @@ class Trainer:
         return total
 
     def run_epoch(self, epoch: int) -> dict:
-        weight, lr = kl_weight(epoch, self.cfg), learning_rate(epoch, self.cfg)
+        weight = kl_weight(epoch, self.cfg, self.state.warmup_epochs)
+        lr = learning_rate(epoch, self.cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         p = feedback_probability(epoch, self.cfg)
@@ -453,6 +589,9 @@ class Trainer:
                 )
             self.optimizer.zero_grad(set_to_none=True)
             (loss * self.cluster.step_weight(n, all_frames)).backward()
+            if epoch < self.cfg.freeze_epochs:  # no update, no share of the clipped norm
+                for p in self.frozen:
+                    p.grad = None
             if self.clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
             self.optimizer.step()
@@ -482,7 +621,7 @@ class Trainer:
         state, epoch = self.state, row["epoch"]
         if not math.isfinite(row["val_loss"]):
             raise FloatingPointError(f"non-finite validation loss at epoch {epoch}")
-        warm = warmup_done(epoch, self.cfg)
+        warm = self.warm(epoch)
         if not warm or row["val_loss"] < state.best_val:
             # During warm-up the latest epoch is the best so far, but its loss (at a lower KL
             # weight) is not compared with later ones: best_val stays at inf until warm.
@@ -506,7 +645,7 @@ class Trainer:
         if time.monotonic() - self.plotted >= PLOT_SECONDS:
             self.plot()
         log.info(
-            "epoch %d  kl_w %.2f  train %.4f  val %.4f (recon %.4f, kl %.4f)  best %d  %.1fs",
+            "epoch %d  kl_w %.2f  train %.4f  val %.4f (recon %.4f, kl %.4f)  best %d%s  %.1fs",
             epoch,
             row["kl_weight"],
             row["train_loss"],
@@ -514,6 +653,7 @@ class Trainer:
             row["val_recon"],
             row["val_kl"],
             state.best_epoch,
+            "" if warm else " (warm-up: the latest)",
             row["seconds"],
         )
 

@@ -9,10 +9,18 @@ from pyro_dvae import runner
 from tests.test_runner import compose_config
 
 PAIRS = [
-    ("vae", "default"), ("dkf", "dks"), ("dkf", "st_lr"), ("storn", "default"),
-    ("vrnn", "default"), ("srnn", "smoother"), ("srnn", "filter"),
-    ("rvae_causal", "causal"), ("rvae_causal", "noncausal"),
-    ("rvae_noncausal", "noncausal"), ("rvae_noncausal", "causal"), ("dsae", "default"),
+    ("vae", "default"),
+    ("dkf", "dks"),
+    ("dkf", "st_lr"),
+    ("storn", "default"),
+    ("vrnn", "default"),
+    ("srnn", "smoother"),
+    ("srnn", "filter"),
+    ("rvae_causal", "causal"),
+    ("rvae_causal", "noncausal"),
+    ("rvae_noncausal", "noncausal"),
+    ("rvae_noncausal", "causal"),
+    ("dsae", "default"),
 ]
 QUICK = ["train.epochs=1", "train.batch_size=8", "train.progress=false", "train.warmup_every=0"]
 

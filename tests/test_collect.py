@@ -27,22 +27,29 @@ HISTORY = [  # metrics.csv rows: the best epoch (1) is not the last one
 def config(model: str = "vae", seed: int = 0, **changes) -> dict:
     """A run's config.yaml as a nested dict; ``changes`` are ``{"train.epochs": 5, ...}``."""
     speech = {"vae": {"z_dim": 16, "dense_x_z": [128]}, "dkf": {"z_dim": 8, "dim_rnn_gx": 128}}
-    cfg = OmegaConf.create({
-        "data": {"name": "fsdd", "max_files": 24, "n_workers": None},
-        "model": {"name": model, "speech": speech[model]},
-        "guide": {"name": None},
-        "prior": {"name": None},
-        "seed": seed,
-        "threads": 1,
-        "train": {"epochs": 3, "progress": True},
-    })
+    cfg = OmegaConf.create(
+        {
+            "data": {"name": "fsdd", "max_files": 24, "n_workers": None},
+            "model": {"name": model, "speech": speech[model]},
+            "guide": {"name": None},
+            "prior": {"name": None},
+            "seed": seed,
+            "threads": 1,
+            "train": {"epochs": 3, "progress": True},
+        }
+    )
     for key, value in changes.items():
         OmegaConf.update(cfg, key, value)
     return OmegaConf.to_container(cfg)
 
 
-def make_run(root: Path, name: str, cfg: dict, results: dict | None = None,
-             history: list[dict] | None = HISTORY) -> Path:
+def make_run(
+    root: Path,
+    name: str,
+    cfg: dict,
+    results: dict | None = None,
+    history: list[dict] | None = HISTORY,
+) -> Path:
     """A fake run directory with config.yaml, metrics.csv (unless ``history`` is None) and
     results.json (when given), plus Hydra's own .hydra/config.yaml."""
     run_dir = root / name
@@ -87,7 +94,9 @@ def test_groups_by_model_and_by_other_config_differences(tmp_path):
     make_run(tmp_path, "vae_long", config("vae", 0, **{"train.epochs": 9}), {"si_sdr": 9.0})
     rows, _ = collect.collect(tmp_path)
     assert [(r.labels["model"], r.labels["train.epochs"], r.seeds) for r in rows] == [
-        ("dkf", "3", [0, 1]), ("vae", "3", [0, 1]), ("vae", "9", [0]),
+        ("dkf", "3", [0, 1]),
+        ("vae", "3", [0, 1]),
+        ("vae", "9", [0]),
     ]
     # the models' layer sizes differ (z_dim, dense_x_z, dim_rnn_gx) but only through the model
     # choice: no column for them; progress, threads and seed never make one
@@ -116,7 +125,10 @@ def test_ignored_keys_from_the_command_line_do_not_split_rows(tmp_path):
 def test_training_metrics_are_read_at_the_best_epoch(tmp_path):
     run_dir = make_run(tmp_path, "0", config())
     assert collect.training_metrics(run_dir / "metrics.csv") == {
-        "epochs": 3, "best_epoch": 1, "seconds_per_epoch": 3.0, "val_neg_elbo": 9.0,
+        "epochs": 3,
+        "best_epoch": 1,
+        "seconds_per_epoch": 3.0,
+        "val_neg_elbo": 9.0,
     }
 
 
@@ -140,8 +152,12 @@ def test_another_results_file_can_be_collected(tmp_path):
     run_dir = make_run(tmp_path, "0", config(), {"si_sdr": 5.0})
     (run_dir / "results_generation.json").write_text(json.dumps({"si_sdr": -2.0}))
     done = cli(
-        "experiments/collect.py", str(tmp_path), "--results", "results_generation.json",
-        "--out", str(tmp_path / "generation"),
+        "experiments/collect.py",
+        str(tmp_path),
+        "--results",
+        "results_generation.json",
+        "--out",
+        str(tmp_path / "generation"),
     )
     assert done.returncode == 0, done.stderr
     assert "| vae | default | fsdd | 0 | -2.00 |" in (tmp_path / "generation.md").read_text()
@@ -231,8 +247,12 @@ def test_bad_inputs_name_the_file(tmp_path):
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, env=os.environ.copy(),
-        timeout=600, cwd=ROOT,
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=600,
+        cwd=ROOT,
     )
 
 
@@ -253,13 +273,20 @@ def test_results_table_collects_evaluated_runs_in_model_order(tmp_path):
     make_run(tmp_path / "fsdd", "dkf", config("dkf"), {"si_sdr": 3.0, "guide": "dks"})
     make_run(tmp_path / "fsdd", "storn", config("vae"))  # trained, not evaluated: left out
     done = cli(
-        "experiments/results_table.py", "--data", "fsdd", "--models", "vae,storn,dkf",
-        "--root", str(tmp_path), "--collect",
+        "experiments/results_table.py",
+        "--data",
+        "fsdd",
+        "--models",
+        "vae,storn,dkf",
+        "--root",
+        str(tmp_path),
+        "--collect",
     )
     assert done.returncode == 0, done.stderr
     lines = (tmp_path / "fsdd.md").read_text().splitlines()
     assert [line.split(" | ")[:5] for line in lines[2:]] == [
-        ["| vae", "default", "fsdd", "0", "8.00"], ["| dkf", "dks", "fsdd", "0", "3.00"],
+        ["| vae", "default", "fsdd", "0", "8.00"],
+        ["| dkf", "dks", "fsdd", "0", "3.00"],
     ]
 
 
@@ -267,14 +294,25 @@ def test_multirun_over_seeds_collects_into_one_row(data_root, tmp_path):
     """A real (basic launcher) Hydra multirun of two seeds, collected without evaluation."""
     sweep = tmp_path / "sweep"
     done = cli(
-        "experiments/run.py", "-m", "model=vae", "seed=0,1", "train.epochs=1",
-        "data.max_files=12", "train.progress=false", "threads=1", f"hydra.sweep.dir={sweep}",
+        "experiments/run.py",
+        "-m",
+        "model=vae",
+        "seed=0,1",
+        "train.epochs=1",
+        "data.max_files=12",
+        "train.progress=false",
+        "threads=1",
+        f"hydra.sweep.dir={sweep}",
     )
     assert done.returncode == 0, done.stderr
     rows, messages = collect.collect(sweep)
     assert messages == []
     assert [(r.labels["model"], r.seeds, r.runs) for r in rows] == [
-        ("vae", [0, 1], [sweep / "0_vae-fsdd-seed0", sweep / "1_vae-fsdd-seed1"])
+        (
+            "vae",
+            [0, 1],
+            [sweep / f"{i}_vae-fsdd_data.max_files=12,seed={i},train.epochs=1" for i in (0, 1)],
+        )
     ]
     assert rows[0].stats["epochs"] == collect.Stat(1.0, 0.0, 2)
     assert rows[0].stats["val_neg_elbo"].std > 0  # two seeds, two different models
@@ -298,3 +336,62 @@ def test_slurm_launcher_config_is_a_submitit_slurm_config():
     launcher = compose_hydra("slurm")
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.timeout_min) == (1, 1, 720)
+
+
+def counted(scored: int, items: int = 300) -> dict:
+    return {"scored": scored, "items": items}
+
+
+def test_cells_and_csv_carry_the_counts_and_the_floor(tmp_path):
+    """ESTOI over 129 and 131 of 300 utterances in two seeds, PESQ-WB refused everywhere, and
+    the floor beside each metric; CSV counts are sums over the runs."""
+    for seed, (estoi, scored) in enumerate([(0.25, 129), (0.35, 131)]):
+        results = {
+            "estoi": estoi,
+            "pesq_wb": None,
+            "counts": {"estoi": counted(scored), "pesq_wb": counted(0)},
+            "floor": {
+                "estimate": "mean spectrum",
+                "estoi": 0.3,
+                "n_utterances": 300,
+                "counts": {"estoi": counted(128)},
+            },
+        }
+        make_run(tmp_path, str(seed), config(seed=seed), results)
+    rows, _ = collect.collect(tmp_path)
+    lines = collect.markdown(rows).splitlines()
+    assert lines[0].startswith("| model | guide | data | seeds | PESQ-WB | ESTOI | floor ESTOI |")
+    assert lines[2].startswith(
+        "| vae | default | fsdd | 0, 1 | – (0/300) | 0.300 ± 0.071 (129–131/300) "
+        "| 0.300 ± 0.000 (128/300) |"
+    )
+    table = list(csv.DictReader(io.StringIO(collect.csv_text(rows))))[0]
+    assert (table["estoi_n"], table["estoi_scored"], table["estoi_items"]) == ("2", "260", "600")
+    assert (table["floor_estoi_scored"], table["floor_estoi_items"]) == ("256", "600")
+    assert (table["pesq_wb_mean"], table["pesq_wb_scored"], table["pesq_wb_items"]) == (
+        "",
+        "0",
+        "600",
+    )
+    assert table["val_neg_elbo_scored"] == "" and "floor_n_utterances_mean" not in table
+
+
+def test_a_cell_of_fewer_runs_shows_the_counts_then_the_runs(tmp_path):
+    make_run(tmp_path, "0", config(seed=0), {"si_sdr": 2.0, "counts": {"si_sdr": counted(3, 3)}})
+    make_run(tmp_path, "1", config(seed=1))  # trained, not evaluated
+    lines = collect.markdown(collect.collect(tmp_path)[0]).splitlines()
+    assert lines[2].startswith("| vae | default | fsdd | 0, 1 | 2.00 (3/3) (n=1) |")
+
+
+def test_results_written_before_counts_give_them_from_n_failed(tmp_path):
+    results = {"estoi": 0.3, "n_utterances": 300, "n_failed": {"estoi": 171}}
+    run_dir = make_run(tmp_path, "0", config(), results)
+    assert collect.load_run(run_dir).counts == {"estoi": (129, 300)}
+    assert "| 0.300 (129/300) |" in collect.markdown(collect.collect(tmp_path)[0])
+
+
+@pytest.mark.parametrize("counts", [{"estoi": 129}, {"estoi": {"scored": 129}}, [1, 2]])
+def test_malformed_counts_name_the_file(tmp_path, counts):
+    make_run(tmp_path, "0", config(), {"estoi": 0.3, "counts": counts})
+    with pytest.raises(ValueError, match=r"0/results.json: expected counts as \{metric: "):
+        collect.collect(tmp_path)

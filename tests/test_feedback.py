@@ -9,18 +9,35 @@ def test_schedule_rises_in_steps_to_one():
     """The spec's 0.1, 0.2, ..., 1.0, one step every ``every`` epochs, then 1 for good."""
     epochs = [0, 9, 10, 19, 20, 45, 89, 90, 91, 500]
     assert [sampling_probability(e, 0.1, 0.1, 10) for e in epochs] == [
-        0.1, 0.1, 0.2, 0.2, 0.3, 0.5, 0.9, 1.0, 1.0, 1.0
+        0.1,
+        0.1,
+        0.2,
+        0.2,
+        0.3,
+        0.5,
+        0.9,
+        1.0,
+        1.0,
+        1.0,
     ]
     assert [sampling_probability(e, 0.25, 0.25, 3) for e in range(0, 13, 3)] == [
-        0.25, 0.5, 0.75, 1.0, 1.0
+        0.25,
+        0.5,
+        0.75,
+        1.0,
+        1.0,
     ]
     assert sampling_probability(7, 0.0, 0.5, 1) == 1.0
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [((1.5, 0.1, 10), r"train\.ss_start=1\.5"), ((0.1, 0.0, 10), r"train\.ss_step=0\.0"),
-     ((0.1, 0.1, 0), r"train\.ss_every=0"), ((0.1, 0.1, 2.5), r"train\.ss_every=2\.5")],
+    [
+        ((1.5, 0.1, 10), r"train\.ss_start=1\.5"),
+        ((0.1, 0.0, 10), r"train\.ss_step=0\.0"),
+        ((0.1, 0.1, 0), r"train\.ss_every=0"),
+        ((0.1, 0.1, 2.5), r"train\.ss_every=2\.5"),
+    ],
 )
 def test_bad_schedule_names_the_key(args, message):
     with pytest.raises(ValueError, match=message):
@@ -82,8 +99,9 @@ def test_free_running_walks_once_per_trajectory():
 
     x = torch.arange(1.0, 5.0).reshape(1, 4, 1)
     coins = torch.tensor([[False, True, False, False]])
-    run = FreeRunning(advance, lambda h, z: torch.log(h + 10), x, coins, Feedback(0.5),
-                      ExponentialPower())
+    run = FreeRunning(
+        advance, lambda h, z: torch.log(h + 10), x, coins, Feedback(0.5), ExponentialPower()
+    )
     z = torch.full((1, 4, 1), 0.5)
     h = run.along(z)
     # h1 = 0, h2 = h1 + x1 + z = 1.5, h3 = h2 + (h2 + 10) + z = 13.5, h4 = h3 + x3 + z = 17

@@ -6,11 +6,14 @@ import torch
 from omegaconf import OmegaConf
 from pyro import poutine
 
+from pyro_dvae import forecast as forecasting
 from pyro_dvae.distributions import PosteriorMean
 from pyro_dvae.feedback import Feedback
 from pyro_dvae.forecast import (
     Extend,
+    evaluate_forecasts,
     forecast,
+    frame_errors,
     hold_last,
     log_spectral_distance,
     summarise,
@@ -124,9 +127,63 @@ def test_too_long_a_forecast_is_a_clear_error():
     task = SimpleNamespace(modality="motion", name="cmu_mocap", test=SimpleNamespace(seq_len=50))
     with pytest.raises(ValueError, match=r"context \+ horizon = 60 frames.*50 \(data.seq_len\)"):
         windows(task, 60)
-    speech = SimpleNamespace(modality="speech", name="fsdd",
-                             test=[{"x": torch.ones(20, 3)}, {"x": torch.ones(30, 3)}])
+    speech = SimpleNamespace(
+        modality="speech", name="fsdd", test=[{"x": torch.ones(20, 3)}, {"x": torch.ones(30, 3)}]
+    )
     with pytest.raises(ValueError, match="longest test utterance of fsdd has 30"):
         windows(speech, 31)
     assert windows(speech, 25).shape == (1, 25, 3)
 
+
+# --- metrics by value: 3 joints, the subset {0, 2} ------------------------------------------
+
+
+class _Windows(list):
+    """Motion test windows ``(N, T, D)`` as :func:`~pyro_dvae.forecast.windows` reads them."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        super().__init__(x)
+        self.seq_len = x.shape[1]
+
+    def batch(self, index: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self[i] for i in index])
+
+
+def _motion_task(x: torch.Tensor) -> SimpleNamespace:
+    """A motion task whose test windows are ``x (N, T, 9)``: 3 joints, subset {0, 2}, 25 fps."""
+    return SimpleNamespace(modality="motion", name="toy", test=_Windows(x), frame_rate=25.0,
+                           skeleton=SimpleNamespace(n_joints=3), subset=[0, 2])  # fmt: skip
+
+
+def _displaced(k: float, frames: int) -> torch.Tensor:
+    """``(1, frames, 9)`` in metres: joint 0 at (3k, 4k, 0) mm (5k mm from the origin), joint 1
+    at (0, 0, 12) mm, joint 2 at the origin."""
+    joints = torch.tensor([[3.0 * k, 4.0 * k, 0.0], [0.0, 0.0, 12.0], [0.0, 0.0, 0.0]]) / 1000
+    return joints.flatten().expand(1, frames, 9)
+
+
+def test_subset_mpjpe_averages_over_the_subset_joints_only():
+    """Errors 5, 12 and 0 mm: all joints (5 + 12 + 0) / 3 = 17/3 mm, joints {0, 2} 5/2 mm."""
+    truth = torch.zeros(1, 2, 9)
+    errors = frame_errors(_motion_task(truth), truth, _displaced(1.0, 2))
+    torch.testing.assert_close(errors["mpjpe_mm"], torch.full((1, 2), 17 / 3))
+    torch.testing.assert_close(errors["mpjpe_mm_subset"], torch.full((1, 2), 2.5))
+
+
+def test_forecast_errors_are_averaged_over_the_samples(monkeypatch):
+    """Draw k = 1, 2, 3 puts joint 0 5k mm off (joint 1 12 mm, joint 2 0 mm), the truth being
+    0: the mean error over draws is (5 · 2 + 12) / 3 = 22/3 mm over all joints and 5 · 2 / 2 =
+    5 mm over joints {0, 2}; the zero-velocity baseline holds the truth (0 mm)."""
+    K, H, draws = 2, 2, iter([1.0, 2.0, 3.0])
+    monkeypatch.setattr(forecasting, "forecast", lambda *_: _displaced(next(draws), H))
+    results, x, first = evaluate_forecasts(None, _motion_task(torch.zeros(1, K + H, 9)), K, H,
+                                           samples=3)  # fmt: skip
+    assert results["samples"] == 3 and x.shape == (1, K + H, 9)
+    torch.testing.assert_close(first, _displaced(1.0, H))
+    model, baseline = results["forecast"], results["zero_velocity"]
+    # float32 errors: per joint a sum of 3 squares and a square root, then means of 3 joints and
+    # 3 draws; each step rounds once (u = 6e-8), so ≤ ~10 u = 6e-7 relative in all
+    assert model["mpjpe_mm"]["by_frame"] == pytest.approx([22 / 3] * H, rel=1e-6)
+    assert model["mpjpe_mm"]["at_ms"]["80"] == pytest.approx(22 / 3, rel=1e-6)
+    assert model["mpjpe_mm_subset"]["mean"] == pytest.approx(5.0, rel=1e-6)
+    assert baseline["mpjpe_mm"]["mean"] == baseline["mpjpe_mm_subset"]["mean"] == 0.0

@@ -50,10 +50,10 @@ def dense_joint(m: LGSSM) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tor
         z_mean = (m.A[:, t] @ z_mean[..., None])[..., 0] + m.b[:, t]
         z_load = m.A[:, t] @ z_load
         first = n_state * (t + 1)
-        z_load[:, :, first: first + n_state] += lq
+        z_load[:, :, first : first + n_state] += lq
         a_load = m.C[:, t] @ z_load
         first = n_state * (n_steps + 1) + t * n_obs
-        a_load[:, :, first: first + n_obs] += lr
+        a_load[:, :, first : first + n_obs] += lr
         z_means.append(z_mean)
         z_loads.append(z_load.clone())
         a_means.append((m.C[:, t] @ z_mean[..., None])[..., 0])
@@ -74,7 +74,8 @@ def dense_posterior(m: LGSSM, a: torch.Tensor, observed: torch.Tensor):
         cov_oo = load_o @ load_o.T
         value = a[i].reshape(-1)[keep]
         log_p.append(
-            MultivariateNormal(a_mean[i][keep], cov_oo).log_prob(value) if keep.any()
+            MultivariateNormal(a_mean[i][keep], cov_oo).log_prob(value)
+            if keep.any()
             else a.new_zeros(())
         )
         weights = torch.linalg.solve(cov_oo, value - a_mean[i][keep])
@@ -120,7 +121,7 @@ def test_smoother_equals_dense_conditioning(observed):
     loc, cov = rts_smoother(m, kalman_filter(m, a, observed))
     torch.testing.assert_close(loc, means, rtol=0, atol=1e-8)
     for t in range(T):
-        block = covs[:, t * Z: (t + 1) * Z, t * Z: (t + 1) * Z]
+        block = covs[:, t * Z : (t + 1) * Z, t * Z : (t + 1) * Z]
         torch.testing.assert_close(cov[:, t], block, rtol=0, atol=1e-8)
 
 

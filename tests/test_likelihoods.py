@@ -87,8 +87,15 @@ def test_bernoulli_is_the_binary_cross_entropy():
     assert type(build_likelihood(None, "video", 3)) is type(lik)
 
 
-@pytest.mark.parametrize("name,modality", [("exponential", "speech"), ("mpjpe", "motion"),
-                                           ("gaussian", "motion"), ("bernoulli", "music")])
+@pytest.mark.parametrize(
+    "name,modality",
+    [
+        ("exponential", "speech"),
+        ("mpjpe", "motion"),
+        ("gaussian", "motion"),
+        ("bernoulli", "music"),
+    ],
+)
 def test_per_frame_log_densities_add_up_and_masked_frames_drop_out(name, modality):
     x = torch.rand(2, 4, 6).round() if name == "bernoulli" else torch.rand(2, 4, 6) + 0.1
     d = build_likelihood(name, modality, 6)(torch.randn(2, 4, 6))

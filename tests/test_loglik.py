@@ -1,5 +1,6 @@
 """ELBO and importance-weighted log-likelihood bounds over any model/guide pair."""
 
+import math
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -130,9 +131,18 @@ def test_iwae_with_one_sample_is_pyros_elbo(name, guide, sites, padded):
 
 
 PAIRS = [
-    ("vae", None), ("dkf", "dks"), ("dkf", "st_lr"), ("dkf", "mean_field"), ("storn", None),
-    ("vrnn", None), ("srnn", "smoother"), ("srnn", "filter"), ("rvae_causal", "causal"),
-    ("rvae_noncausal", "noncausal"), ("dsae", None), ("kvae", None),
+    ("vae", None),
+    ("dkf", "dks"),
+    ("dkf", "st_lr"),
+    ("dkf", "mean_field"),
+    ("storn", None),
+    ("vrnn", None),
+    ("srnn", "smoother"),
+    ("srnn", "filter"),
+    ("rvae_causal", "causal"),
+    ("rvae_noncausal", "noncausal"),
+    ("dsae", None),
+    ("kvae", None),
 ]
 
 
@@ -176,8 +186,17 @@ def test_the_runner_scores_each_test_sequence_on_its_own():
     """runner.test_log_likelihood: every chorale alone (K draws as the batch), per step."""
     rolls = [(torch.rand(n, 88) < 0.2).numpy().astype("uint8") for n in (5, 9, 3)]
     task = MusicTask("toy", *(PianoRolls(rolls) for _ in range(3)))
-    model = build_model("dkf", 88, Bernoulli(), z_dim=4, dense_x_gx=[8], dim_rnn_gx=8,
-                        dense_ztm1_g=[], dense_g_z=[], dense_z_x=[8])
+    model = build_model(
+        "dkf",
+        88,
+        Bernoulli(),
+        z_dim=4,
+        dense_x_gx=[8],
+        dim_rnn_gx=8,
+        dense_ztm1_g=[],
+        dense_g_z=[],
+        dense_z_x=[8],
+    )
     pyro.set_rng_seed(3)
     scores = runner.test_log_likelihood(model, task, 6, torch.device("cpu"))
     pyro.set_rng_seed(3)
@@ -192,3 +211,81 @@ def test_the_runner_names_iwae_samples_for_a_test_set_without_batches():
     task = SimpleNamespace(name="toy", test=[torch.zeros(3, 88)])
     with pytest.raises(ValueError, match="iwae_samples=5: the test set of data=toy"):
         runner.test_log_likelihood(small("dkf"), task, 5, torch.device("cpu"))
+
+
+def test_the_three_estimators_of_the_dmm_papers():
+    """The exact posterior makes every weight p(x): elbo_per_step is Σ log p(x_b) over the
+    valid steps, elbo_per_sequence_step the mean over sequences of log p(x_b) / L_b (lengths
+    1 to 5 here, so the two differ), nll_per_step −Σ log p(x_b) over the valid steps."""
+    full, padded = toy_data(2, 5, seed=4), toy_data(3, 4, seed=5)
+    lengths = torch.tensor([4, 1, 3])
+    mask = torch.arange(4) < lengths[:, None]
+    padded[~mask] = 100.0
+    per_sequence = torch.cat(
+        [LinearGaussian.exact(full).sum(-1), (LinearGaussian.exact(padded) * mask).sum(-1)]
+    )
+    steps = torch.cat([torch.tensor([5, 5]), lengths])
+    result = log_likelihood(LinearGaussian(), [full, (padded, mask)], num_samples=3)
+    assert result["elbo_per_step"] == pytest.approx(per_sequence.sum().item() / 18, rel=1e-5)
+    assert result["nll_per_step"] == pytest.approx(-per_sequence.sum().item() / 18, rel=1e-5)
+    expected = (per_sequence / steps).mean().item()
+    assert result["elbo_per_sequence_step"] == pytest.approx(expected, rel=1e-5)
+    assert abs(expected - per_sequence.sum().item() / 18) > 0.1
+
+
+def test_each_estimator_equals_its_definition_over_the_same_weights():
+    """An imperfect guide (so ELBO < IWAE): the three numbers are the definitions applied to the
+    importance weights drawn with the same seed."""
+    toy, K = LinearGaussian(shrink=0.7, widen=1.5), 50
+    batches = [toy_data(2, 5, seed=6), toy_data(3, 2, seed=7)]
+    torch.manual_seed(11)
+    result = log_likelihood(toy, batches, K)
+    torch.manual_seed(11)
+    log_w = [importance_log_weights(toy, x, K) for x in batches]  # (K, B) each
+    elbo = torch.cat([w.mean(0) for w in log_w])
+    iwae = torch.cat([torch.logsumexp(w, 0) - math.log(K) for w in log_w])
+    lengths = torch.tensor([5.0, 5.0, 2.0, 2.0, 2.0])
+    assert result["elbo_per_step"] == pytest.approx(elbo.sum().item() / 16, rel=1e-6)
+    assert result["elbo_per_sequence_step"] == pytest.approx(
+        (elbo / lengths).mean().item(), rel=1e-6
+    )
+    assert result["nll_per_step"] == pytest.approx(-iwae.sum().item() / 16, rel=1e-6)
+    assert result["nll_per_step"] < -result["elbo_per_step"] - 0.1
+
+
+class Recorder(LinearGaussian):
+    """Records the batch size of every guide pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.passes: list[int] = []
+
+    def guide(self, x: torch.Tensor) -> None:
+        self.passes.append(x.shape[0])
+        super().guide(x)
+
+
+@pytest.mark.parametrize("B,passes", [(1, [1000, 1000]), (3, [999] * 6 + [6])])
+def test_k_2000_draws_go_in_passes_of_at_most_max_batch_sequences(B, passes):
+    """Sequences per pass: ⌊1000 / B⌋ draws of the B sequences, the rest in a last pass."""
+    toy = Recorder()
+    log_w = importance_log_weights(toy, toy_data(B, 2, seed=8), 2000, max_batch=1000)
+    assert toy.passes == passes and log_w.shape == (2000, B)
+
+
+def test_the_runner_reports_all_three_estimators_with_k_2000_in_passes_of_1000():
+    """runner.test_log_likelihood: K = 2000 draws of each chorale in two passes of
+    IWAE_MAX_BATCH = 1000; the per-sequence bound is reported beside the per-step ones."""
+    rolls = [(torch.rand(n, 88) < 0.2).numpy().astype("uint8") for n in (5, 9, 3)]
+    task = MusicTask("toy", *(PianoRolls(rolls) for _ in range(3)))
+    model = build_model("dkf", 88, Bernoulli(), z_dim=4, dense_x_gx=[8], dim_rnn_gx=8,
+                        dense_ztm1_g=[], dense_g_z=[], dense_z_x=[8])  # fmt: skip
+    passes, guide = [], model.guide
+    model.guide = lambda x, *args: passes.append(x.shape[0]) or guide(x, *args)
+    pyro.set_rng_seed(3)
+    scores = runner.test_log_likelihood(model, task, 2000, torch.device("cpu"))
+    pyro.set_rng_seed(3)
+    alone = log_likelihood(model, [task.test[i][None] for i in range(3)], 2000, 1000)
+    assert runner.IWAE_MAX_BATCH == 1000 and passes == [1000] * 12  # 6 per run: 3 chorales × 2
+    for key in ("elbo_per_step", "elbo_per_sequence_step", "nll_per_step"):
+        assert scores[key] == pytest.approx(alone[key], rel=1e-6)

@@ -54,21 +54,24 @@ def test_the_pinned_values_are_the_packages_outputs_and_tell_the_variants_apart(
     clean, noisy = (x.astype(np.float64) for x in clean_noisy)
     assert pesq.pesq(16000, clean, noisy, "wb") == pytest.approx(PINNED_16K["pesq_wb"], abs=1e-6)
     assert pesq.pesq(16000, clean, noisy, "nb") == pytest.approx(PINNED_16K["pesq_nb"], abs=1e-6)
-    assert pesq.pesq(8000, clean[::2], noisy[::2], "nb") == pytest.approx(PINNED_8K["pesq_nb"],
-                                                                         abs=1e-6)
+    assert pesq.pesq(8000, clean[::2], noisy[::2], "nb") == pytest.approx(
+        PINNED_8K["pesq_nb"], abs=1e-6
+    )
     estoi, stoi = (pystoi.stoi(clean, noisy, 16000, extended=e) for e in (True, False))
     assert estoi == pytest.approx(PINNED_16K["estoi"], abs=1e-6)
     assert stoi == pytest.approx(STOI_16K, abs=1e-6)
     assert pystoi.stoi(clean[::2], noisy[::2], 8000, extended=True) == pytest.approx(
-        PINNED_8K["estoi"], abs=1e-6)
+        PINNED_8K["estoi"], abs=1e-6
+    )
     # the variants a wrong call would give are far outside the tolerance
     assert abs(stoi - estoi) > 0.2 and PINNED_16K["pesq_nb"] - PINNED_16K["pesq_wb"] > 0.5
     a = (clean @ noisy) / (clean @ clean)
     by_hand = 10 * math.log10(a**2 * (clean @ clean) / ((noisy - a * clean) ** 2).sum())
     assert by_hand == pytest.approx(PINNED_16K["si_sdr"], abs=1e-9)
     g = (noisy @ clean) / (noisy @ noisy)
-    assert math.sqrt(((g * noisy - clean) ** 2).mean()) == pytest.approx(PINNED_16K["rmse"],
-                                                                        abs=1e-12)
+    assert math.sqrt(((g * noisy - clean) ** 2).mean()) == pytest.approx(
+        PINNED_16K["rmse"], abs=1e-12
+    )
 
 
 def test_si_sdr_with_orthogonal_noise_equals_the_closed_form():
@@ -97,7 +100,8 @@ def test_si_sdr_of_half_the_reference_plus_orthogonal_noise_by_hand():
     # (without the projection, ref itself as target: 10 log10(4 / 1.25) = 5.05 dB)
     assert metrics.si_sdr(ref, 0.5 * ref + noise) == pytest.approx(10 * math.log10(4), abs=1e-12)
     assert metrics.si_sdr(ref, 0.5 * ref + noise / 10) == pytest.approx(
-        10 * math.log10(400), abs=1e-12)
+        10 * math.log10(400), abs=1e-12
+    )
 
 
 def test_si_sdr_of_a_silent_reference_is_an_error_and_of_a_silent_estimate_0_db():
@@ -109,10 +113,13 @@ def test_si_sdr_of_a_silent_reference_is_an_error_and_of_a_silent_estimate_0_db(
 
 def test_every_metric_rejects_signals_of_different_lengths(clean_noisy):
     clean, noisy = clean_noisy
-    calls = [metrics.si_sdr, metrics.rmse,
-             lambda r, e: metrics.pesq_score(r, e, 16000, "wb"),  # the pesq package accepts it
-             lambda r, e: metrics.estoi(r, e, 16000),
-             lambda r, e: metrics.utterance_metrics(r, e, 16000)]
+    calls = [
+        metrics.si_sdr,
+        metrics.rmse,
+        lambda r, e: metrics.pesq_score(r, e, 16000, "wb"),  # the pesq package accepts it
+        lambda r, e: metrics.estoi(r, e, 16000),
+        lambda r, e: metrics.utterance_metrics(r, e, 16000),
+    ]
     for metric in calls:
         with pytest.raises(metrics.MetricInputError, match=r"\(31367,\).*\(31000,\).*same length"):
             metric(clean, noisy[:31000])
@@ -157,12 +164,19 @@ def test_median_ci_by_hand():
 
 
 def test_summarise_excludes_and_counts_failures_and_is_strict_json():
-    rows = [{"si_sdr": 10.0, "pesq_nb": 3.0}, {"si_sdr": 20.0, "pesq_nb": float("nan")},
-            {"si_sdr": 30.0, "pesq_nb": 4.0}]
+    rows = [
+        {"si_sdr": 10.0, "pesq_nb": 3.0},
+        {"si_sdr": 20.0, "pesq_nb": float("nan")},
+        {"si_sdr": 30.0, "pesq_nb": 4.0},
+    ]
     result = metrics.summarise(rows, ["a", "b", "c"])
     assert result["si_sdr"] == 20.0 and result["pesq_nb"] == 3.5
     assert result["n_utterances"] == 3
     assert result["n_failed"] == {"si_sdr": 0, "pesq_nb": 1}
+    assert result["counts"] == {
+        "si_sdr": {"scored": 3, "items": 3},
+        "pesq_nb": {"scored": 2, "items": 3},
+    }
     assert result["median"]["si_sdr"] == {"median": 20.0, "ci": pytest.approx(1.57 * 10 / 3**0.5)}
     assert result["per_utterance"][1] == {"name": "b", "si_sdr": 20.0, "pesq_nb": None}
     json.dumps(result, allow_nan=False)
@@ -176,3 +190,39 @@ def test_worker_processes_give_the_same_rows_as_one_process(clean_noisy):
     serial = metrics.evaluate_pairs(refs, ests, 16000, n_workers=1)
     assert [pytest.approx(row, rel=1e-9) for row in serial] == parallel  # BLAS rounding may differ
     assert set(parallel[0]) == {"si_sdr", "rmse", "estoi", "pesq_nb", "pesq_wb"}
+
+
+def test_summarise_counts_a_metric_no_utterance_has_as_zero_scored():
+    rows = [{"estoi": float("nan"), "rmse": 0.5}, {"estoi": float("nan"), "rmse": 0.25}]
+    result = metrics.summarise(rows, ["a", "b"])
+    assert result["estoi"] is None and result["rmse"] == 0.375
+    assert result["counts"] == {
+        "estoi": {"scored": 0, "items": 2},
+        "rmse": {"scored": 2, "items": 2},
+    }
+
+
+@pytest.mark.parametrize("recorded_fs", [None, 16000, 44100])
+def test_wide_band_pesq_of_a_recording_at_16_khz_or_above(clean_noisy, recorded_fs):
+    clean, noisy = clean_noisy
+    row = metrics.utterance_metrics(clean, noisy, 16000, recorded_fs)
+    assert row == {k: pytest.approx(v, abs=PACKAGE_TOL) for k, v in PINNED_16K.items()}
+
+
+def test_wide_band_pesq_is_refused_for_a_recording_below_16_khz(clean_noisy):
+    """Upsampled from 8 kHz, the band 4-8 kHz is empty: no wide-band score (NaN, not scored);
+    the other metrics are those of the pair as it is."""
+    clean, noisy = clean_noisy
+    row = metrics.utterance_metrics(clean, noisy, 16000, recorded_fs=8000)
+    assert math.isnan(row["pesq_wb"])
+    expected = {k: v for k, v in PINNED_16K.items() if k != "pesq_wb"}
+    assert {k: v for k, v in row.items() if k != "pesq_wb"} == {
+        k: pytest.approx(v, abs=PACKAGE_TOL) for k, v in expected.items()
+    }
+    refs, ests = [clean[:16000], clean[16000:]], [noisy[:16000], noisy[16000:]]
+    for n_workers in (1, 2):
+        rows = metrics.evaluate_pairs(refs, ests, 16000, n_workers, recorded_fs=[8000, 16000])
+        assert math.isnan(rows[0]["pesq_wb"]) and 1 <= rows[1]["pesq_wb"] <= 4.7
+        summary = metrics.summarise(rows, ["a", "b"])
+        assert summary["counts"]["pesq_wb"] == {"scored": 1, "items": 2}
+        assert summary["pesq_wb"] == rows[1]["pesq_wb"]

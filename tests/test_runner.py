@@ -41,7 +41,7 @@ def test_cli_train_then_evaluate(data_root, tmp_path):
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
-    assert all(float(r["kl_weight"]) == 0 for r in rows)
+    assert [float(r["kl_weight"]) for r in rows] == [0.5, 1.0]  # warm-up fitted to 2 epochs
     assert all(math.isfinite(float(r["val_loss"])) and float(r["val_kl"]) > 0 for r in rows)
     assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
     for name in ("config.yaml", "best.pt", "last.pt", "loss.png"):
@@ -67,6 +67,9 @@ def test_cli_train_then_evaluate(data_root, tmp_path):
 
     audio, fs = soundfile.read(wavs[0])
     assert fs == 8000 and len(audio) >= 29 * 128 and 0 < abs(audio).max() <= 1
+    logs = sorted(run_dir.glob("*.log"))
+    assert [p.name for p in logs] == ["run.log"]  # evaluate/generate log nothing: no empty files
+    assert logs[0].stat().st_size > 0
 
 
 def test_bad_override_is_a_clear_error(data_root, tmp_path):
@@ -75,8 +78,16 @@ def test_bad_override_is_a_clear_error(data_root, tmp_path):
     assert "model" in done.stderr and "nope" in done.stderr
 
 
-LOSS_COLUMNS = ("epoch", "kl_weight", "lr", "train_loss", "val_loss", "val_recon", "val_kl",
-                "best_epoch")
+LOSS_COLUMNS = (
+    "epoch",
+    "kl_weight",
+    "lr",
+    "train_loss",
+    "val_loss",
+    "val_recon",
+    "val_kl",
+    "best_epoch",
+)
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -96,7 +107,8 @@ def _record_epochs(monkeypatch) -> list[int]:
 
 
 def test_resume_through_the_runner_matches_uninterrupted(data_root, tmp_path, monkeypatch):
-    overrides = [*QUICK, "model=vae", "train.warmup_every=1"]
+    # the configured warm-up: a 2-epoch run resumed to 3 then follows the 3-epoch run's
+    overrides = [*QUICK, "model=vae", "train.warmup_every=1", "train.warmup_fit=false"]
     full = runner.train(compose_config([*overrides, "train.epochs=3"]), tmp_path / "full")
     runner.train(compose_config(overrides), tmp_path / "part")
     before = _metrics(tmp_path / "part")
@@ -117,8 +129,7 @@ def test_evaluate_best_and_last_use_their_own_weights(data_root, tmp_path, monke
     # scripted validation losses (no warm-up): 3, 1, 2 -> best epoch 1, last epoch 2
     losses = iter([3.0, 1.0, 2.0])
     monkeypatch.setattr(runner.Trainer, "validate", lambda self: (next(losses), 0.0, 1))
-    overrides = [*QUICK, "model=vae", "train.epochs=3", "train.warmup_every=0",
-                 "data.max_files=6"]
+    overrides = [*QUICK, "model=vae", "train.epochs=3", "train.warmup_every=0", "data.max_files=6"]
     run_dir = runner.train(compose_config(overrides), tmp_path)
     cpu = runner.resolve_device("cpu")
     saved = {name: load_checkpoint(run_dir / f"{name}.pt") for name in ("best", "last")}
@@ -138,9 +149,11 @@ def test_evaluate_best_and_last_use_their_own_weights(data_root, tmp_path, monke
 
 @pytest.mark.parametrize(
     ("given", "message"),
-    [(["model=dkf"], r"model\.name='dkf' \(the run has 'vae'\)"),
-     (["data.max_files=12"], r"data\.max_files=12 \(the run has 24\)"),
-     (["train.lr=0.01"], r"train\.lr=0\.01 \(the run has None\).*only train\.epochs")],
+    [
+        (["model=dkf"], r"model\.name='dkf' \(the run has 'vae'\)"),
+        (["data.max_files=12"], r"data\.max_files=12 \(the run has 24\)"),
+        (["train.lr=0.01"], r"train\.lr=0\.01 \(the run has None\).*only train\.epochs"),
+    ],
 )
 def test_resume_refuses_to_change_the_model_data_or_training(given, message):
     saved = runner.OmegaConf.to_container(compose_config([*QUICK, "model=vae"]), resolve=True)
@@ -148,8 +161,9 @@ def test_resume_refuses_to_change_the_model_data_or_training(given, message):
     with pytest.raises(ValueError, match=message):
         runner.resumed_config(cfg, saved, [*given, "resume=true"])
     # the group choice of the run itself, or a continuation key, is accepted
-    again = runner.resumed_config(compose_config(["model=vae", "train.epochs=9"]), saved,
-                                  ["model=vae", "train.epochs=9"])
+    again = runner.resumed_config(
+        compose_config(["model=vae", "train.epochs=9"]), saved, ["model=vae", "train.epochs=9"]
+    )
     assert (again.model.name, again.train.epochs, again.data.max_files) == ("vae", 9, 24)
     assert again.resume
 
@@ -176,14 +190,19 @@ def _no_data(monkeypatch) -> None:
 
 @pytest.mark.parametrize(
     ("override", "message"),
-    [("train.epochs=-1", r"train\.epochs=-1: expected an integer >= 0"),
-     ("train.batch_size=0", r"train\.batch_size=0: expected an integer >= 1"),
-     ("train.lr=-0.001", r"train\.lr=-0\.001: expected a number > 0"),
-     ("train.optimizer=sgd", r"train\.optimizer='sgd': expected one of \('adam', 'clipped_adam'\)"),
-     ("train.clip_norm=0", r"train\.clip_norm=0: expected null \(no clipping\) or a number > 0"),
-     ("train.lr_decay=1.5", r"train\.lr_decay=1\.5: expected a number in \(0, 1\]"),
-     ("train.warmup_start=1.5", r"train\.warmup_start=1\.5: expected a number in \[0, 1\]"),
-     ("train.distributed=yes", r"train\.distributed='yes': expected true or false")],
+    [
+        ("train.epochs=-1", r"train\.epochs=-1: expected an integer >= 0"),
+        ("train.batch_size=0", r"train\.batch_size=0: expected an integer >= 1"),
+        ("train.lr=-0.001", r"train\.lr=-0\.001: expected a number > 0"),
+        (
+            "train.optimizer=sgd",
+            r"train\.optimizer='sgd': expected one of \('adam', 'clipped_adam'\)",
+        ),
+        ("train.clip_norm=0", r"train\.clip_norm=0: expected null \(no clipping\) or a number > 0"),
+        ("train.lr_decay=1.5", r"train\.lr_decay=1\.5: expected a number in \(0, 1\]"),
+        ("train.warmup_start=1.5", r"train\.warmup_start=1\.5: expected a number in \[0, 1\]"),
+        ("train.distributed=yes", r"train\.distributed='yes': expected true or false"),
+    ],
 )
 def test_bad_train_settings_fail_before_training(override, message, monkeypatch, tmp_path):
     _no_data(monkeypatch)

@@ -12,8 +12,16 @@ from pyro_dvae.models import build_model
 from pyro_dvae.train import TrainConfig, Trainer, load_checkpoint, warmup_done
 from tests.test_runner import cli, compose_config
 
-TINY = dict(z_dim=3, dense_x_h=[8], dim_rnn_h=5, dense_hx_g=[7], dim_rnn_g=6, dense_gz_z=[4],
-            dense_hz_x=[9], dense_hz_z=[4])
+TINY = dict(
+    z_dim=3,
+    dense_x_h=[8],
+    dim_rnn_h=5,
+    dense_hx_g=[7],
+    dim_rnn_g=6,
+    dense_gz_z=[4],
+    dense_hz_x=[9],
+    dense_hz_z=[4],
+)
 SCHEDULE = dict(scheduled_sampling=True, ss_start=0.25, ss_step=0.25, ss_every=1)
 
 
@@ -25,8 +33,15 @@ def _data(n, seed):
 def _trainer(run_dir, epochs, **kw):
     torch.manual_seed(0)
     model = build_model("srnn", 10, ExponentialPower(), **TINY)
-    cfg = TrainConfig(epochs=epochs, batch_size=8, lr=1e-2, warmup_every=0, progress=False,
-                      early_stop_patience=100, **{**SCHEDULE, **kw})
+    cfg = TrainConfig(
+        epochs=epochs,
+        batch_size=8,
+        lr=1e-2,
+        warmup_every=0,
+        progress=False,
+        early_stop_patience=100,
+        **{**SCHEDULE, **kw},
+    )
     return Trainer(model, _data(16, 0), _data(8, 1), cfg, run_dir, torch.device("cpu"), seed=0)
 
 
@@ -101,9 +116,11 @@ def test_init_from_starts_from_a_run_s_weights(tmp_path):
 
 @pytest.mark.parametrize(
     ("key", "value", "message"),
-    [("ss_every", 0, r"train\.ss_every=0"), ("scheduled_sampling", "yes",
-                                                r"train\.scheduled_sampling='yes'"),
-     ("init_from", 3, r"train\.init_from=3")],
+    [
+        ("ss_every", 0, r"train\.ss_every=0"),
+        ("scheduled_sampling", "yes", r"train\.scheduled_sampling='yes'"),
+        ("init_from", 3, r"train\.init_from=3"),
+    ],
 )
 def test_bad_schedule_settings_name_the_key(key, value, message):
     with pytest.raises(ValueError, match=message):
@@ -115,14 +132,31 @@ def test_teacher_forcing_then_scheduled_sampling_then_generation_mode_and_foreca
 ):
     """The whole path on a small CMU subset: a TF run; an SS run from its weights through the
     config keys; evaluation in both modes; the forecasting script."""
-    quick = ["model=srnn", "data=cmu_mocap", "data.max_files=2", "train.progress=false",
-             "train.batch_size=64", "threads=1"]
+    quick = [
+        "model=srnn",
+        "data=cmu_mocap",
+        "data.max_files=2",
+        "train.progress=false",
+        "train.batch_size=64",
+        "threads=1",
+    ]
     tf = runner.train(compose_config([*quick, "train.epochs=1"]), tmp_path / "tf")
-    ss = runner.train(compose_config([
-        *quick, "train.epochs=2", "train.warmup_every=0", "train.scheduled_sampling=true",
-        "train.ss_start=0.5", "train.ss_step=0.5", "train.ss_every=1", f"train.init_from={tf}",
-        "train.lr=1e-9",  # so that the weights stay those of tf
-    ]), tmp_path / "ss")
+    ss = runner.train(
+        compose_config(
+            [
+                *quick,
+                "train.epochs=2",
+                "train.warmup_every=0",
+                "train.scheduled_sampling=true",
+                "train.ss_start=0.5",
+                "train.ss_step=0.5",
+                "train.ss_every=1",
+                f"train.init_from={tf}",
+                "train.lr=1e-9",  # so that the weights stay those of tf
+            ]
+        ),
+        tmp_path / "ss",
+    )
     rows = list(csv.DictReader(open(ss / "metrics.csv")))
     assert [float(r["feedback_p"]) for r in rows] == [0.5, 1.0]
     start, after = (load_checkpoint(d / "best.pt")["model"] for d in (tf, ss))

@@ -3,10 +3,12 @@ import math
 import os
 import random
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from pyro.optim.clipped_adam import ClippedAdam
 
 from pyro_dvae import train
@@ -16,6 +18,7 @@ from pyro_dvae.train import (
     TrainConfig,
     Trainer,
     atomic_save,
+    fitted_warmup,
     kl_weight,
     load_checkpoint,
     loss_terms,
@@ -23,6 +26,7 @@ from pyro_dvae.train import (
     seed_everything,
     set_rng_state,
     warmup_done,
+    warmup_length,
 )
 
 TINY = dict(z_dim=3, dense_x_gx=[8], dim_rnn_gx=6, dense_ztm1_g=[4], dense_g_z=[5], dense_z_x=[7])
@@ -50,6 +54,58 @@ def test_warmup_schedule_matches_spec():
     assert [warmup_done(e, dmm) for e in (7, 8)] == [False, True]
 
 
+def test_a_run_too_short_for_its_warmup_ramps_to_full_weight_in_its_last_epoch():
+    paper = TrainConfig(epochs=2)
+    assert warmup_length(paper) == 50 and fitted_warmup(paper) == 2
+    assert [kl_weight(e, paper, 2) for e in range(3)] == [0.5, 1.0, 1.0]
+    assert [warmup_done(e, paper, 2) for e in range(2)] == [False, True]
+    five = TrainConfig(epochs=5, warmup_start=0.2, beta=0.5)
+    weights = [kl_weight(e, five, fitted_warmup(five)) for e in range(5)]
+    assert weights == pytest.approx([0.18, 0.26, 0.34, 0.42, 0.5])  # 0.5 · (0.2 + 0.8 (e+1)/5)
+    assert [fitted_warmup(TrainConfig(epochs=n)) for n in (50, 51)] == [50, None]
+    dmm = dict(warmup_start=0.2, warmup_every=1, warmup_step=0.1)  # full weight from epoch 8
+    assert warmup_length(TrainConfig(**dmm)) == 8
+    assert [fitted_warmup(TrainConfig(epochs=n, **dmm)) for n in (8, 9)] == [8, None]
+    for off in (dict(warmup_fit=False), dict(warmup_every=0), dict(warmup_start=1.0)):
+        assert fitted_warmup(TrainConfig(epochs=2, **off)) is None
+
+
+def _prior_weights(trainer) -> dict:
+    return {k: v.clone() for k, v in trainer.model.prior.state_dict().items()}
+
+
+def test_a_short_run_trains_its_prior_and_keeps_its_schedule_when_resumed(tmp_path, caplog):
+    """The paper's warm-up (weight 0 for 10 epochs) would leave a 2-epoch run's prior
+    untouched: fitted to the run, the weight is 0.5 then 1 and the prior moves."""
+    trainer = _trainer(tmp_path, 2, warmup_every=10, warmup_step=0.2, warmup_fit=True)
+    before = _prior_weights(trainer)
+    with caplog.at_level("INFO", logger="pyro_dvae.train"):
+        trainer.fit()
+    assert [row["kl_weight"] for row in trainer.state.history] == [0.5, 1.0]
+    assert _differ(before, _prior_weights(trainer))
+    assert "KL warm-up fitted to this 2-epoch run" in caplog.text
+    assert "best.pt during warm-up: the latest epoch" in caplog.text
+    assert "was never trained" not in caplog.text
+    longer = _trainer(tmp_path, 4, warmup_every=10, warmup_step=0.2, warmup_fit=True)
+    longer.resume(tmp_path / "last.pt")
+    longer.fit()  # the schedule chosen at the start stays: full weight, not the paper's 0
+    assert [row["kl_weight"] for row in longer.state.history] == [0.5, 1.0, 1.0, 1.0]
+
+
+def test_a_run_that_never_trained_its_prior_says_so(tmp_path, caplog):
+    trainer = _trainer(tmp_path, 2, warmup_every=10, warmup_step=0.2)  # warmup_fit=False
+    before = _prior_weights(trainer)
+    with caplog.at_level("WARNING", logger="pyro_dvae.train"):
+        trainer.fit()
+    assert [row["kl_weight"] for row in trainer.state.history] == [0.0, 0.0]
+    assert not _differ(before, _prior_weights(trainer))  # weight 0: no gradient reaches it
+    assert caplog.text.count("the prior p(z) was never trained") == 1
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pyro_dvae.train"):
+        _trainer(tmp_path / "during", 12, warmup_every=10, warmup_step=0.2).fit()
+    assert "ended during the KL warm-up (weight 0.2 of 1)" in caplog.text
+
+
 def _data(n=24, T=6, D=10, seed=0):
     g = torch.Generator().manual_seed(seed)
     return list(torch.rand(n, T, D, generator=g) + 0.01)
@@ -59,7 +115,14 @@ def _trainer(run_dir, epochs, seed=0, **kw):
     """A tiny DKF; ``seed`` sets its initial weights and every RNG of the trainer."""
     torch.manual_seed(seed)
     model = build_model("dkf", 10, ExponentialPower(), **TINY)
-    options = dict(batch_size=8, lr=1e-2, warmup_every=1, warmup_step=0.5, early_stop_patience=100)
+    options = dict(
+        batch_size=8,
+        lr=1e-2,
+        warmup_every=1,
+        warmup_step=0.5,
+        warmup_fit=False,
+        early_stop_patience=100,
+    )  # the schedule as configured, even for short runs
     cfg = TrainConfig(epochs=epochs, progress=False, **{**options, **kw})
     return Trainer(model, _data(), _data(8, seed=1), cfg, run_dir, torch.device("cpu"), seed=seed)
 
@@ -361,3 +424,92 @@ def test_lr_decay_with_clipped_adam_resumes_exactly(tmp_path):
     assert all(
         torch.equal(full_state[i]["exp_avg_sq"], resumed_state[i]["exp_avg_sq"]) for i in full_state
     )
+
+
+# --- Adam's betas and weight decay; Pyro's DMM recipe -------------------------------------------
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "clipped_adam"])
+def test_betas_and_weight_decay_reach_the_optimiser(optimizer):
+    """Two steps written out (float64): g' = g + λθ, m = β1 m + (1 − β1) g',
+    v = β2 v + (1 − β2) g'², θ −= lr m̂ / (√v̂ + ε'), with β = (0.5, 0.75), λ = 0.3. The
+    optimisers differ only in where ε sits: ε' = ε (Adam), ε / √(1 − β2^k) (ClippedAdam)."""
+    theta = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    cfg = TrainConfig(lr=0.1, betas=[0.5, 0.75], weight_decay=0.3, optimizer=optimizer)
+    opt = train.build_optimizer([theta], cfg)
+    expected, m, v = theta.detach().clone(), 0.0, 0.0
+    for k, g in enumerate([[0.2, 0.4], [-0.6, 0.1]], start=1):
+        g = torch.tensor(g, dtype=torch.float64)
+        g_decayed = g + 0.3 * expected
+        m, v = 0.5 * m + 0.5 * g_decayed, 0.75 * v + 0.25 * g_decayed**2
+        eps = 1e-8 if optimizer == "adam" else 1e-8 / math.sqrt(1 - 0.75**k)
+        expected = expected - 0.1 * (m / (1 - 0.5**k)) / ((v / (1 - 0.75**k)).sqrt() + eps)
+        theta.grad = g
+        opt.step()
+    torch.testing.assert_close(theta.detach(), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (dict(betas=[0.9]), r"train\.betas=\[0\.9\]: expected two numbers in \[0, 1\)"),
+        (dict(betas=[0.9, 1.0]), r"train\.betas=\[0\.9, 1\.0\]: expected two numbers"),
+        (dict(betas="0.9"), r"train\.betas='0\.9': expected two numbers"),
+        (dict(weight_decay=-1.0), r"train\.weight_decay=-1\.0: expected a number >= 0"),
+        (dict(weight_decay=True), r"train\.weight_decay=True: expected a number >= 0"),
+    ],
+)
+def test_bad_adam_settings_name_their_key(options, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**options)
+
+
+def test_the_dmm_recipe_is_pyros_per_frame(data_root):
+    """+experiment=dmm_jsb: Pyro's DMM settings, its clamp and L2 term divided by the mean
+    number of frames per training step (Pyro's loss is the sum over a batch, ours the mean per
+    frame), its per-step LR decay per epoch; the KL weight rises from 0.2 to 1 at epoch 1000, and
+    early stopping cannot end the run before then."""
+    from hydra import compose, initialize_config_dir
+
+    from pyro_dvae.data import build_task
+    from pyro_dvae.runner import train_config
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["+experiment=dmm_jsb"])
+    tcfg = train_config(cfg, "music")
+    train_set = build_task(**cfg.data).train
+    steps = math.ceil(len(train_set) / tcfg.batch_size)
+    frames_per_step = float(train_set.lengths.sum()) / steps  # 13,807 / 12
+    assert (tcfg.optimizer, tcfg.lr, tcfg.betas, tcfg.batch_size) == ("clipped_adam", 3e-4,
+                                                                    (0.96, 0.999), 20)  # fmt: skip
+    assert tcfg.clip_norm == pytest.approx(10 / frames_per_step, rel=1e-3)  # 4 digits given
+    assert tcfg.weight_decay == pytest.approx(2.0 / frames_per_step, rel=1e-3)
+    assert tcfg.lr_decay == pytest.approx(0.99996**steps, rel=1e-8)
+    assert tcfg.epochs == 5000 and tcfg.early_stop_patience == 500 and not fitted_warmup(tcfg)
+    assert [kl_weight(e, tcfg) for e in (0, 1, 500, 999, 1000)] == pytest.approx(
+        [0.2, 0.2008, 0.6, 0.9992, 1.0]
+    )
+    assert warmup_length(tcfg) == 1000
+    assert [warmup_done(e, tcfg) for e in (999, 1000)] == [False, True]
+    options = OmegaConf.to_container(cfg.prior, resolve=True)
+    assert options == {
+        "name": "gated",
+        "options": {"hidden": 200, "scale": "softplus", "loc_init": "identity"},
+    }
+
+
+def test_a_guide_without_an_analytic_kl_trains_on_the_sampled_log_ratio(tmp_path):
+    """guide=iaf: the trainer's validation terms fall back to log q − log p of the draw and add
+    up to its loss; an epoch trains to finite losses."""
+    torch.manual_seed(0)
+    model = build_model("dkf", 10, ExponentialPower(), guide="iaf", iaf_hidden=9, **TINY)
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=1e-2, progress=False, warmup_every=0)
+    trainer = Trainer(model, _data(), _data(8, seed=1), cfg, tmp_path, torch.device("cpu"))
+    x = torch.stack(_data(4))
+    torch.manual_seed(5)
+    recon, kl = loss_terms(model, x)
+    torch.manual_seed(5)
+    torch.testing.assert_close(recon + kl, trainer.loss(x, None, 1.0))
+    row = trainer.fit().history[0]
+    assert math.isfinite(row["train_loss"]) and math.isfinite(row["val_kl"])

@@ -84,12 +84,19 @@ def griffin_lim(power: np.ndarray, wlen: int, hop: int, n_iter: int = 64) -> np.
 
 
 def find_audio(folder: str | Path) -> list[Path]:
-    """All ``.wav`` / ``.flac`` files (any case) below ``folder``, recursively, sorted."""
+    """All ``.wav`` / ``.flac`` files (any case) below ``folder``, recursively, sorted.
+
+    Raises:
+        FileNotFoundError: naming ``folder``, when it is not a folder or holds no such file.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a folder (expected a folder of wav/flac files)")
     files = folder.rglob("*")
-    return sorted(p for p in files if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    found = sorted(p for p in files if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    if not found:
+        raise FileNotFoundError(f"{folder}: no wav or flac file in this folder or below it")
+    return found
 
 
 def read_audio(path: Path, fs: int) -> np.ndarray:
@@ -110,13 +117,19 @@ def read_audio(path: Path, fs: int) -> np.ndarray:
         first = int(np.argmin(finite.all(axis=1)))
         raise AudioFileError(
             f"{path}: {int((~finite).sum())} non-finite samples (NaN or inf), the first at "
-            f"{first / fs_file:.3f} s (sample {first}); expected finite audio")
+            f"{first / fs_file:.3f} s (sample {first}); expected finite audio"
+        )
     x = x.mean(axis=1)
     if fs_file != fs:
         x = soxr.resample(x, fs_file, fs, quality="HQ").astype(np.float32)
     if not np.any(x):
         raise AudioFileError(f"{path}: all samples are zero")
     return x
+
+
+def recorded_rate(path: Path) -> int:
+    """Sample rate (Hz) the audio file ``path`` is stored at, before any resampling."""
+    return sf.info(path).samplerate
 
 
 def trim_silence(x: np.ndarray, top_db: float = 30.0) -> np.ndarray:

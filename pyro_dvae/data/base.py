@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from pyro_dvae.registry import Registry
+
 Estimator = Callable[[torch.Tensor], torch.Tensor]
 """Maps observed features ``(B, T, D)`` to their reconstruction ``(B, T, D)`` in the same space."""
 
@@ -57,20 +59,24 @@ class Task(ABC):
 
 
 TaskBuilder = Callable[..., Task]
-_TASKS: dict[str, TaskBuilder] = {}
+TASKS: Registry[TaskBuilder] = Registry("data.name", "dataset", "pyro_dvae.data.register_task")
 
 
 def register_task(name: str) -> Callable[[TaskBuilder], TaskBuilder]:
-    """Decorator: make ``builder(**data_cfg)`` available as ``data=<name>``."""
-
-    def wrap(builder: TaskBuilder) -> TaskBuilder:
-        _TASKS[name] = builder
-        return builder
-
-    return wrap
+    """Decorator: make ``builder(**data_cfg)`` available as ``data=<name>`` (in a module outside
+    this package too, loaded with ``plugins=[module]`` or ``data.module``)."""
+    return TASKS.register(name)
 
 
 BUILTIN_MODULES = ("pyro_dvae.data.speech", "pyro_dvae.data.motion")
+
+
+def find_task(name: str, module: str | None = None) -> TaskBuilder:
+    """The builder registered as ``name``, after importing the built-in dataset modules and
+    ``module`` (the ``data.module`` key); an unknown name is a ``ValueError`` naming the key."""
+    for module_name in (*BUILTIN_MODULES, *([module] if module else [])):
+        importlib.import_module(module_name)
+    return TASKS.lookup(name)
 
 
 def build_task(name: str, module: str | None = None, **options) -> Task:
@@ -79,10 +85,4 @@ def build_task(name: str, module: str | None = None, **options) -> Task:
     ``module`` (the ``data.module`` key) names a Python module to import first: that is how a
     dataset defined outside this package registers itself without touching the runner.
     """
-    for module_name in (*BUILTIN_MODULES, *([module] if module else [])):
-        importlib.import_module(module_name)
-    if name not in _TASKS:
-        raise ValueError(
-            f"data.name={name!r} is not a known dataset; expected one of {sorted(_TASKS)}"
-        )
-    return _TASKS[name](**options)
+    return find_task(name, module)(**options)

@@ -1,16 +1,28 @@
 """Bouncing balls (Fraccaro et al. 2017, §5): one ball in a 2-D box, binary video frames.
 
 A seeded simulator, so nothing is downloaded and nothing is cached: every split is generated
-when the task is built (1,000 sequences of 30 frames take well under a second).
+when the task is built (1,000 sequences of 30 frames take well under a second, the paper's
+6,500 of 20 frames about 5 s).
 
-Physics, in pixels, image coordinates (x to the right, y down): the ball's centre p starts
-uniformly in the box shrunk by the radius, with a velocity of uniform direction and a speed
-uniform in ``speed``; every frame ``v_y += gravity``, ``p += v``, and a centre that leaves the
-box is reflected back with that velocity component negated (elastic walls).
+Physics, in pixels, image coordinates (x to the right, y down): the walls stand ``wall`` pixels
+inside the frame's edges, so the ball's centre moves in ``[wall + radius, size − wall − radius]²``.
+It starts uniformly in that box (or, with ``start_std``, normally around the frame's centre,
+clipped to 1 px inside the box, as the authors' simulator), with a velocity of uniform direction
+and a speed uniform in ``speed``; every frame ``v_y += gravity``, ``p += v``, and a centre that
+leaves the box is reflected back with that velocity component negated (elastic walls). The
+walls are not drawn.
+
+The paper's setup (``data=bouncing_ball_paper``): 20 frames, radius 3, speed 10–15 px/s at
+dt = 0.2 s, i.e. 2–3 px per frame, walls 2 px inside the edges, start N(16, 10²) per coordinate.
 
 Frames: ``size × size`` pixels, a pixel is on when its centre lies within ``radius`` of the
 ball's centre; flattened row-major to ``D = size²`` binary features (float32 0/1).
 Modality ``video``: the Bernoulli likelihood by default.
+
+Imputation protocol (the KVAE authors' code): the first ``context`` frames are always observed;
+later frames are missing at random (:func:`random_mask`) or as one block right after the context
+(:func:`block_mask`); the error is the fraction of wrongly guessed pixels (probability > ½
+against the binary truth) over the missing frames only (:func:`missing_pixel_error`).
 """
 
 from __future__ import annotations
@@ -40,10 +52,15 @@ def simulate(
     radius: float = 3.0,
     speed: Sequence[float] = (1.0, 2.0),
     gravity: float = 0.0,
+    wall: float = 0.0,
+    start_std: float | None = None,
 ) -> np.ndarray:
     """Centres of ``n`` balls over ``T`` frames, ``(n, T, 2)`` (x, y) in pixels."""
-    low, high = radius, size - radius
-    p = rng.uniform(low, high, size=(n, 2))
+    low, high = wall + radius, size - wall - radius
+    if start_std is None:
+        p = rng.uniform(low, high, size=(n, 2))
+    else:
+        p = np.clip(size / 2 + start_std * rng.standard_normal((n, 2)), low + 1, high - 1)
     angle = rng.uniform(0, 2 * np.pi, size=n)
     v = rng.uniform(*speed, size=n)[:, None] * np.stack([np.cos(angle), np.sin(angle)], -1)
     positions = [p]
@@ -130,8 +147,11 @@ class BouncingBallTask(Task):
             nll += bernoulli_nll(p, x).sum().item()
             shown += [(x[i], p[i]) for i in range(min(n_examples - len(shown), len(x)))]
         n_frames = x_all.shape[0] * x_all.shape[1]
-        rows = [row for i, (x, p) in enumerate(shown)
-                for row in ((f"video {i}", x), ("reconstruction", p))]
+        rows = [
+            row
+            for i, (x, p) in enumerate(shown)
+            for row in ((f"video {i}", x), ("reconstruction", p))
+        ]
         if rows:
             path = Path(out_dir) / "reconstructions.png"
             frame_strip([(label, self.frames(v)) for label, v in rows], path)
@@ -160,6 +180,35 @@ class BouncingBallTask(Task):
 def pixel_errors(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Per-frame count of pixels where ``p > ½`` disagrees with the binary ``x`` ``(..., D)``."""
     return ((p > 0.5).float() != x).float().sum(-1)
+
+
+def missing_pixel_error(
+    p: torch.Tensor, x: torch.Tensor, observed: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Wrongly guessed pixels of the missing frames and the pixels of those frames, per video
+    ``(B,)``, from pixel probabilities ``p (B, T, D)``, binary frames ``x (B, T, D)`` and
+    ``observed (B, T)`` bool. The error rate is ``wrong.sum() / pixels.sum()``."""
+    missing = ~observed
+    wrong = (pixel_errors(p, x) * missing).sum(-1)
+    return wrong, missing.sum(-1) * x.shape[-1]
+
+
+def random_mask(B: int, T: int, p: float, context: int, generator: torch.Generator) -> torch.Tensor:
+    """``observed (B, T)`` bool: the first ``context`` frames observed, every later frame
+    missing with probability ``p``, independently."""
+    observed = torch.ones(B, T, dtype=torch.bool)
+    observed[:, context:] = torch.rand(B, T - context, generator=generator) >= p
+    return observed
+
+
+def block_mask(B: int, T: int, missing: int, context: int) -> torch.Tensor:
+    """``observed (B, T)`` bool: frames ``context … context + missing − 1`` missing, the others
+    observed (the authors' "planning" mask)."""
+    if not 0 <= missing <= T - context:
+        raise ValueError(f"{missing} missing frames after {context} do not fit in {T} frames")
+    observed = torch.ones(B, T, dtype=torch.bool)
+    observed[:, context : context + missing] = False
+    return observed
 
 
 def bernoulli_nll(p: torch.Tensor, x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -194,8 +243,13 @@ def frame_strip(rows: list[tuple[str, np.ndarray]], path: Path, max_frames: int 
         frames += [np.full_like(frames[0], np.nan)] * (n_cols - len(frames))
         h = frames[0].shape[0]
         gap = np.full((h, 1), np.nan)
-        ax.imshow(np.concatenate([c for f in frames for c in (f, gap)], axis=1),
-                  cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(
+            np.concatenate([c for f in frames for c in (f, gap)], axis=1),
+            cmap="gray",
+            vmin=0,
+            vmax=1,
+            interpolation="nearest",
+        )
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_facecolor("tab:blue")
@@ -217,17 +271,26 @@ def build_bouncing_ball(
     radius: float = 3.0,
     speed: Sequence[float] = (1.0, 2.0),
     gravity: float = 0.0,
+    wall: float = 0.0,
+    start_std: float | None = None,
     seed: int = 0,
 ) -> BouncingBallTask:
     """Generate the three splits (split k from ``np.random.default_rng([seed, k])``)."""
-    check_options(modality, (n_train, n_val, n_test), seq_len, size, radius, speed)
+    check_options(modality, (n_train, n_val, n_test), seq_len, size, radius, speed, wall)
+    check_start(start_std, size - 2 * (wall + radius))
     datasets = {}
     for k, (split, n) in enumerate(zip(SPLITS, (n_train, n_val, n_test), strict=True)):
-        positions = simulate(
-            n, seq_len, np.random.default_rng([seed, k]), size, radius, speed, gravity
-        )
+        rng = np.random.default_rng([seed, k])
+        positions = simulate(n, seq_len, rng, size, radius, speed, gravity, wall, start_std)
         datasets[split] = VideoDataset(render_frames(positions, size, radius))
     return BouncingBallTask(name, size, **datasets)
+
+
+@register_task("bouncing_ball_paper")
+def build_bouncing_ball_paper(**options) -> BouncingBallTask:
+    """The same simulator under the name of the paper's setup (``data=bouncing_ball_paper``),
+    so that its runs are told apart from the default's."""
+    return build_bouncing_ball(name="bouncing_ball_paper", **options)
 
 
 def check_options(
@@ -237,6 +300,7 @@ def check_options(
     size: int,
     radius: float,
     speed: Sequence[float],
+    wall: float = 0.0,
 ) -> None:
     """Reject options that cannot make videos, naming the ``data.`` key."""
     if modality != "video":
@@ -246,10 +310,30 @@ def check_options(
             raise ValueError(f"data.{key}={n}: expected at least one sequence")
     if seq_len < 2:
         raise ValueError(f"data.seq_len={seq_len}: expected at least 2 frames per sequence")
-    if not 0 < radius < size / 2:
-        raise ValueError(f"data.radius={radius}: expected 0 < radius < data.size / 2 = {size / 2}")
-    if len(speed) != 2 or not 0 <= speed[0] <= speed[1] < size - 2 * radius:
+    if not 0 <= wall < size / 2:
+        raise ValueError(f"data.wall={wall}: expected 0 <= wall < data.size / 2 = {size / 2}")
+    room = size / 2 - wall
+    if not 0 < radius < room:
+        raise ValueError(
+            f"data.radius={radius}: expected 0 < radius < data.size / 2 - data.wall = {room}"
+        )
+    box = size - 2 * (wall + radius)
+    if len(speed) != 2 or not 0 <= speed[0] <= speed[1] < box:
         raise ValueError(
             f"data.speed={list(speed)}: expected [min, max] pixels per frame with "
-            f"0 <= min <= max < data.size - 2 * data.radius = {size - 2 * radius}"
+            f"0 <= min <= max < data.size - 2 * (data.wall + data.radius) = {box}"
+        )
+
+
+def check_start(start_std: float | None, box: float) -> None:
+    """Reject a ``start_std`` that is negative, or that needs a box (the centre's range, ``box``
+    pixels wide) too narrow to clip 1 px inside."""
+    if start_std is None:
+        return
+    if not start_std >= 0:
+        raise ValueError(f"data.start_std={start_std}: expected null (uniform) or a number >= 0")
+    if box <= 2:
+        raise ValueError(
+            f"data.start_std={start_std}: the start is clipped to 1 px inside the centre's range, "
+            f"which is only {box} px wide here; use data.start_std=null"
         )

@@ -44,6 +44,7 @@ import torch
 from matplotlib.animation import PillowWriter
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from torch.utils.data import Dataset
 
 from pyro_dvae.data import sources
@@ -51,8 +52,20 @@ from pyro_dvae.data.base import Estimator, Task, register_task
 from pyro_dvae.data.skeleton import Skeleton, mpjpe_mm
 
 H36M_ACTIONS = (
-    "walking", "eating", "smoking", "discussion", "directions", "greeting", "phoning", "posing",
-    "purchases", "sitting", "sittingdown", "takingphoto", "waiting", "walkingdog",
+    "walking",
+    "eating",
+    "smoking",
+    "discussion",
+    "directions",
+    "greeting",
+    "phoning",
+    "posing",
+    "purchases",
+    "sitting",
+    "sittingdown",
+    "takingphoto",
+    "waiting",
+    "walkingdog",
     "walkingtogether",
 )
 """The 15 Human3.6M actions of spec §8.3."""
@@ -67,6 +80,9 @@ GIF_FRAMES = 25
 STYLES = (("0.6", 2.4), ("tab:red", 1.0))
 """Colour and line width of the skeletons of a panel: ground truth (or a generated sample), then
 the reconstruction drawn thinner on top."""
+
+VIEW_LABELS = ("ground truth", "reconstruction")
+"""Legend of the evaluation figures: what the views of a panel (in :data:`STYLES`) show."""
 
 
 class MotionFileError(ValueError):
@@ -103,17 +119,19 @@ class WindowDataset(Dataset):
         offsets = np.cumsum([0] + [len(c.x) for c in clips])[:-1]
         self.starts = torch.tensor(
             [o + s for o, clip_starts in zip(offsets, starts, strict=True) for s in clip_starts],
-            dtype=torch.long)
+            dtype=torch.long,
+        )
         self.actions = [c.action for c, s in zip(clips, starts, strict=True) for _ in s]
-        self.names = [f"{c.name}@{c.first + t}" for c, s in zip(clips, starts, strict=True)
-                      for t in s]
+        self.names = [
+            f"{c.name}@{c.first + t}" for c, s in zip(clips, starts, strict=True) for t in s
+        ]
 
     def __len__(self) -> int:
         return len(self.starts)
 
     def __getitem__(self, i: int) -> torch.Tensor:
         start = int(self.starts[i])
-        return self.frames[start:start + self.seq_len]
+        return self.frames[start : start + self.seq_len]
 
     def batch(self, index: torch.Tensor) -> torch.Tensor:
         """Windows ``index`` ``(B,)`` stacked to ``(B, seq_len, D)``."""
@@ -156,9 +174,10 @@ class MotionTask(Task):
 
         Returns ``mpjpe_mm`` (mean over windows, frames and all J joints, the DVAE protocol),
         ``mpjpe_mm_subset`` (over the joints of ``subset``), ``subset``, ``n_windows`` and
-        ``per_action``: ``{action: {mpjpe_mm, mpjpe_mm_subset, n_windows}}``. Writes
-        ``out_dir/motion.gif`` (ground truth grey, reconstruction red) and ``out_dir/motion.png``
-        for the middle window of each of the first ``min(n_examples, 3)`` actions.
+        ``per_action``: ``{action: {mpjpe_mm, mpjpe_mm_subset, n_windows}}`` and ``counts`` (both
+        means cover every window). Writes ``out_dir/motion.gif`` and ``out_dir/motion.png`` for
+        the middle window of each of the first ``min(n_examples, 3)`` actions, with a legend:
+        ground truth grey, reconstruction red.
         """
         test, n_joints = self.test, self.skeleton.n_joints
         shown = self._example_windows(min(n_examples, 3))
@@ -172,8 +191,9 @@ class MotionTask(Task):
                 raise ValueError(f"estimate returned shape {tuple(y.shape)} for {tuple(x.shape)}")
             errors.append(mpjpe_mm(x, y, n_joints).mean(-1))
             errors_subset.append(mpjpe_mm(x, y, n_joints, self.subset).mean(-1))
-            examples.update({i: (x[i - begin], y[i - begin]) for i in shown
-                             if begin <= i < begin + len(x)})
+            examples.update(
+                {i: (x[i - begin], y[i - begin]) for i in shown if begin <= i < begin + len(x)}
+            )
         errors, errors_subset = torch.cat(errors).double(), torch.cat(errors_subset).double()
         actions = np.array(test.actions)
         per_action = {}
@@ -186,17 +206,23 @@ class MotionTask(Task):
             }
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        panels = [(test.names[i].rsplit("/", 1)[-1], [self._joints(p) for p in examples[i]])
-                  for i in shown]
+        panels = [
+            (test.names[i].rsplit("/", 1)[-1], [self._joints(p) for p in examples[i]])
+            for i in shown
+        ]
         if panels:
-            animate(panels, self.skeleton.parents, out_dir / "motion.gif", self.frame_rate)
-            snapshots(panels, self.skeleton.parents, out_dir / "motion.png")
+            animate(
+                panels, self.skeleton.parents, out_dir / "motion.gif", self.frame_rate, VIEW_LABELS
+            )
+            snapshots(panels, self.skeleton.parents, out_dir / "motion.png", VIEW_LABELS)
+        every = {"scored": len(errors), "items": len(errors)}
         return {
             "mpjpe_mm": errors.mean().item(),
             "mpjpe_mm_subset": errors_subset.mean().item(),
             "subset": f"{self.subset_name} ({len(self.subset)} joints)",
             "n_windows": len(errors),
             "per_action": per_action,
+            "counts": {"mpjpe_mm": every, "mpjpe_mm_subset": every},
         }
 
     def render(self, x: torch.Tensor, out_dir: Path) -> list[Path]:
@@ -206,8 +232,8 @@ class MotionTask(Task):
         out_dir.mkdir(parents=True, exist_ok=True)
         panels = [(f"sample {i}", [self._joints(seq)]) for i, seq in enumerate(x.detach().cpu())]
         paths = [out_dir / "samples.gif", out_dir / "samples.png"]
-        animate(panels[:4], self.skeleton.parents, paths[0], self.frame_rate)
-        snapshots(panels, self.skeleton.parents, paths[1])
+        animate(panels[:4], self.skeleton.parents, paths[0], self.frame_rate, ("generated",))
+        snapshots(panels, self.skeleton.parents, paths[1], ("generated",))
         return paths
 
     def _joints(self, x: torch.Tensor) -> np.ndarray:
@@ -238,19 +264,35 @@ def project(poses: np.ndarray, azimuth: float = 30.0, elevation: float = 15.0) -
     return np.stack([x * np.cos(a) - z * np.sin(a), y * np.cos(e) + depth * np.sin(e)], -1)
 
 
-def _panel(fig: Figure, rows: int, cols: int, k: int, views: list[np.ndarray],
-           parents: Sequence[int]) -> list[LineCollection]:
+def _panel(
+    fig: Figure, rows: int, cols: int, k: int, views: list[np.ndarray], parents: Sequence[int]
+) -> list[LineCollection]:
     """The ``k``-th axes of a ``rows x cols`` grid, framed on ``views`` ``[(T, J, 2), ...]``,
     with one empty bone collection per view (styles :data:`STYLES`)."""
     ax = fig.add_subplot(rows, cols, k)
     points = np.concatenate([v.reshape(-1, 2) for v in views])
     centre = (points.max(0) + points.min(0)) / 2
     half = (points.max(0) - points.min(0)).max() / 2 + 10.0
-    ax.set(xlim=(centre[0] - half, centre[0] + half), ylim=(centre[1] - half, centre[1] + half),
-           aspect="equal")
+    ax.set(
+        xlim=(centre[0] - half, centre[0] + half),
+        ylim=(centre[1] - half, centre[1] + half),
+        aspect="equal",
+    )
     ax.set_axis_off()
-    return [ax.add_collection(LineCollection([], colors=color, linewidths=width))
-            for (color, width), _ in zip(STYLES, views, strict=False)]
+    return [
+        ax.add_collection(LineCollection([], colors=color, linewidths=width))
+        for (color, width), _ in zip(STYLES, views, strict=False)
+    ]
+
+
+def _legend(fig: Figure, labels: Sequence[str], **options) -> None:
+    """A legend below the panels of ``fig``: ``labels[i]`` in the colour and width of the i-th
+    view of every panel (:data:`STYLES`)."""
+    handles = [
+        Line2D([], [], color=color, linewidth=width)
+        for (color, width), _ in zip(STYLES, labels, strict=False)
+    ]
+    fig.legend(handles, labels, ncols=len(labels), fontsize=6, frameon=False, **options)
 
 
 def _bones(pose: np.ndarray, parents: Sequence[int]) -> np.ndarray:
@@ -258,13 +300,21 @@ def _bones(pose: np.ndarray, parents: Sequence[int]) -> np.ndarray:
     return np.stack([pose[list(parents[1:])], pose[1:]], 1)
 
 
-def animate(panels: list[Panel], parents: Sequence[int], path: Path, frame_rate: float,
-            dpi: int = 60) -> None:
-    """GIF of the panels side by side, at most :data:`GIF_FRAMES` frames played in real time."""
+def animate(
+    panels: list[Panel],
+    parents: Sequence[int],
+    path: Path,
+    frame_rate: float,
+    labels: Sequence[str],
+    dpi: int = 60,
+) -> None:
+    """GIF of the panels side by side, at most :data:`GIF_FRAMES` frames played in real time,
+    with a legend of the views (``labels``, one per sequence of a panel)."""
     n_frames = max(len(p) for _, seqs in panels for p in seqs)
     stride = math.ceil(n_frames / GIF_FRAMES)
-    fig = Figure(figsize=(1.8 * len(panels), 2.2))
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.9, wspace=0.05)
+    fig = Figure(figsize=(1.8 * len(panels), 2.4))
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.1, top=0.9, wspace=0.05)
+    _legend(fig, labels, loc="lower center")
     views = [[project(p) for p in seqs] for _, seqs in panels]
     collections = []
     for k, ((title, _), panel_views) in enumerate(zip(panels, views, strict=True), start=1):
@@ -279,18 +329,28 @@ def animate(panels: list[Panel], parents: Sequence[int], path: Path, frame_rate:
             writer.grab_frame()
 
 
-def snapshots(panels: list[Panel], parents: Sequence[int], path: Path, n_frames: int = 5,
-              dpi: int = 80) -> None:
-    """Still figure: one row per panel, ``n_frames`` evenly spaced frames per row."""
-    fig = Figure(figsize=(1.4 * n_frames, 1.8 * len(panels)), layout="constrained")
+def snapshots(
+    panels: list[Panel],
+    parents: Sequence[int],
+    path: Path,
+    labels: Sequence[str],
+    n_frames: int = 5,
+    dpi: int = 80,
+) -> None:
+    """Still figure: one row per panel, ``n_frames`` evenly spaced frames per row, with a legend
+    of the views (``labels``, one per sequence of a panel)."""
+    fig = Figure(figsize=(1.4 * n_frames, 1.8 * len(panels) + 0.3), layout="constrained")
+    _legend(fig, labels, loc="outside lower center")
     for row, (title, seqs) in enumerate(panels):
         views = [project(p) for p in seqs]
         length = max(len(v) for v in views)
         for col, t in enumerate(np.linspace(0, length - 1, n_frames).round().astype(int)):
-            collections = _panel(fig, len(panels), n_frames, row * n_frames + col + 1, views,
-                                 parents)
-            collections[0].axes.set_title(f"{title}, frame {t}" if col == 0 else f"frame {t}",
-                                          fontsize=6)
+            collections = _panel(
+                fig, len(panels), n_frames, row * n_frames + col + 1, views, parents
+            )
+            collections[0].axes.set_title(
+                f"{title}, frame {t}" if col == 0 else f"frame {t}", fontsize=6
+            )
             for view, collection in zip(views, collections, strict=True):
                 collection.set_segments(_bones(view[min(t, len(view) - 1)], parents))
     fig.savefig(path, dpi=dpi)
@@ -315,20 +375,26 @@ def read_positions(path: Path, skeleton: Skeleton, sample_rate: int) -> torch.Te
     if data.shape[1] != skeleton.frame_columns:
         raise MotionFileError(
             f"{path}: {data.shape[1]} columns per frame, expected {skeleton.frame_columns} (3 root "
-            f"position + {skeleton.n_joints} joints x 3 exp-map) for skeleton {skeleton.name}")
+            f"position + {skeleton.n_joints} joints x 3 exp-map) for skeleton {skeleton.name}"
+        )
     finite = np.isfinite(data)
     if not finite.all():
         line = int(np.argmin(finite.all(axis=1))) + 1
         raise MotionFileError(
             f"{path}: {int((~finite).sum())} non-finite values (NaN or inf), the first on line "
-            f"{line}; expected finite numbers")
+            f"{line}; expected finite numbers"
+        )
     frames = torch.from_numpy(data[::sample_rate].copy())
     frames[:, list(skeleton.root_columns)] = 0
     return (skeleton.forward_kinematics(frames) / 1000).flatten(1).float()
 
 
 def load_clips(
-    files: Sequence[Path], base: Path, skeleton: Skeleton, sample_rate: int, seq_len: int,
+    files: Sequence[Path],
+    base: Path,
+    skeleton: Skeleton,
+    sample_rate: int,
+    seq_len: int,
     action_of: Callable[[Path], str],
 ) -> tuple[list[Clip], int]:
     """The usable clips of ``files`` and the frames of the longest readable file (0 if none is);
@@ -341,7 +407,8 @@ def load_clips(
             if len(x) < seq_len:
                 raise MotionFileError(
                     f"{path}: {len(x)} frames after downsampling by {sample_rate}, fewer than "
-                    f"seq_len={seq_len}")
+                    f"seq_len={seq_len}"
+                )
         except MotionFileError as err:
             warnings.warn(f"skipped {err}", stacklevel=3)
             continue
@@ -376,8 +443,16 @@ def _cap(files: list[Path], max_files: int | None) -> list[Path]:
     return [files[i * len(files) // max_files] for i in range(max_files)]
 
 
-def _windows(name: str, split: str, clips: list[Clip], starts: list[list[int]], seq_len: int,
-             n_files: int, longest: int, rule: str = "") -> WindowDataset:
+def _windows(
+    name: str,
+    split: str,
+    clips: list[Clip],
+    starts: list[list[int]],
+    seq_len: int,
+    n_files: int,
+    longest: int,
+    rule: str = "",
+) -> WindowDataset:
     """The windows of one split. ``ValueError`` naming the split when there are none: naming
     ``data.seq_len`` when it exceeds the ``longest`` readable file (frames after downsampling) or
     the split's ``rule``."""
@@ -388,11 +463,13 @@ def _windows(name: str, split: str, clips: list[Clip], starts: list[list[int]], 
         raise ValueError(
             f"data={name}: the {split} split has no usable file among its {n_files} (each "
             f"skipped file is named in a warning); check the data folder, data.actions and "
-            f"data.max_files")
+            f"data.max_files"
+        )
     raise ValueError(
         f"data.seq_len={seq_len} frames is too long for the {split} split of data={name}: the "
         f"longest of its {n_files} files has {longest} frames after downsampling by "
-        f"data.sample_rate{rule}; lower data.seq_len")
+        f"data.sample_rate{rule}; lower data.seq_len"
+    )
 
 
 def _select_actions(name: str, actions: Sequence[str] | None, known: Sequence[str]) -> list[str]:
@@ -447,20 +524,38 @@ def build_h36m(
     subjects = {"train": train_subjects, "val": val_subjects, "test": test_subjects}
     datasets = {}
     for split, split_subjects in subjects.items():
-        files = [folder / f"S{s}" / f"{a}_{k}.txt"
-                 for s in split_subjects for a in actions for k in (1, 2)]
+        files = [
+            folder / f"S{s}" / f"{a}_{k}.txt"
+            for s in split_subjects
+            for a in actions
+            for k in (1, 2)
+        ]
         missing = [str(p.relative_to(folder)) for p in files if not p.is_file()]
         if missing:
-            warnings.warn(f"data={name}: {len(missing)} {split} files missing under {folder}: "
-                          f"{missing}", stacklevel=2)
+            warnings.warn(
+                f"data={name}: {len(missing)} {split} files missing under {folder}: {missing}",
+                stacklevel=2,
+            )
         files = _cap([p for p in files if p.is_file()], max_files)
-        clips, longest = load_clips(files, folder, skel, sample_rate, seq_len,
-                                    lambda p: p.stem.rsplit("_", 1)[0])
-        starts = [find_indices(len(c.x), seq_len, val_windows) if split == "val"
-                  else window_starts(len(c.x), seq_len, skip_rate) for c in clips]
+        clips, longest = load_clips(
+            files, folder, skel, sample_rate, seq_len, lambda p: p.stem.rsplit("_", 1)[0]
+        )
+        starts = [
+            find_indices(len(c.x), seq_len, val_windows)
+            if split == "val"
+            else window_starts(len(c.x), seq_len, skip_rate)
+            for c in clips
+        ]
         datasets[split] = _windows(name, split, clips, starts, seq_len, len(files), longest)
-    return MotionTask(name, skel, subset, datasets["train"], datasets["val"], datasets["test"],
-                      SOURCE_RATE_HZ / sample_rate)
+    return MotionTask(
+        name,
+        skel,
+        subset,
+        datasets["train"],
+        datasets["val"],
+        datasets["test"],
+        SOURCE_RATE_HZ / sample_rate,
+    )
 
 
 def split_validation(clip: Clip, val_fraction: float, seq_len: int) -> tuple[Clip, Clip | None]:
@@ -469,8 +564,10 @@ def split_validation(clip: Clip, val_fraction: float, seq_len: int) -> tuple[Cli
     m = max(math.ceil(round(val_fraction * n, 6)), seq_len)  # round: 0.1 * 30 > 3 in floats
     if n - m < seq_len:
         return clip, None
-    return (Clip(clip.name, clip.action, clip.x[:n - m]),
-            Clip(clip.name, clip.action, clip.x[n - m:], first=n - m))
+    return (
+        Clip(clip.name, clip.action, clip.x[: n - m]),
+        Clip(clip.name, clip.action, clip.x[n - m :], first=n - m),
+    )
 
 
 @register_task("cmu_mocap")
@@ -492,27 +589,50 @@ def build_cmu_mocap(
     files (which also give validation) and the test files."""
     skel = _setup(name, modality, skeleton, root, seq_len)
     folder = sources.locate("cmu_mocap_expmap", root)
-    files = {split: sorted((folder / split).glob("*/*.txt"), key=_natural_key)
-             for split in ("train", "test")}
+    files = {
+        split: sorted((folder / split).glob("*/*.txt"), key=_natural_key)
+        for split in ("train", "test")
+    }
     known = sorted({p.parent.name for split_files in files.values() for p in split_files})
     chosen = set(_select_actions(name, actions, known))
-    files = {split: _cap([p for p in split_files if p.parent.name in chosen], max_files)
-             for split, split_files in files.items()}
-    loaded = {split: load_clips(split_files, folder, skel, sample_rate, seq_len,
-                                lambda p: p.parent.name)
-              for split, split_files in files.items()}
+    files = {
+        split: _cap([p for p in split_files if p.parent.name in chosen], max_files)
+        for split, split_files in files.items()
+    }
+    loaded = {
+        split: load_clips(split_files, folder, skel, sample_rate, seq_len, lambda p: p.parent.name)
+        for split, split_files in files.items()
+    }
     parts = [split_validation(c, val_fraction, seq_len) for c in loaded["train"][0]]
-    segments = {"train": [t for t, _ in parts], "val": [v for _, v in parts if v is not None],
-                "test": loaded["test"][0]}
+    segments = {
+        "train": [t for t, _ in parts],
+        "val": [v for _, v in parts if v is not None],
+        "test": loaded["test"][0],
+    }
     source = {"train": "train", "val": "train", "test": "test"}  # validation: ends of train files
-    rule = {"val": f" (a validation part needs a train file of at least seq_len + "
-                   f"max(ceil(data.val_fraction n), seq_len) frames, so {2 * seq_len} or more)"}
+    rule = {
+        "val": f" (a validation part needs a train file of at least seq_len + "
+        f"max(ceil(data.val_fraction n), seq_len) frames, so {2 * seq_len} or more)"
+    }
     datasets = {
-        split: _windows(name, split, split_clips,
-                        [window_starts(len(c.x), seq_len, skip_rate) for c in split_clips],
-                        seq_len, len(files[source[split]]), loaded[source[split]][1],
-                        rule.get(split, ""))
+        split: _windows(
+            name,
+            split,
+            split_clips,
+            [window_starts(len(c.x), seq_len, skip_rate) for c in split_clips],
+            seq_len,
+            len(files[source[split]]),
+            loaded[source[split]][1],
+            rule.get(split, ""),
+        )
         for split, split_clips in segments.items()
     }
-    return MotionTask(name, skel, subset, datasets["train"], datasets["val"], datasets["test"],
-                      SOURCE_RATE_HZ / sample_rate)
+    return MotionTask(
+        name,
+        skel,
+        subset,
+        datasets["train"],
+        datasets["val"],
+        datasets["test"],
+        SOURCE_RATE_HZ / sample_rate,
+    )

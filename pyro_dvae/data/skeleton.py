@@ -45,9 +45,17 @@ def rodrigues(r: torch.Tensor) -> torch.Tensor:
     b = torch.where(small, 0.5 - theta2 / 24, (1 - cos) / theta**2)
     bxy, bxz, byz = b * x * y, b * x * z, b * y * z
     ax, ay, az = a * x, a * y, a * z
-    rows = (c + b * x * x, bxy - az, bxz + ay,
-            bxy + az, c + b * y * y, byz - ax,
-            bxz - ay, byz + ax, c + b * z * z)
+    rows = (
+        c + b * x * x,
+        bxy - az,
+        bxz + ay,
+        bxy + az,
+        c + b * y * y,
+        byz - ax,
+        bxz - ay,
+        byz + ax,
+        c + b * z * z,
+    )
     return torch.stack(rows, -1).unflatten(-1, (3, 3))
 
 
@@ -116,7 +124,8 @@ class Skeleton:
         if name not in self.subsets:
             raise ValueError(
                 f"skeleton {self.name} has no joint subset {name!r}; expected one of "
-                f"{sorted(self.subsets)}")
+                f"{sorted(self.subsets)}"
+            )
         return self.subsets[name]
 
     def forward_kinematics(self, frames: torch.Tensor) -> torch.Tensor:
@@ -127,7 +136,8 @@ class Skeleton:
         if frames.shape[-1] != self.frame_columns:
             raise ValueError(
                 f"skeleton {self.name} expects {self.frame_columns} columns per frame, got "
-                f"{frames.shape[-1]}")
+                f"{frames.shape[-1]}"
+            )
         columns = self.rot_columns.to(frames.device)
         r = frames[..., columns.clamp_min(0)] * (columns >= 0)
         local = rodrigues(r.movedim(-2, 0).contiguous())  # (J, ..., 3, 3), contiguous per joint

@@ -188,7 +188,8 @@ def fetch(subdir: str, base: Path) -> Path:
             extract_archive(archive, extracted)
         except UnsafeArchiveError as err:
             raise UnsafeArchiveError(
-                f"{release.url}: unsafe archive, {err}; the download was discarded") from err
+                f"{release.url}: unsafe archive, {err}; the download was discarded"
+            ) from err
         except tarfile.TarError as err:
             raise OSError(f"{release.url}: the download is not a readable archive ({err})") from err
         found = [p for p in extracted.glob(f"*/{release.member}") if p.is_dir()]

@@ -11,8 +11,11 @@ registered :class:`~pyro_dvae.models.priors.Transition`). The inference network 
 (``guide=``, any class registered with :func:`register_guide`):
 
 * ``dks`` (default): g^x = backward LSTM over MLP(x), so g^x_t summarises x_{t:T};
-  combiner g_t = (MLP(z_{t−1}) + g^x_t) / 2.
+  combiner g_t = (MLP(z_{t−1}) + g^x_t) / 2. ``rnn=relu`` makes the LSTM an Elman RNN with
+  ReLU units (Pyro's DMM), for every guide with an RNN.
 * ``st_lr``: bidirectional LSTM; g_t = (MLP(z_{t−1}) + g^→_t + g^←_t) / 3.
+* ``iaf``: the DKS combiner's Gaussian pushed through ``iaf_flows`` inverse autoregressive
+  flows (Pyro's DMM with ``--num-iafs``); no KL to the prior in closed form.
 * ``mean_field``: q(z_t | x_t), a frame-wise encoder with no dynamics (the worked example of a
   new guide: one class and ``configs/guide/mean_field.yaml``).
 """
@@ -23,29 +26,45 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
+from pyro.distributions import TransformedDistribution
+from pyro.distributions.transforms import affine_autoregressive
 from torch import nn
 from torch.distributions import Distribution
 
-from pyro_dvae.distributions import IndependentTrajectory, Trajectory, diag_normal
+from pyro_dvae.distributions import (
+    IndependentTrajectory,
+    Trajectory,
+    diag_normal,
+    require_rsample,
+)
 from pyro_dvae.likelihoods import Likelihood
 from pyro_dvae.models.base import LatentDecoderDVAE
 from pyro_dvae.models.priors import build_transition
-from pyro_dvae.nn import MLP, GaussianHead, lstm, run_rnn, shift
+from pyro_dvae.nn import ACTIVATIONS, MLP, GaussianHead, recurrent, run_rnn, shift
+from pyro_dvae.registry import Registry
 
-GUIDES: dict[str, Callable[..., nn.Module]] = {}
+GUIDES: Registry[Callable[..., nn.Module]] = Registry(
+    "guide.name", "guide of DKF", "pyro_dvae.models.dkf.register_guide"
+)
 """Guide name → inference-network class. Each is built with the model's inference sizes
-(``x_dim, z_dim, dense_x_gx, dim_rnn_gx, dense_ztm1_g, dense_g_z, activation``) and maps
-``x (B, T, D)`` to a :class:`~pyro_dvae.distributions.Trajectory` over z (B, T, L)."""
+(``x_dim, z_dim, dense_x_gx, dim_rnn_gx, dense_ztm1_g, dense_g_z, activation, rnn, iaf_flows,
+iaf_hidden``; a guide ignores those it has no use for) and maps ``x (B, T, D)`` to a
+:class:`~pyro_dvae.distributions.Trajectory` over z (B, T, L)."""
 
 
 def register_guide(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Make an inference network available as ``guide=<name>`` for DKF."""
+    """Make an inference network available as ``guide=<name>`` for DKF (in a module outside
+    this package too, loaded with ``plugins=[module]``)."""
+    return GUIDES.register(name)
 
-    def wrap(cls: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        GUIDES[name] = cls
-        return cls
 
-    return wrap
+def check_guide_steps(inference: nn.Module, x_dim: int, name: str) -> None:
+    """Refuse the inference network of ``guide=<name>`` if its first step q(z_1 | ·), on
+    x = 0 ``(1, 1, D)``, has no ``rsample`` (training draws through it), naming its class."""
+    with torch.no_grad():
+        q = inference(torch.zeros(1, 1, x_dim))
+        step, _ = q.step(0, q.initial(), None)
+    require_rsample(step, f"guide.name={name!r}: {type(inference).__name__}")
 
 
 class DKFInference(nn.Module):
@@ -64,11 +83,13 @@ class DKFInference(nn.Module):
         dense_g_z: Sequence[int],
         bidirectional: bool,
         activation: str = "tanh",
+        rnn: str = "lstm",
+        **_,
     ) -> None:
         super().__init__()
         self.z_dim, self.bidirectional = z_dim, bidirectional
         self.mlp_x_gx = MLP(x_dim, dense_x_gx, activation)
-        self.rnn_gx = lstm(self.mlp_x_gx.out_dim, dim_rnn_gx, bidirectional)
+        self.rnn_gx = recurrent(rnn, self.mlp_x_gx.out_dim, dim_rnn_gx, bidirectional)
         self.mlp_ztm1_g = MLP(z_dim, [*dense_ztm1_g, dim_rnn_gx], activation)
         self.mlp_g_z = MLP(dim_rnn_gx, dense_g_z, activation)
         self.head = GaussianHead(self.mlp_g_z.out_dim, z_dim)
@@ -103,6 +124,34 @@ register_guide("dks")(partial(DKFInference, bidirectional=False))
 register_guide("st_lr")(partial(DKFInference, bidirectional=True))
 
 
+@register_guide("iaf")
+class IAFInference(DKFInference):
+    """The DKS guide with inverse autoregressive flows (Kingma et al. 2016), as in Pyro's DMM:
+    the combiner's N(μ_t, diag σ_t²) pushed through K affine autoregressive transforms that
+    every step shares,
+
+        z_t = f_K ∘ … ∘ f_1(u),  u ~ N(μ_t, diag σ_t²),  f_k(u) = u ⊙ exp(s_k(u)) + m_k(u),
+
+    with (m_k, s_k) a MADE of ``iaf_hidden`` units (Pyro's ``affine_autoregressive``), so
+    log q(z_t | ·) = log N(u; μ_t, σ_t²) − Σ_k Σ_l s_k(u_{k−1})_l. No KL to the prior has a closed
+    form: the ELBO scores this term with log q(z) − log p(z) of the draw.
+    ``forward(x (B, T, D)) -> Trajectory`` over z.
+    """
+
+    def __init__(self, *args, iaf_flows: int = 2, iaf_hidden: int = 100, **sizes) -> None:
+        for key, value in (("iaf_flows", iaf_flows), ("iaf_hidden", iaf_hidden)):
+            if type(value) is not int or value < 1:
+                raise ValueError(f"model.<modality>.{key}={value!r}: expected an integer >= 1")
+        super().__init__(*args, bidirectional=False, **sizes)
+        self.flows = nn.ModuleList(
+            affine_autoregressive(self.z_dim, hidden_dims=[iaf_hidden]) for _ in range(iaf_flows)
+        )
+
+    def combine(self, z_prev: torch.Tensor, gx: torch.Tensor) -> Distribution:
+        """q(z_t | z_{t−1}, g^x_t): the combiner's Gaussian through the flows; any leading dims."""
+        return TransformedDistribution(super().combine(z_prev, gx), list(self.flows))
+
+
 @register_guide("mean_field")
 class MeanFieldInference(nn.Module):
     """q(z_t | x_t) = N(heads(MLP(x_t))): every frame on its own, as in the VAE, so the guide
@@ -127,10 +176,17 @@ class DKF(LatentDecoderDVAE):
 
     Args:
         x_dim, z_dim, likelihood: see :class:`DVAE`.
-        guide: a registered guide (:data:`GUIDES`): ``dks`` (default), ``st_lr``, ``mean_field``.
+        guide: a registered guide (:data:`GUIDES`): ``dks`` (default), ``st_lr``, ``mean_field``,
+            ``iaf``.
         prior: a registered transition, ``gated`` (default) or ``linear``.
         dense_x_gx, dim_rnn_gx, dense_ztm1_g, dense_g_z: inference-network sizes.
         dense_z_x: decoder hidden sizes.
+        activation: of the inference MLPs, and of the decoder unless ``decoder_activation``.
+        rnn: the inference RNN over x, ``lstm`` or an Elman RNN ``relu`` / ``tanh``.
+        decoder_activation: of the decoder MLP (None: ``activation``). Pyro's DMM: ``relu``
+            decoder, ``tanh`` combiner.
+        iaf_flows, iaf_hidden: flows and MADE width of ``guide=iaf``.
+        prior_options: options of the transition (``prior.options``, e.g. ``hidden``).
     """
 
     def __init__(
@@ -146,13 +202,33 @@ class DKF(LatentDecoderDVAE):
         dense_g_z: Sequence[int] = (32,),
         dense_z_x: Sequence[int] = (32, 64, 128, 256),
         activation: str = "tanh",
+        rnn: str = "lstm",
+        decoder_activation: str | None = None,
+        iaf_flows: int = 2,
+        iaf_hidden: int = 100,
+        prior_options: dict | None = None,
     ) -> None:
         super().__init__(x_dim, z_dim, likelihood)
         inference = self.choose_guide(guide, GUIDES, default="dks")
-        self.prior = build_transition(prior or "gated", z_dim)
-        mlp_z_x = MLP(z_dim, dense_z_x, activation)
+        self.prior = build_transition(prior or "gated", z_dim, **(prior_options or {}))
+        decoder_activation = decoder_activation or activation
+        if decoder_activation not in ACTIVATIONS:
+            raise ValueError(
+                f"model.<modality>.decoder_activation={decoder_activation!r}: expected one of "
+                f"{list(ACTIVATIONS)}"
+            )
+        mlp_z_x = MLP(z_dim, dense_z_x, decoder_activation)
         self.decoder = nn.Sequential(mlp_z_x, nn.Linear(mlp_z_x.out_dim, x_dim))
         self.inference = inference(
-            x_dim=x_dim, z_dim=z_dim, dense_x_gx=dense_x_gx, dim_rnn_gx=dim_rnn_gx,
-            dense_ztm1_g=dense_ztm1_g, dense_g_z=dense_g_z, activation=activation,
+            x_dim=x_dim,
+            z_dim=z_dim,
+            dense_x_gx=dense_x_gx,
+            dim_rnn_gx=dim_rnn_gx,
+            dense_ztm1_g=dense_ztm1_g,
+            dense_g_z=dense_g_z,
+            activation=activation,
+            rnn=rnn,
+            iaf_flows=iaf_flows,
+            iaf_hidden=iaf_hidden,
         )
+        check_guide_steps(self.inference, x_dim, self.guide_name)

@@ -28,12 +28,19 @@ Below λ nats the v-encoder feels no pull towards the prior. Reported KLs (``kl_
 trainer's KL) stay the true ones.
 
 Speed: everything is one RNN call over time except sampling z from the LSTM prior in
-:meth:`DSAE.generate`; the prior scores a given z with one LSTM call over shift(z).
+:meth:`DSAE.generate`; the prior scores a given z with one LSTM call over shift(z). Both
+bi-LSTMs of the guide read φ (bi-LSTM_gxv through [φ_t, v] when MLP_xvgxv is empty): their four
+input projections of φ are one matrix product over all frames, and the v part of bi-LSTM_gxv's,
+W^v v, is computed once per sequence and broadcast over time (:meth:`DSAEInference.phi_gates`).
+Both then run through the whole-sequence scans of :mod:`pyro_dvae.scan`, which skip the
+gradient of φ = x that oneDNN's LSTM would compute. The RNNs over z keep ``nn.LSTM`` and
+``nn.RNN``: on inputs of width 16 oneDNN is faster than the scans.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pyro
 import torch
@@ -44,7 +51,23 @@ from torch.distributions import Distribution
 from pyro_dvae.distributions import IndependentTrajectory, Trajectory, diag_normal, normal_kl
 from pyro_dvae.likelihoods import Likelihood
 from pyro_dvae.models.base import DVAE
-from pyro_dvae.nn import MLP, GaussianHead, LSTMState, final_state, lstm, lstm_step, run_rnn, shift
+from pyro_dvae.nn import (
+    MLP,
+    GaussianHead,
+    LSTMState,
+    _active_lengths,
+    final_state,
+    lstm,
+    lstm_step,
+    run_rnn,
+    shift,
+)
+from pyro_dvae.scan import (
+    direction_weights,
+    input_gates,
+    is_scannable,
+    scan_directions,
+)
 
 
 def over_time(v: torch.Tensor, T: int) -> torch.Tensor:
@@ -60,9 +83,7 @@ class LSTMPrior(nn.Module):
         self.rnn = lstm(z_dim, dim_rnn_prior)
         self.head = GaussianHead(dim_rnn_prior, z_dim)
 
-    def step(
-        self, z_prev: torch.Tensor, state: LSTMState | None
-    ) -> tuple[Distribution, LSTMState]:
+    def step(self, z_prev: torch.Tensor, state: LSTMState | None) -> tuple[Distribution, LSTMState]:
         """One frame: advance the LSTM on z_{t−1} (B, L), then (p(z_t | z_{<t}), state)."""
         state = lstm_step(self.rnn, z_prev, state)
         return diag_normal(*self.head(state[0])), state
@@ -114,16 +135,57 @@ class DSAEInference(nn.Module):
         """φ = MLP_x(x) (B, T, D_φ)."""
         return self.mlp_x(x)
 
-    def static(self, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loc, scale) of q(v | x), each (B, V), from the bi-LSTM's final states [h^→_T, h^←_1]."""
-        h_n = final_state(self.rnn_gv, phi)
-        return self.head_v(self.mlp_gv_v(torch.cat([h_n[0], h_n[1]], dim=-1)))
+    def phi_gates(self, phi: torch.Tensor) -> PhiGates | None:
+        """The input gates of both directions of bi-LSTM_gv and of the φ part of bi-LSTM_gxv's,
+        from one product over all frames (:func:`~pyro_dvae.scan.input_gates`), each
+        ``(T, B, 4H)``; None where they cannot be shared (padded batch, or MLP_xvgxv between
+        [φ, v] and bi-LSTM_gxv): :meth:`static` and :meth:`dynamic` then run the RNNs alone."""
+        rnns = (self.rnn_gv, self.rnn_gxv)
+        if len(self.mlp_xv_gxv) or not all(map(is_scannable, rnns)):
+            return None
+        if _active_lengths(phi) is not None:
+            return None
+        D = phi.shape[-1]
+        weights = [direction_weights(rnn, k) for rnn in rnns for k in (0, 1)]
+        a = input_gates(phi, [w[0][:, :D] for w in weights], [w[2] for w in weights])
+        return PhiGates(gv=a[:2], gxv=a[2:])
 
-    def dynamic(self, phi: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loc, scale) of q(z_t | x, v), each (B, T, L)."""
-        u = self.mlp_xv_gxv(torch.cat([phi, over_time(v, phi.shape[1])], dim=-1))
-        g = self.mlp_gxv_gz(run_rnn(self.rnn_gxv, u))
-        return self.head_z(run_rnn(self.rnn_gz, g))
+    def static(
+        self, phi: torch.Tensor, gates: PhiGates | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loc, scale) of q(v | x), each (B, V), from the bi-LSTM's final states [h^→_T, h^←_1];
+        ``gates``: :meth:`phi_gates` of ``phi``, if computed."""
+        if gates is None:
+            h_n = final_state(self.rnn_gv, phi)
+            h_last = torch.cat([h_n[0], h_n[1]], dim=-1)
+        else:
+            hs = scan_directions(self.rnn_gv, gates.gv)
+            H = self.rnn_gv.hidden_size
+            h_last = torch.cat([hs[:, -1, :H], hs[:, 0, H:]], dim=-1)
+        return self.head_v(self.mlp_gv_v(h_last))
+
+    def dynamic(
+        self, phi: torch.Tensor, v: torch.Tensor, gates: PhiGates | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loc, scale) of q(z_t | x, v), each (B, T, L); ``gates`` as in :meth:`static`."""
+        if gates is None:
+            u = self.mlp_xv_gxv(torch.cat([phi, over_time(v, phi.shape[1])], dim=-1))
+            h = run_rnn(self.rnn_gxv, u)
+        else:  # W [φ_t, v] + b = (W^φ φ_t + b) + W^v v
+            D = phi.shape[-1]
+            w_v = [direction_weights(self.rnn_gxv, k)[0][:, D:] for k in (0, 1)]
+            a = [a_k + (v @ w.t()).unsqueeze(0) for a_k, w in zip(gates.gxv, w_v, strict=True)]
+            h = scan_directions(self.rnn_gxv, a)
+        return self.head_z(run_rnn(self.rnn_gz, self.mlp_gxv_gz(h)))
+
+
+@dataclass
+class PhiGates:
+    """Input gates from φ, each ``(T, B, 4H)`` (:meth:`DSAEInference.phi_gates`): ``gv`` of
+    bi-LSTM_gv's two directions, ``gxv`` of the φ part of bi-LSTM_gxv's (bias included)."""
+
+    gv: list[torch.Tensor]
+    gxv: list[torch.Tensor]
 
 
 class DSAEDecoder(nn.Module):
@@ -179,8 +241,17 @@ class DSAE(DVAE):
         self.prior = LSTMPrior(z_dim, dim_rnn_prior)
         self.decoder = DSAEDecoder(x_dim, z_dim, v_dim, dense_vz_x, activation)
         self.inference = DSAEInference(
-            x_dim, z_dim, v_dim, dense_x, dim_rnn_gv, dense_gv_v, dense_xv_gxv, dim_rnn_gxv,
-            dense_gxv_gz, dim_rnn_gz, activation,
+            x_dim,
+            z_dim,
+            v_dim,
+            dense_x,
+            dim_rnn_gv,
+            dense_gv_v,
+            dense_xv_gxv,
+            dim_rnn_gxv,
+            dense_gxv_gz,
+            dim_rnn_gz,
+            activation,
         )
 
     def prior_v(self, n: int, like: torch.Tensor) -> TorchDistribution:
@@ -198,10 +269,11 @@ class DSAE(DVAE):
 
     def guide(self, x: torch.Tensor, kl_weight: float = 1.0) -> None:
         phi = self.inference.features(x)
+        gates = self.inference.phi_gates(phi)
         with self.sequences(x):
-            q_v = Normal(*self.inference.static(phi)).to_event(1)
+            q_v = Normal(*self.inference.static(phi, gates)).to_event(1)
             v = self.latent("v", q_v, kl_weight)
-            q_z = IndependentTrajectory(diag_normal, *self.inference.dynamic(phi, v))
+            q_z = IndependentTrajectory(diag_normal, *self.inference.dynamic(phi, v, gates))
             self.latent("z", q_z, kl_weight)
 
     def free_bits(self, x: torch.Tensor, kl_weight: float) -> None:

@@ -8,9 +8,13 @@ a linear-Gaussian state-space model (LGSSM) over a, y_t (B, T, D) decoder output
         z_t = A_t z_{t−1} + B_t u_t + ε_t,   ε_t ~ N(0, Q),    u_t = a_{t−1} (or no control)
         a_t = C_t z_t + δ_t,                 δ_t ~ N(0, R)
         (A_t, B_t, C_t) = Σ_k α_t^k (A^k, B^k, C^k),  α_t = softmax(Lin(LSTM(a_{0:t−1})))
-    q(a | x) = ∏_t N(a_t; heads(MLP(x_t)))                      (frame-wise)
+    q(a | x) = ∏_t N(a_t; heads(enc(x_t)))                      (frame-wise)
 
-The ELBO is E_q[log p(x | a) + log p(a) − log q(a | x)], with z integrated out exactly:
+The frame networks enc and dec are MLPs (``encoder=mlp``) or the authors' convolutional VAE
+(``encoder=conv``, :mod:`pyro_dvae.conv`); q's variance is free (a log-variance head) or, as
+in the authors' code, ``a_var_max · sigmoid(·)`` (``a_var_max``, their 0.03 = R's variance).
+
+The ELBO is E_q[λ log p(x | a) + log p(a) − log q(a | x)], with z integrated out exactly:
 log p(a) = Σ_t log p(a_t | a_{<t}) from the Kalman filter. Since α_t and u_t depend on a_{<t}
 only, p(a) is an autoregressive density whose steps are the filter's one-step predictives
 N(C_t m_{t|t−1}, C_t P_{t|t−1} C_tᵀ + R), so the prior is an ordinary
@@ -18,14 +22,18 @@ N(C_t m_{t|t−1}, C_t P_{t|t−1} C_tᵀ + R), so the prior is an ordinary
 given a with one filter pass. Under ``TraceMeanField_ELBO`` the latent term is
 Σ_t KL(q(a_t | x_t) ‖ p(a_t | a_{<t})) at the guide's draw (Pyro registers the KL of a
 diagonal against a full-covariance Gaussian), an unbiased estimate of the same ELBO;
-``train.elbo=trace`` scores log q − log p of the draw instead.
+``train.elbo=trace`` scores log q − log p of the draw instead. λ (``recon_scale``) weighs the
+reconstruction while the model trains (``model.train()``; the authors' 0.3); validation and
+evaluation (``model.eval()``) score the true ELBO, λ = 1, as the authors' test does.
 
 Imputation (:meth:`KVAE.impute`): frames x_t that are missing get a_t from the LGSSM given the
 encodings of the observed frames, by Kalman smoothing (or filtering), then are decoded.
 
-Training schedule of the paper (VAE part first, then everything): the trainer's KL warm-up
-(``train.warmup_every``) does it. While the KL weight is 0 the latent site is masked, so only
-the encoder and decoder learn (an auto-encoder); the LGSSM and α-network join as it rises.
+Training schedules of the authors' code: ``only_vae_epochs`` (the VAE part alone first) is the
+trainer's KL warm-up (``train.warmup_every``): while the KL weight is 0 the latent site is
+masked, so only the encoder and decoder learn. ``kf_update_steps`` (the α-network joins after
+the VAE and the LGSSM matrices) is ``train.freeze=[dynamics.alpha_rnn, dynamics.alpha_out]``
+with ``train.freeze_epochs`` (their bouncing balls: no VAE-only epochs, α frozen for 10).
 """
 
 from __future__ import annotations
@@ -33,10 +41,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from pyro import poutine
 from pyro.distributions import MultivariateNormal
 from torch import nn
 from torch.nn import functional as F
 
+from pyro_dvae.conv import ConvDecoder, ConvEncoder
 from pyro_dvae.distributions import IndependentTrajectory, Trajectory, diag_normal
 from pyro_dvae.lgssm import LGSSM, Filtered, emission, kalman_filter, predict, rts_smoother, update
 from pyro_dvae.likelihoods import Likelihood
@@ -45,6 +55,10 @@ from pyro_dvae.nn import MLP, GaussianHead, LSTMState, lstm, lstm_step, shift
 
 CONTROLS = ("previous", "none")
 """``control``: u_t = a_{t−1} (the paper's choice), or no control input."""
+
+ENCODERS = ("mlp", "conv")
+"""``encoder``: MLPs over the flattened frame (``dense_x_a``), or the convolutional networks of
+:mod:`pyro_dvae.conv` (``conv_channels``, ``kernel_size``) for square frames."""
 
 NOISES = ("fixed", "learned")
 """``noise``: Q and R fixed at their initial values (the paper's choice; learned noise can let
@@ -74,6 +88,21 @@ class Covariance(nn.Module):
     def forward(self) -> torch.Tensor:
         tril = self.scale_tril()
         return tril @ tril.mT
+
+
+class BoundedGaussianHead(nn.Module):
+    """Affine map to the mean and a variance bounded above: ``σ² = var_max · sigmoid(·)``
+    (the authors' encoder, with var_max the emission noise variance).
+    ``forward(h (..., in_dim)) -> (loc (..., out_dim), scale (..., out_dim))``."""
+
+    def __init__(self, in_dim: int, out_dim: int, var_max: float) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_dim, 2 * out_dim)
+        self.var_max = var_max
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, raw = self.linear(h).chunk(2, dim=-1)
+        return loc, (self.var_max * torch.sigmoid(raw)).sqrt()
 
 
 class LGSSMPrior(nn.Module):
@@ -111,7 +140,8 @@ class LGSSMPrior(nn.Module):
         self.A = nn.Parameter(torch.eye(z_dim).repeat(K, 1, 1))
         self.B = (
             nn.Parameter(init_kf_mat * torch.randn(K, z_dim, a_dim))
-            if control == "previous" else None
+            if control == "previous"
+            else None
         )
         self.C = nn.Parameter(init_kf_mat * torch.randn(K, a_dim, z_dim))
         self.Q = Covariance(z_dim, transition_scale, noise == "learned")
@@ -144,7 +174,11 @@ class LGSSMPrior(nn.Module):
         return LGSSM(
             init_loc=self.init_loc.expand(B, -1),
             init_cov=self.init_cov.expand(B, -1, -1),
-            A=A, b=b, C=C, Q=self.Q(), R=self.R(),
+            A=A,
+            b=b,
+            C=C,
+            Q=self.Q(),
+            R=self.R(),
         )
 
     def filter(
@@ -223,7 +257,12 @@ class KVAE(DVAE):
         x_dim, likelihood: see :class:`DVAE`.
         z_dim: LGSSM state size Z. a_dim: VAE latent size N.
         K: base matrices. dim_rnn_alpha: LSTM size of the α-network.
-        dense_x_a: encoder hidden sizes; dense_a_x: decoder hidden sizes (None: reversed).
+        encoder: ``mlp`` or ``conv`` (:data:`ENCODERS`), for both frame networks.
+        dense_x_a: MLP encoder hidden sizes; dense_a_x: MLP decoder hidden sizes (None: reversed).
+        conv_channels, kernel_size: the convolutional networks' channels and k.
+        activation: of the frame networks' hidden layers (``tanh`` or ``relu``).
+        a_var_max: None (q's log-variance is free) or the bound of q's variance.
+        recon_scale: λ, the weight of log p(x | a) in training (1: the ELBO).
         control, noise, init_kf_mat, transition_scale, emission_scale, init_scale: see
             :class:`LGSSMPrior`.
     """
@@ -245,17 +284,42 @@ class KVAE(DVAE):
         emission_scale: float = 0.2,
         init_scale: float = 4.0,
         activation: str = "tanh",
+        encoder: str = "mlp",
+        conv_channels: Sequence[int] = (32, 32, 32),
+        kernel_size: int = 3,
+        a_var_max: float | None = None,
+        recon_scale: float = 1.0,
     ) -> None:
         super().__init__(x_dim, z_dim, likelihood)
-        self.a_dim = a_dim
-        mlp_x_a = MLP(x_dim, dense_x_a, activation)
-        self.encoder = nn.Sequential(mlp_x_a, GaussianHead(mlp_x_a.out_dim, a_dim))
-        hidden = list(reversed(dense_x_a)) if dense_a_x is None else dense_a_x
-        mlp_a_x = MLP(a_dim, hidden, activation)
-        self.decoder = nn.Sequential(mlp_a_x, nn.Linear(mlp_a_x.out_dim, x_dim))
+        check_options(encoder, a_var_max, recon_scale)
+        self.a_dim, self.recon_scale = a_dim, recon_scale
+        if encoder == "conv":
+            features = ConvEncoder(x_dim, conv_channels, kernel_size, activation)
+        else:
+            features = MLP(x_dim, dense_x_a, activation)
+        head = (
+            GaussianHead(features.out_dim, a_dim)
+            if a_var_max is None
+            else BoundedGaussianHead(features.out_dim, a_dim, a_var_max)
+        )
+        self.encoder = nn.Sequential(features, head)
+        if encoder == "conv":
+            self.decoder = ConvDecoder(a_dim, x_dim, conv_channels, kernel_size, activation)
+        else:
+            hidden = list(reversed(dense_x_a)) if dense_a_x is None else dense_a_x
+            mlp_a_x = MLP(a_dim, hidden, activation)
+            self.decoder = nn.Sequential(mlp_a_x, nn.Linear(mlp_a_x.out_dim, x_dim))
         self.dynamics = LGSSMPrior(
-            a_dim, z_dim, K, dim_rnn_alpha, control, noise, init_kf_mat,
-            transition_scale, emission_scale, init_scale,
+            a_dim,
+            z_dim,
+            K,
+            dim_rnn_alpha,
+            control,
+            noise,
+            init_kf_mat,
+            transition_scale,
+            emission_scale,
+            init_scale,
         )
 
     def inference(self, x: torch.Tensor) -> IndependentTrajectory:
@@ -266,7 +330,8 @@ class KVAE(DVAE):
         B, T, _ = x.shape
         with self.sequences(x):
             a = self.latent("a", self.dynamics.trajectory(B, T, x), kl_weight)
-            return self.observe(self.decoder(a), x)
+            with poutine.scale(scale=self.recon_scale if self.training else 1.0):
+                return self.observe(self.decoder(a), x)
 
     def guide(self, x: torch.Tensor, kl_weight: float = 1.0) -> None:
         with self.sequences(x):
@@ -285,3 +350,13 @@ class KVAE(DVAE):
         ones the LGSSM's smoothed (or, ``smooth=False``, filtered) estimate."""
         a = self.encoder(x)[0]
         return self.decoder(self.dynamics.smooth(a, observed, smooth)[0])
+
+
+def check_options(encoder: str, a_var_max: float | None, recon_scale: float) -> None:
+    """Refuse frame-network options that cannot work, naming the ``model.`` key."""
+    if encoder not in ENCODERS:
+        raise ValueError(f"model.encoder={encoder!r}: expected one of {list(ENCODERS)}")
+    if a_var_max is not None and not a_var_max > 0:
+        raise ValueError(f"model.a_var_max={a_var_max!r}: expected null or a number > 0")
+    if not recon_scale > 0:
+        raise ValueError(f"model.recon_scale={recon_scale!r}: expected a number > 0")

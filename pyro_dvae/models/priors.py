@@ -19,6 +19,7 @@ distribution`` and decorate it with ``@register_transition("name")``; add
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -28,28 +29,44 @@ from torch import nn
 from torch.distributions import Distribution
 from torch.nn import functional as F
 
-from pyro_dvae.distributions import IndependentTrajectory, Trajectory, diag_normal
+from pyro_dvae.distributions import (
+    IndependentTrajectory,
+    Trajectory,
+    diag_normal,
+    require_rsample,
+)
 from pyro_dvae.nn import shift
+from pyro_dvae.registry import Registry
 
-TRANSITIONS: dict[str, type[Transition]] = {}
+TRANSITIONS: Registry[type[Transition]] = Registry(
+    "prior.name", "Markov prior", "pyro_dvae.models.priors.register_transition"
+)
 
 
 def register_transition(name: str) -> Callable[[type[Transition]], type[Transition]]:
-    """Class decorator: make a :class:`Transition` available as ``prior=<name>``."""
-
-    def wrap(cls: type[Transition]) -> type[Transition]:
-        TRANSITIONS[name] = cls
-        return cls
-
-    return wrap
+    """Class decorator: make a :class:`Transition` available as ``prior=<name>`` (in a module
+    outside this package too, loaded with ``plugins=[module]``)."""
+    return TRANSITIONS.register(name)
 
 
-def build_transition(name: str, z_dim: int) -> Transition:
-    if name not in TRANSITIONS:
+def build_transition(name: str, z_dim: int, **options) -> Transition:
+    """The transition ``name`` over z_dim latents, with the ``prior.options`` of its config.
+
+    Raises:
+        ValueError: an unknown name (saying how to register one), options the class does not
+            take, or a step distribution without ``rsample`` (tried on z_{t−1} = 0, ``(1, L)``).
+    """
+    cls = TRANSITIONS.lookup(name)
+    try:
+        inspect.signature(cls).bind(z_dim, **options)
+    except TypeError as err:
         raise ValueError(
-            f"prior.name={name!r} is not a Markov prior; expected one of {sorted(TRANSITIONS)}"
-        )
-    return TRANSITIONS[name](z_dim)
+            f"prior.options={options!r}: not options of prior {name!r} ({err})"
+        ) from None
+    transition = cls(z_dim, **options)
+    with torch.no_grad():
+        require_rsample(transition(torch.zeros(1, z_dim)), f"prior.name={name!r}: {cls.__name__}")
+    return transition
 
 
 class StandardNormal(nn.Module):
@@ -75,21 +92,52 @@ class Transition(nn.Module):
         )
 
 
+GATED_SCALES = ("sqrt_softplus", "softplus")
+"""How the gated transition's σ comes from its last layer (``prior.options.scale``)."""
+LOC_INITS = ("torch", "identity")
+"""Initialisations of the gated transition's W_μ (``prior.options.loc_init``)."""
+
+
 @register_transition("gated")
 class GatedTransition(Transition):
-    """DKF's gated transition (spec §2.2), six ``Linear(L→L)``::
+    """DKF's gated transition (spec §2.2), six ``Linear`` layers, H hidden units::
 
-        gate = sigmoid(W2 relu(W1 z)),  prop = W4 relu(W3 z)
-        μ = (1 − gate) ⊙ W_μ z + gate ⊙ prop,   σ² = softplus(W_σ relu(prop))
+        gate = sigmoid(W2 relu(W1 z)),  prop = W4 relu(W3 z)       (W1, W3: L→H; W2, W4: H→L)
+        μ = (1 − gate) ⊙ W_μ z + gate ⊙ prop
+        σ = √softplus(W_σ relu(prop))      scale="sqrt_softplus": softplus gives the *variance*,
+                                             as in the original DVAE
+        σ = softplus(W_σ relu(prop))       scale="softplus", as in Pyro's DMM
 
-    (softplus gives the *variance* here, as in the original; 1e-10 keeps it positive.)
+    (1e-10 keeps the softplus positive.)
+
+    Args:
+        z_dim: L.
+        hidden: H; None: L (the DVAE spec's). Pyro's DMM: 200.
+        scale: see above.
+        loc_init: ``torch`` (PyTorch's default) or ``identity`` (W_μ = I, b_μ = 0, as in Pyro's
+            DMM: μ starts as z_{t−1} where the gate is closed).
     """
 
-    def __init__(self, z_dim: int) -> None:
+    def __init__(
+        self,
+        z_dim: int,
+        hidden: int | None = None,
+        scale: str = "sqrt_softplus",
+        loc_init: str = "torch",
+    ) -> None:
         super().__init__()
-        self.gate_hidden, self.gate_out = nn.Linear(z_dim, z_dim), nn.Linear(z_dim, z_dim)
-        self.prop_hidden, self.prop_out = nn.Linear(z_dim, z_dim), nn.Linear(z_dim, z_dim)
+        hidden_ok = hidden is None or (type(hidden) is int and hidden >= 1)
+        _check_option("hidden", hidden, hidden_ok, "null (z_dim) or an integer >= 1")
+        H = z_dim if hidden is None else hidden
+        _check_option("scale", scale, scale in GATED_SCALES, f"one of {list(GATED_SCALES)}")
+        _check_option("loc_init", loc_init, loc_init in LOC_INITS, f"one of {list(LOC_INITS)}")
+        self.scale = scale
+        self.gate_hidden, self.gate_out = nn.Linear(z_dim, H), nn.Linear(H, z_dim)
+        self.prop_hidden, self.prop_out = nn.Linear(z_dim, H), nn.Linear(H, z_dim)
         self.loc_linear, self.var_linear = nn.Linear(z_dim, z_dim), nn.Linear(z_dim, z_dim)
+        if loc_init == "identity":
+            nn.init.eye_(self.loc_linear.weight)
+            nn.init.zeros_(self.loc_linear.bias)
 
     def forward(self, z_prev: torch.Tensor) -> Distribution:
         return diag_normal(*self.loc_scale(z_prev))
@@ -99,8 +147,13 @@ class GatedTransition(Transition):
         gate = torch.sigmoid(self.gate_out(F.relu(self.gate_hidden(z_prev))))
         prop = self.prop_out(F.relu(self.prop_hidden(z_prev)))
         loc = (1 - gate) * self.loc_linear(z_prev) + gate * prop
-        var = F.softplus(self.var_linear(F.relu(prop))) + 1e-10
-        return loc, var.sqrt()
+        softplus = F.softplus(self.var_linear(F.relu(prop))) + 1e-10
+        return loc, softplus.sqrt() if self.scale == "sqrt_softplus" else softplus
+
+
+def _check_option(key: str, value: object, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"prior.options.{key}={value!r}: expected {expected}")
 
 
 @register_transition("linear")

@@ -23,8 +23,12 @@ Inference model, with g^z_t = LSTM_gz(MLP_zgz(z_{t−1})) summarising z_{1:t−1
 ``model=rvae_causal`` is the causal model with the causal guide, ``model=rvae_noncausal`` the
 non-causal model with the noncausal guide; either guide works with either model.
 
-Speed: g^x is one RNN call and the decoder one RNN call. Sampling z steps LSTM_gz one frame at
-a time (g^z_t needs the freshly sampled z_{t−1}); scoring a given z runs it once over shift(z).
+Speed: g^x is one RNN call, through the whole-sequence scan of :mod:`pyro_dvae.scan` (x needs
+no gradient, which oneDNN's LSTM would compute anyway), and the decoder one ``nn.LSTM`` call.
+Sampling z steps LSTM_gz one frame at a time (g^z_t needs the freshly sampled z_{t−1}); scoring a
+given z runs it once over shift(z). The first layer after the concatenation is split,
+``W [g^x_t, g^z_t] + b = (W^x g^x_t + b) + W^z g^z_t``, and its x part computed for every frame
+before the loop (:meth:`RVAEInference.x_part`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Distribution
 
@@ -40,7 +45,17 @@ from pyro_dvae.distributions import Trajectory, diag_normal
 from pyro_dvae.likelihoods import Likelihood
 from pyro_dvae.models.base import LatentDecoderDVAE
 from pyro_dvae.models.priors import StandardNormal
-from pyro_dvae.nn import MLP, GaussianHead, LSTMState, lstm, lstm_step, run_rnn, shift
+from pyro_dvae.nn import (
+    MLP,
+    GaussianHead,
+    LSTMState,
+    lstm,
+    lstm_step,
+    run_rnn,
+    scale_from_logvar,
+    shift,
+)
+from pyro_dvae.scan import run_rnn_fast
 
 GUIDES = {"causal": False, "noncausal": True}
 """Guide name → bidirectional LSTM over x (the spec's ``bidir_g_x``)."""
@@ -67,36 +82,59 @@ class RVAEInference(nn.Module):
         self.rnn_gx = lstm(self.mlp_x_gx.out_dim, dim_rnn_g_x, bidir_g_x)
         self.mlp_z_gz = MLP(z_dim, dense_z_gz, activation)
         self.rnn_gz = lstm(self.mlp_z_gz.out_dim, dim_rnn_g_z)
-        gx_dim = dim_rnn_g_x * (2 if bidir_g_x else 1)
+        self.gx_dim = gx_dim = dim_rnn_g_x * (2 if bidir_g_x else 1)
         self.mlp_g_z = MLP(gx_dim + dim_rnn_g_z, dense_g_z, activation)
         self.head = GaussianHead(self.mlp_g_z.out_dim, z_dim)
 
     def summary(self, x: torch.Tensor) -> torch.Tensor:
         """g^x (B, T, H_x or 2·H_x): the LSTM over MLP_xgx(x) on the time-reversed sequence."""
-        return run_rnn(self.rnn_gx, self.mlp_x_gx(x), backward=True)
+        return run_rnn_fast(self.rnn_gx, self.mlp_x_gx(x), backward=True)
+
+    def first_layer(self) -> nn.Linear:
+        """The affine layer applied to [g^x_t, g^z_t]: MLP_gz's first, or the head's."""
+        return self.mlp_g_z[0] if len(self.mlp_g_z) else self.head.linear
+
+    def x_part(self, gx: torch.Tensor) -> torch.Tensor:
+        """``W^x g^x_t + b`` of :meth:`first_layer` for every frame: ``(B, T, ·)``."""
+        layer = self.first_layer()
+        return F.linear(gx, layer.weight[:, : self.gx_dim], layer.bias)
+
+    def posterior_from_parts(self, ax: torch.Tensor, gz: torch.Tensor) -> Distribution:
+        """q(z_t | ·) from the x part ``ax`` of the first layer and g^z_t; any leading dims.
+        Equals :meth:`posterior` of (g^x, g^z) for ``ax = x_part(g^x)``."""
+        pre = ax + F.linear(gz, self.first_layer().weight[:, self.gx_dim :])
+        if len(self.mlp_g_z):  # the rest of MLP_gz (its first activation on), then the head
+            for layer in list(self.mlp_g_z)[1:]:
+                pre = layer(pre)
+            loc, scale = self.head(pre)
+        else:
+            loc, logvar = pre.chunk(2, dim=-1)
+            scale = scale_from_logvar(logvar)
+        return diag_normal(loc, scale)
 
     def posterior(self, gx: torch.Tensor, gz: torch.Tensor) -> Distribution:
         """q(z_t | ·) from [g^x_t, g^z_t]; any leading dims."""
         return diag_normal(*self.head(self.mlp_g_z(torch.cat([gx, gz], dim=-1))))
 
     def step(
-        self, gx_t: torch.Tensor, z_prev: torch.Tensor, state: LSTMState | None
+        self, ax_t: torch.Tensor, z_prev: torch.Tensor, state: LSTMState | None
     ) -> tuple[Distribution, LSTMState]:
-        """One frame: advance LSTM_gz on z_{t−1} (B, L), then (q(z_t | ·), state)."""
+        """One frame: advance LSTM_gz on z_{t−1} (B, L), then (q(z_t | ·), state); ``ax_t``
+        (B, ·) is frame t of :meth:`x_part`."""
         state = lstm_step(self.rnn_gz, self.mlp_z_gz(z_prev), state)
-        return self.posterior(gx_t, state[0]), state
+        return self.posterior_from_parts(ax_t, state[0]), state
 
-    def parallel(self, gx: torch.Tensor, z: torch.Tensor) -> Distribution:
+    def parallel(self, ax: torch.Tensor, z: torch.Tensor) -> Distribution:
         """All frames' q(z_t | ·) along a given z (B, T, L): LSTM_gz in one call."""
         gz = run_rnn(self.rnn_gz, self.mlp_z_gz(shift(z)))
-        return self.posterior(gx, gz)
+        return self.posterior_from_parts(ax, gz)
 
     def forward(self, x: torch.Tensor) -> Trajectory:
-        gx = self.summary(x)
+        ax = self.x_part(self.summary(x))
         B, T, _ = x.shape
         return Trajectory(
-            step=lambda t, z_prev, state: self.step(gx[:, t], z_prev, state),
-            parallel=lambda z: self.parallel(gx, z),
+            step=lambda t, z_prev, state: self.step(ax[:, t], z_prev, state),
+            parallel=lambda z: self.parallel(ax, z),
             batch_size=B,
             T=T,
             L=self.z_dim,
@@ -169,8 +207,15 @@ class RVAE(LatentDecoderDVAE):
             x_dim, z_dim, dense_z_h, dim_rnn_h, bidir_h, dense_h_x, activation
         )
         self.inference = RVAEInference(
-            x_dim, z_dim, dense_x_gx, dim_rnn_g_x, noncausal_guide, dense_z_gz, dim_rnn_g_z,
-            dense_g_z, activation,
+            x_dim,
+            z_dim,
+            dense_x_gx,
+            dim_rnn_g_x,
+            noncausal_guide,
+            dense_z_gz,
+            dim_rnn_g_z,
+            dense_g_z,
+            activation,
         )
 
 

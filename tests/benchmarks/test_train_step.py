@@ -6,18 +6,50 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-KEYS = {"model", "shape", "device", "sites", "ms_per_step", "ms_per_step_reference",
-        "ratio_pyro_to_reference", "ms_per_step_original_style", "ratio_pyro_to_original_style",
-        "peak_mem_mb"}
+KEYS = {
+    "model",
+    "shape",
+    "device",
+    "sites",
+    "ms_per_step",
+    "ms_per_step_reference",
+    "ratio_pyro_to_reference",
+    "ms_per_step_original_style",
+    "ratio_pyro_to_original_style",
+    "peak_mem_mb",
+}
 
 
 def test_benchmark_smoke_json(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--models", "vae,dkf",
-         "--steps", "2", "--warmup", "0", "--B", "2", "--T", "4", "--x-dim", "8",
-         "--threads", "1", "--rounds", "1", "--sites", "markov", "--json", str(out)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "train_step.py"),
+            "--models",
+            "vae,dkf",
+            "--steps",
+            "2",
+            "--warmup",
+            "0",
+            "--B",
+            "2",
+            "--T",
+            "4",
+            "--x-dim",
+            "8",
+            "--threads",
+            "1",
+            "--rounds",
+            "1",
+            "--sites",
+            "markov",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     rows = json.loads(out.read_text())
@@ -47,8 +79,13 @@ def test_reference_losses_equal_the_pyro_loss():
         torch.manual_seed(0)
         pyro_loss = TraceMeanField_ELBO().differentiable_loss(model.model, model.guide, x, 1.0)
         torch.manual_seed(0)
-        torch.testing.assert_close(reference(model, x), pyro_loss, rtol=1e-5, atol=1e-5,
-                                   msg=f"{name}: reference and Pyro losses differ")
+        torch.testing.assert_close(
+            reference(model, x),
+            pyro_loss,
+            rtol=1e-5,
+            atol=1e-5,
+            msg=f"{name}: reference and Pyro losses differ",
+        )
 
 
 def test_original_formulas_shift_the_loss_by_the_known_constants():

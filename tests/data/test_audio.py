@@ -28,8 +28,9 @@ def test_sine_window_values_and_constant_overlap_add():
 
 
 def test_stft_istft_round_trip_on_real_speech(data_root):
-    x = audio.read_audio(data_root / "speech_fixtures_16k/cmu_arctic/cmu_arctic_us_aew_a0001.wav",
-                         16000)
+    x = audio.read_audio(
+        data_root / "speech_fixtures_16k/cmu_arctic/cmu_arctic_us_aew_a0001.wav", 16000
+    )
     spec = audio.stft(torch.from_numpy(x), 1024, 256)
     assert spec.shape == (1 + len(x) // 256, 513)
     y = audio.istft(spec, 1024, 256, len(x)).numpy()
@@ -68,8 +69,9 @@ def test_overlapping_chunks_start_every_step_frames():
     assert chunks.shape == (6, 49 * 128)  # starts at frames 0, 20, ..., 100; 100 + 49 = 149
     assert chunks[:, 0].tolist() == [i * 20 * hop for i in range(6)]
     assert chunks[-1, -1] <= x[-1]
-    np.testing.assert_array_equal(audio.chunk(x, hop, seq_len, step=seq_len),
-                                  audio.chunk(x, hop, seq_len))
+    np.testing.assert_array_equal(
+        audio.chunk(x, hop, seq_len, step=seq_len), audio.chunk(x, hop, seq_len)
+    )
 
 
 def test_each_chunk_is_divided_by_its_own_peak():
@@ -108,6 +110,10 @@ def test_find_audio_is_recursive_and_case_insensitive(tmp_path):
     assert found == ["b.WAV", "sub/a.flac", "sub/deep/c.Wav"]
     with pytest.raises(FileNotFoundError, match="nowhere"):
         audio.find_audio(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no audio")
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'empty'}: no wav or flac file"):
+        audio.find_audio(tmp_path / "empty")
 
 
 def test_bad_files_raise_an_error_naming_them(tmp_path):
@@ -122,16 +128,23 @@ def test_bad_files_raise_an_error_naming_them(tmp_path):
 @pytest.mark.parametrize("fs", [16000, 8000])  # as stored, and resampled (which spreads a NaN)
 def test_non_finite_samples_raise_an_error_naming_the_file(tmp_path, fs):
     x = np.random.default_rng(0).uniform(-0.5, 0.5, (16000, 2)).astype(np.float32)
-    cases = {"nan": [(1600, 0, np.nan)], "inf": [(8000, 1, np.inf)], "neg_inf": [(16, 0, -np.inf)],
-             "nan_and_inf": [(4800, 0, np.nan), (3200, 1, np.inf)]}  # (frame, channel, value)
+    cases = {
+        "nan": [(1600, 0, np.nan)],
+        "inf": [(8000, 1, np.inf)],
+        "neg_inf": [(16, 0, -np.inf)],
+        "nan_and_inf": [(4800, 0, np.nan), (3200, 1, np.inf)],
+    }  # (frame, channel, value)
     for name, samples in cases.items():
         bad = x.copy()
         for row, col, value in samples:
             bad[row, col] = value
         sf.write(tmp_path / f"{name}.wav", bad, 16000, subtype="FLOAT")
         first = min(row for row, _, _ in samples)
-        with pytest.raises(audio.AudioFileError, match=rf"{name}\.wav: {len(samples)} non-finite "
-                           rf"samples \(NaN or inf\), the first at {first / 16000:.3f} s"):
+        with pytest.raises(
+            audio.AudioFileError,
+            match=rf"{name}\.wav: {len(samples)} non-finite "
+            rf"samples \(NaN or inf\), the first at {first / 16000:.3f} s",
+        ):
             audio.read_audio(tmp_path / f"{name}.wav", fs)
     sf.write(tmp_path / "fine.wav", x, 16000, subtype="FLOAT")
     assert np.isfinite(audio.read_audio(tmp_path / "fine.wav", fs)).all()
@@ -140,13 +153,15 @@ def test_non_finite_samples_raise_an_error_naming_the_file(tmp_path, fs):
 def test_stereo_files_are_averaged(tmp_path):
     left = np.linspace(-0.5, 0.5, 1000, dtype=np.float32)
     sf.write(tmp_path / "stereo.flac", np.stack([left, 0.5 * left], axis=1), 8000)
-    np.testing.assert_allclose(audio.read_audio(tmp_path / "stereo.flac", 8000), 0.75 * left,
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        audio.read_audio(tmp_path / "stereo.flac", 8000), 0.75 * left, atol=1e-4
+    )
 
 
 def test_griffin_lim_recovers_the_magnitude(data_root):
-    x = audio.read_audio(data_root / "speech_fixtures_16k/cmu_arctic/cmu_arctic_us_aew_a0002.wav",
-                         8000)[:8000]
+    x = audio.read_audio(
+        data_root / "speech_fixtures_16k/cmu_arctic/cmu_arctic_us_aew_a0002.wav", 8000
+    )[:8000]
     power = audio.stft(torch.from_numpy(x), 512, 128).abs().square()
     y = audio.griffin_lim(power.numpy(), 512, 128)
     assert len(y) == 128 * (len(power) - 1)

@@ -3,6 +3,7 @@ padded batches."""
 
 import hashlib
 import json
+import logging
 import math
 import urllib.error
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from pyro_dvae.data import build_task, sources
+from pyro_dvae.data import build_task, music, sources
 from pyro_dvae.data.music import PianoRolls, piano_roll, read_splits
 from pyro_dvae.likelihoods import Bernoulli
 from pyro_dvae.models.base import DVAE
@@ -98,6 +99,42 @@ def test_evaluate_scores_reconstructions_and_render_writes_piano_rolls(tmp_path)
     assert png.is_file() and samples.shape == (2, 4, 88) and set(np.unique(samples)) <= {0, 1}
 
 
+def test_the_figure_shows_as_many_chorales_as_asked(tmp_path, monkeypatch):
+    """Each chorale is two panels (it and its reconstruction): 4 asked, 4 shown, not 2."""
+    task = build_task("jsb_chorales", module="pyro_dvae.data.music", root=str(fake_root(tmp_path)))
+    task.test = PianoRolls([piano_roll([[60 + i]] * (i + 1), str(i)) for i in range(5)])
+    shown = []
+    monkeypatch.setattr(music, "piano_roll_figure", lambda rows, path: shown.append(rows))
+    for asked, n in [(4, 4), (7, 5), (1, 1)]:
+        task.evaluate(lambda x: x, tmp_path / "eval", n_examples=asked)
+        assert [label for label, _ in shown.pop()] == [
+            label for i in range(n) for label in (f"test chorale {i}", "reconstruction")
+        ]
+    task.evaluate(lambda x: x, tmp_path / "eval", n_examples=0)
+    assert shown == []
+
+
+def test_a_model_that_predicts_no_note_is_explained_and_counts_are_given(tmp_path, caplog):
+    """Notes at p = 0.3 everywhere (below ½): no note predicted, accuracy 0.0, and a warning
+    that says why; a perfect reconstruction predicts the 8 notes of the two chorales."""
+    task = build_task("jsb_chorales", module="pyro_dvae.data.music", root=str(fake_root(tmp_path)))
+    task.test = PianoRolls([piano_roll([[60, 64], [62], []], "a"), piano_roll([[70]] * 5, "b")])
+    caplog.set_level(logging.WARNING, logger="pyro_dvae.data.music")
+    perfect = task.evaluate(lambda x: x, tmp_path / "eval", n_examples=0)
+    assert perfect["notes_predicted"] == 8 and caplog.records == []
+    assert perfect["counts"] == {
+        "recon_nll_per_step": {"scored": 2, "items": 2},
+        "note_accuracy": {"scored": 2, "items": 2},
+    }
+    constant = task.evaluate(lambda x: torch.full_like(x, 0.3), tmp_path / "eval", n_examples=0)
+    assert constant["note_accuracy"] == 0.0 and constant["notes_predicted"] == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        "note_accuracy 0.0: no note of the 2 test chorales has a probability above 1/2, so none "
+        "is predicted (TP = 0); a distribution constant over time that gives every key its "
+        "frequency, all below 1/2, does this; see recon_nll_per_step"
+    ]
+
+
 def fake_root(tmp_path: Path) -> Path:
     """A data root holding a two-chorale-per-split JSON."""
     folder = tmp_path / "root" / "jsb_chorales"
@@ -117,10 +154,16 @@ def offline(monkeypatch, tmp_path) -> Path:
 
 def serve(monkeypatch, content: bytes) -> None:
     """The JSB release served as ``content``, with the checksum of ``b"genuine"``."""
-    monkeypatch.setattr(sources.urllib.request, "urlretrieve",
-                        lambda url, filename: Path(filename).write_bytes(content))
-    release = sources.FileRelease("https://example.org/jsb.json", "jsb-chorales-quarter.json",
-                                  hashlib.sha256(b"genuine").hexdigest())
+    monkeypatch.setattr(
+        sources.urllib.request,
+        "urlretrieve",
+        lambda url, filename: Path(filename).write_bytes(content),
+    )
+    release = sources.FileRelease(
+        "https://example.org/jsb.json",
+        "jsb-chorales-quarter.json",
+        hashlib.sha256(b"genuine").hexdigest(),
+    )
     monkeypatch.setitem(sources.FILE_RELEASES, "jsb_chorales", release)
 
 
@@ -175,15 +218,18 @@ def test_the_trainer_scores_padded_batches_per_valid_frame(tmp_path):
     """Batches of 3 chorales of different lengths (padding included): the trainer's training
     and validation losses are the NLL per valid frame over the whole split."""
     g = torch.Generator().manual_seed(0)
-    rolls = [(torch.rand(n, 88, generator=g) < 0.1).numpy().astype(np.uint8)
-             for n in (7, 3, 12, 5, 9, 4, 11)]
+    rolls = [
+        (torch.rand(n, 88, generator=g) < 0.1).numpy().astype(np.uint8)
+        for n in (7, 3, 12, 5, 9, 4, 11)
+    ]
     data = PianoRolls(rolls)
     model = KeyFrequencies()
     cfg = TrainConfig(epochs=1, batch_size=3, lr=1e-12, progress=False)
     trainer = Trainer(model, data, data, cfg, tmp_path, torch.device("cpu"))
     x = torch.cat([torch.from_numpy(r).float() for r in rolls])  # the 51 valid frames
     expected = nn.functional.binary_cross_entropy_with_logits(
-        model.logits.detach().expand(x.shape), x, reduction="sum") / len(x)
+        model.logits.detach().expand(x.shape), x, reduction="sum"
+    ) / len(x)
     row = trainer.run_epoch(0)
     assert row["val_recon"] == pytest.approx(expected.item(), rel=1e-6) and row["val_kl"] == 0
     assert row["train_loss"] == pytest.approx(expected.item(), rel=1e-6)

@@ -31,8 +31,13 @@ def reference_fk(frame: list[float], skeleton: Skeleton) -> list[list[float]]:
         k1, k2, k3 = (v / theta for v in r)
         k = [[0, -k3, k2], [k3, 0, -k1], [-k2, k1, 0]]
         kk = matmul(k, k)
-        return [[float(i == j) + math.sin(theta) * k[i][j] + (1 - math.cos(theta)) * kk[i][j]
-                 for j in range(3)] for i in range(3)]
+        return [
+            [
+                float(i == j) + math.sin(theta) * k[i][j] + (1 - math.cos(theta)) * kk[i][j]
+                for j in range(3)
+            ]
+            for i in range(3)
+        ]
 
     offsets = skeleton.offsets_mm.tolist()
     columns = skeleton.rot_columns.tolist()
@@ -113,8 +118,11 @@ def test_matches_reference_and_keeps_bone_lengths(name, request):
 
 
 def test_rodrigues_small_angles_and_gradient():
-    r = torch.tensor([[1e-6, -2e-6, 3e-6], [0.0, 0.0, 0.0], [0.3, -0.2, 1.1]],
-                     dtype=torch.float64, requires_grad=True)
+    r = torch.tensor(
+        [[1e-6, -2e-6, 3e-6], [0.0, 0.0, 0.0], [0.3, -0.2, 1.1]],
+        dtype=torch.float64,
+        requires_grad=True,
+    )
     rot = rodrigues(r)
     x, y, z = 1e-6, -2e-6, 3e-6
     first_order = torch.tensor([[1, -z, y], [z, 1, -x], [-y, x, 1]], dtype=torch.float64)
@@ -128,8 +136,12 @@ def test_rodrigues_small_angles_and_gradient():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
 def test_cuda_matches_cpu(h36m):
     frames = torch.randn(16, 99)
-    torch.testing.assert_close(h36m.forward_kinematics(frames.cuda()).cpu(),
-                               h36m.forward_kinematics(frames), rtol=0, atol=1e-3)
+    torch.testing.assert_close(
+        h36m.forward_kinematics(frames.cuda()).cpu(),
+        h36m.forward_kinematics(frames),
+        rtol=0,
+        atol=1e-3,
+    )
 
 
 def test_mpjpe_hand_case():

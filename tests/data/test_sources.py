@@ -74,8 +74,11 @@ def test_offline_download_failure_is_a_clear_error(monkeypatch, offline):
 
 def fake_release(monkeypatch, archive: bytes, digest: str) -> None:
     """Serve ``archive`` as the fsdd release with checksum ``digest``."""
-    monkeypatch.setattr(sources.urllib.request, "urlretrieve",
-                        lambda url, filename: Path(filename).write_bytes(archive))
+    monkeypatch.setattr(
+        sources.urllib.request,
+        "urlretrieve",
+        lambda url, filename: Path(filename).write_bytes(archive),
+    )
     release = sources.Release("https://example.org/fsdd.tar.gz", "recordings", "recordings", digest)
     monkeypatch.setitem(sources.RELEASES, "fsdd", release)
 
@@ -102,8 +105,9 @@ def test_download_is_verified_and_extracted_into_the_cache(monkeypatch, offline,
 
 
 @pytest.mark.parametrize("extra", [{}, {"repo/recordings/sub/extra.wav": b"unverified"}])
-def test_a_checksum_mismatch_leaves_nothing_usable_in_the_cache(monkeypatch, offline, tmp_path,
-                                                                extra):
+def test_a_checksum_mismatch_leaves_nothing_usable_in_the_cache(
+    monkeypatch, offline, tmp_path, extra
+):
     recordings = tmp_path / "expected"
     recordings.mkdir()
     (recordings / "0_a_0.wav").write_bytes(b"genuine")
@@ -163,7 +167,10 @@ def test_unsafe_members_are_refused_and_nothing_lands_outside(tmp_path, extracti
         sources.extract_archive(archive, dest)
     outside = [p for p in tmp_path.rglob("*") if dest not in p.parents and p != dest]
     assert sorted(p.relative_to(tmp_path).as_posix() for p in outside) == [
-        "a", "a/b", "archive.tar"]
+        "a",
+        "a/b",
+        "archive.tar",
+    ]
 
 
 def test_absolute_names_stay_inside_the_folder(tmp_path, extraction):
@@ -187,8 +194,9 @@ def test_a_plain_archive_extracts_with_both_checks(tmp_path, extraction):
 
 
 def test_an_unsafe_download_is_discarded_and_named(monkeypatch, offline, tmp_path, extraction):
-    archive = tar_of([member("repo/recordings/0_a_0.wav"), member("../../../evil")],
-                     tmp_path / "archive.tar").read_bytes()
+    archive = tar_of(
+        [member("repo/recordings/0_a_0.wav"), member("../../../evil")], tmp_path / "archive.tar"
+    ).read_bytes()
     fake_release(monkeypatch, archive, "0" * 64)
     message = "https://example.org/fsdd.tar.gz: unsafe archive, member '../../../evil'"
     with pytest.raises(sources.UnsafeArchiveError, match=re.escape(message) + ".*discarded"):

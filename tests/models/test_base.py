@@ -15,11 +15,22 @@ from pyro_dvae.models import build_model
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
 PAIRS = [
-    ("vae", None, None), ("dkf", "dks", None), ("dkf", "st_lr", None),
-    ("dkf", "mean_field", None), ("dkf", "dks", "linear"), ("dkf", "dks", "student_t"),
-    ("storn", None, None), ("vrnn", None, None), ("srnn", "smoother", None),
-    ("srnn", "filter", None), ("rvae_causal", "causal", None), ("rvae_causal", "noncausal", None),
-    ("rvae_noncausal", "noncausal", None), ("rvae_noncausal", "causal", None), ("dsae", None, None),
+    ("vae", None, None),
+    ("dkf", "dks", None),
+    ("dkf", "st_lr", None),
+    ("dkf", "mean_field", None),
+    ("dkf", "dks", "linear"),
+    ("dkf", "dks", "student_t"),
+    ("dkf", "iaf", None),
+    ("storn", None, None),
+    ("vrnn", None, None),
+    ("srnn", "smoother", None),
+    ("srnn", "filter", None),
+    ("rvae_causal", "causal", None),
+    ("rvae_causal", "noncausal", None),
+    ("rvae_noncausal", "noncausal", None),
+    ("rvae_noncausal", "causal", None),
+    ("dsae", None, None),
 ]
 D, B, T, KL_WEIGHT = 12, 3, 6, 0.7
 
@@ -90,8 +101,11 @@ def test_predictive_gives_posterior_samples_and_posterior_predictive_x(sites):
     model, x = small("dkf", sites=sites), torch.exp(torch.randn(B, T, D))
     K = 5
     samples = Predictive(model.model, guide=model.guide, num_samples=K)(x)
-    z = samples["z"] if sites == "trajectory" else torch.stack(
-        [samples[f"z_{t}"] for t in range(1, T + 1)], dim=-2)
+    z = (
+        samples["z"]
+        if sites == "trajectory"
+        else torch.stack([samples[f"z_{t}"] for t in range(1, T + 1)], dim=-2)
+    )
     assert z.shape == (K, B, T, 10) and z.std(0).min() > 0
     predictive = Predictive(poutine.uncondition(model.model), guide=model.guide, num_samples=K)
     x_new = predictive(x)["x"]

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 from pyro import poutine
+from pyro.distributions.transforms import AffineAutoregressive
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_dvae.likelihoods import ExponentialPower, build_likelihood
@@ -159,8 +160,170 @@ def test_student_t_prior_falls_back_to_the_sampled_log_ratio():
     nu = torch.tensor(5.0)  # the initial degrees of freedom
     u = (z - mp) / sp
     log_p = (
-        torch.lgamma((nu + 1) / 2) - torch.lgamma(nu / 2) - 0.5 * torch.log(nu * math.pi)
-        - torch.log(sp) - (nu + 1) / 2 * torch.log1p(u**2 / nu)
+        torch.lgamma((nu + 1) / 2)
+        - torch.lgamma(nu / 2)
+        - 0.5 * torch.log(nu * math.pi)
+        - torch.log(sp)
+        - (nu + 1) / 2 * torch.log1p(u**2 / nu)
     ).sum()
     expected = (exponential_nll(x, y) + 0.6 * (gaussian_log_density(z, mq, sq) - log_p)) / (B * T)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+
+
+# --- Pyro's DMM options: ReLU RNN, decoder activation, gated-transition options, IAF guide ------
+
+
+@pytest.fixture
+def float64():
+    """Build and run in float64, so that hand-written and library numbers agree to ~1e-12."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def test_relu_rnn_guide_runs_the_elman_recursion_backward_within_each_sequence(float64):
+    """rnn=relu: g^x_t = relu(W_ih u_t + b_ih + W_hh g^x_{t+1} + b_hh), g^x_{L_b+1} = 0, with
+    u = MLP(x), from each sequence's own last step in a padded batch (padding set to 50)."""
+    model = build_model("dkf", 10, ExponentialPower(), rnn="relu", **TINY)
+    inference, lengths = model.inference, [5, 2, 4]
+    rnn = inference.rnn_gx
+    x = torch.rand(3, 5, 10)
+    mask = torch.arange(5) < torch.tensor(lengths)[:, None]
+    x[~mask] = 50.0
+    with model.step_mask(mask):
+        gx = inference.summary(x)
+    for b, length in enumerate(lengths):
+        u, h = inference.mlp_x_gx(x[b, :length]), torch.zeros(6)
+        for t in reversed(range(length)):
+            h = torch.relu(
+                rnn.weight_ih_l0 @ u[t] + rnn.bias_ih_l0 + rnn.weight_hh_l0 @ h + rnn.bias_hh_l0
+            )
+            torch.testing.assert_close(gx[b, t], h)
+
+
+def test_the_decoder_has_its_own_activation():
+    """decoder_activation=relu with activation=tanh: y = W2 relu(W1 z + b1) + b2, while the
+    combiner's z_{t−1} layer stays tanh; without it the decoder takes ``activation``."""
+    model = build_model(
+        "dkf", 10, ExponentialPower(), activation="tanh", decoder_activation="relu", **TINY
+    )
+    z = torch.randn(4, 3)
+    (hidden, _), out = model.decoder
+    torch.testing.assert_close(model.decoder(z), out(torch.relu(hidden(z))))
+    assert isinstance(model.inference.mlp_ztm1_g[1], torch.nn.Tanh)
+    tanh = build_model("dkf", 10, ExponentialPower(), activation="tanh", **TINY)
+    (hidden, _), out = tanh.decoder
+    torch.testing.assert_close(tanh.decoder(z), out(torch.tanh(hidden(z))))
+
+
+def test_gated_transition_with_pyros_dmm_options(float64):
+    """hidden=7, scale=softplus, loc_init=identity (Pyro's GatedTransition): L→7→L gate and
+    proposed-mean MLPs, μ = (1 − gate) ⊙ z + gate ⊙ prop, σ = softplus(W_σ relu(prop))."""
+    options = dict(hidden=7, scale="softplus", loc_init="identity")
+    model = build_model("dkf", 10, ExponentialPower(), prior_options=options, **TINY)
+    tr, z = model.prior, torch.randn(5, 3)
+    assert (tr.gate_hidden.out_features, tr.prop_out.in_features) == (7, 7)
+    gate = torch.sigmoid(tr.gate_out(torch.relu(tr.gate_hidden(z))))
+    prop = tr.prop_out(torch.relu(tr.prop_hidden(z)))
+    step = tr(z)
+    torch.testing.assert_close(step.mean, (1 - gate) * z + gate * prop)
+    scale = torch.nn.functional.softplus(tr.var_linear(torch.relu(prop)))
+    torch.testing.assert_close(step.stddev, scale)
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (dict(prior_options={"hiden": 3}), r"prior.options=\{'hiden': 3\}: not options of prior"),
+        (dict(prior_options={"hidden": 0}), "prior.options.hidden=0: expected null"),
+        (dict(prior_options={"scale": "exp"}), "prior.options.scale='exp': expected one of"),
+        (dict(prior_options={"loc_init": "eye"}), "prior.options.loc_init='eye': expected"),
+        (dict(prior="linear", prior_options={"hidden": 3}), "not options of prior 'linear'"),
+        (dict(rnn="gru"), r"model.<modality>.rnn='gru': expected one of \['lstm', 'relu'"),
+        (dict(decoder_activation="elu"), "model.<modality>.decoder_activation='elu'"),
+        (dict(guide="iaf", iaf_flows=0), "model.<modality>.iaf_flows=0: expected an integer"),
+    ],
+)
+def test_bad_dmm_options_name_their_key(options, message):
+    with pytest.raises(ValueError, match=message):
+        build_model("dkf", 10, ExponentialPower(), **{**TINY, **options})
+
+
+def test_prior_options_for_a_model_without_them_are_refused():
+    with pytest.raises(ValueError, match=r"prior.options=\{'hidden': 3\}: model 'vae' has no"):
+        build_model("vae", 10, ExponentialPower(), prior_options={"hidden": 3}, z_dim=3,
+                    dense_x_z=[4])  # fmt: skip
+
+
+def _iaf_draw_by_hand(model, x, seed):
+    """The IAF guide's draw with the noise of ``seed``, step by step as on paper: u ~ N(μ_t,
+    σ_t²) from the combiner, z_t = f_2(f_1(u)), f_k(v) = v ⊙ exp(s_k(v)) + m_k(v); and
+    log q(z_t | ·) = log N(u; μ_t, σ_t²) − Σ_k Σ_l s_k(·)_l. Returns z (B, T, L), log q (B, T)."""
+    inference = model.inference
+    torch.manual_seed(seed)
+    gx = inference.summary(x)
+    z_prev, zs, log_qs = torch.zeros(x.shape[0], 3), [], []
+    for t in range(x.shape[1]):
+        g = (inference.mlp_ztm1_g(z_prev) + gx[:, t]) / 2
+        loc, logvar = inference.head.linear(inference.mlp_g_z(g)).chunk(2, -1)
+        scale = torch.exp(0.5 * logvar)
+        v = loc + scale * torch.randn_like(loc)
+        log_q = -0.5 * ((v - loc) / scale) ** 2 - scale.log() - 0.5 * math.log(2 * math.pi)
+        log_q = log_q.sum(-1)
+        for flow in inference.flows:
+            m, s = flow.arn(v)
+            assert s.abs().max() < 3  # inside the flow's clamp [-5, 3]: no clipping to write
+            v = v * s.exp() + m
+            log_q = log_q - s.sum(-1)
+        zs.append(v)
+        log_qs.append(log_q)
+        z_prev = v
+    return torch.stack(zs, 1), torch.stack(log_qs, 1)
+
+
+def _iaf_model():
+    return build_model("dkf", 10, ExponentialPower(), guide="iaf", iaf_hidden=9, **TINY)
+
+
+def test_iaf_guide_log_q_is_the_change_of_variables_formula(float64):
+    """The guide's draw and its log q (scored as drawn, through the flows' cache) are the
+    formula's; so is log q of the same values scored afresh (the flows inverted)."""
+    model, x = _iaf_model(), torch.rand(4, 6, 10)
+    assert len(model.inference.flows) == 2
+    torch.manual_seed(5)
+    site = poutine.trace(model.guide).get_trace(x).nodes["z"]
+    z, log_q = _iaf_draw_by_hand(model, x, seed=5)
+    torch.testing.assert_close(site["value"], z)
+    torch.testing.assert_close(site["fn"].log_prob(site["value"]), log_q.sum(-1))
+    torch.testing.assert_close(site["fn"].log_prob(site["value"].clone()), log_q.sum(-1))
+
+
+@pytest.mark.parametrize("elbo", [TraceMeanField_ELBO(), Trace_ELBO()], ids=["mean_field", "trace"])
+def test_iaf_elbo_scores_the_prior_with_the_sampled_log_ratio(float64, elbo):
+    """No KL between a flow and the Gaussian transition: both ELBOs take log q(z) − log p(z) of
+    the guide's draw (KL weight 0.6), per frame."""
+    B, T = 4, 6
+    model, x = _iaf_model(), torch.rand(B, T, 10)
+    torch.manual_seed(5)
+    loss = elbo.differentiable_loss(model.model, model.guide, x, 0.6)
+    z, log_q = _iaf_draw_by_hand(model, x, seed=5)
+    mp, sp = _transition_by_hand(model.prior, shift(z))
+    log_ratio = log_q.sum() - gaussian_log_density(z, mp, sp)
+    expected = (exponential_nll(x, model.decoder(z)) + 0.6 * log_ratio) / (B * T)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_the_iaf_guides_own_draw_is_scored_without_inverting_the_flows(monkeypatch):
+    """The walk scores each step as it is drawn, from the flows' cache: an autoregressive
+    flow's inverse (L sequential passes of its MADE) is never needed for the guide's draw."""
+    model, x = _iaf_model(), torch.rand(4, 6, 10)
+    site = poutine.trace(model.guide).get_trace(x).nodes["z"]
+
+    def no_inverse(self, y):
+        raise AssertionError("the flow was inverted")
+
+    monkeypatch.setattr(AffineAutoregressive, "_inverse", no_inverse)
+    assert site["fn"].log_prob(site["value"]).isfinite().all()
+    with pytest.raises(AssertionError, match="inverted"):  # a value not drawn: inverted
+        site["fn"].log_prob(site["value"].clone())

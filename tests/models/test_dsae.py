@@ -177,3 +177,23 @@ def test_single_guide_and_prior():
 def test_overfits_a_tiny_batch():
     first, last = overfit(tiny(), smooth_batch(B, T, X_DIM), steps=60)
     assert last < first / 2
+
+
+def test_shared_phi_gates_equal_the_rnns_run_alone():
+    """One product for the φ projections of bi-LSTM_gv and bi-LSTM_gxv plus W^v v per sequence
+    gives q(v) and q(z | v) of the RNNs run on φ and on [φ_t, v]; float64 (round-off ~1e-16
+    per operation)."""
+    model = build_model("dsae", X_DIM, ExponentialPower(), **{**TINY, "dense_xv_gxv": []})
+    model = model.double()
+    inference = model.inference
+    phi = inference.features(torch.rand(B, T, X_DIM, dtype=torch.float64))
+    gates = inference.phi_gates(phi)
+    assert gates is not None
+    v = torch.randn(B, 2, dtype=torch.float64)
+    for shared, alone in [
+        (inference.static(phi, gates), inference.static(phi)),
+        (inference.dynamic(phi, v, gates), inference.dynamic(phi, v)),
+    ]:
+        for s, a in zip(shared, alone, strict=True):
+            torch.testing.assert_close(s, a, rtol=1e-12, atol=1e-12)
+    assert tiny().inference.phi_gates(phi.float()) is None  # MLP_xvgxv in between: not shared

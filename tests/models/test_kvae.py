@@ -2,17 +2,21 @@
 
 import json
 import math
+import re
 
 import pytest
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
-from pyro_dvae import runner
+from pyro_dvae import cli, runner
+from pyro_dvae.conv import ConvDecoder, ConvEncoder
+from pyro_dvae.data import build_task
 from pyro_dvae.lgssm import LGSSM, kalman_filter
 from pyro_dvae.likelihoods import Bernoulli
 from pyro_dvae.models import build_model
 from pyro_dvae.models.kvae import LGSSMPrior
+from pyro_dvae.train import load_checkpoint, seed_everything
 from tests.test_lgssm import dense_posterior
 from tests.test_runner import compose_config
 
@@ -250,13 +254,24 @@ def test_fixed_noise_is_not_learned_and_is_the_default():
     assert "dynamics.B" not in {n for n, _ in tiny(control="none").named_parameters()}
 
 
-QUICK = ["model=kvae", "train.epochs=1", "train.batch_size=8", "train.progress=false",
-         "train.warmup_every=0"]
+QUICK = [
+    "model=kvae",
+    "train.epochs=1",
+    "train.batch_size=8",
+    "train.progress=false",
+    "train.warmup_every=0",
+]
 
 
 def test_bouncing_balls_train_evaluate_generate(tmp_path):
-    overrides = [*QUICK, "data=bouncing_ball", "data.n_train=16", "data.n_val=8",
-                 "data.n_test=4", "data.seq_len=20"]
+    overrides = [
+        *QUICK,
+        "data=bouncing_ball",
+        "data.n_train=16",
+        "data.n_val=8",
+        "data.n_test=4",
+        "data.seq_len=20",
+    ]
     run_dir = runner.train(compose_config(overrides), tmp_path)
     results = runner.evaluate(run_dir, torch.device("cpu"))
     assert 0 <= results["pixel_error"] <= 1 and results["nll_per_frame"] > 0
@@ -271,3 +286,161 @@ def test_speech_and_motion_train_and_evaluate(data_root, tmp_path, data):
     results = runner.evaluate(run_dir, torch.device("cpu"))
     metric = "si_sdr" if "fsdd" in data else "mpjpe_mm"
     assert math.isfinite(results[metric])
+
+
+# --- the paper's setup: convolutional frame networks, bounded q variance, λ, the recipe ---
+
+
+def conv_kvae(**options):
+    """A float64 KVAE on 4 × 4 binary frames with two conv layers of 3 channels."""
+    sizes = dict(z_dim=3, a_dim=2, K=2, dim_rnn_alpha=5, encoder="conv", conv_channels=[3, 3])
+    model = build_model("kvae", 16, Bernoulli(), **{**sizes, "activation": "relu", **options})
+    return model.double()
+
+
+def test_the_papers_kvae_has_the_authors_layers():
+    """Parameters, counted by hand: encoder convs 1→32, 32→32, 32→32 (3 × 3): 320 + 2 · 9,248,
+    head 512 → 2 + 2: 2,052; decoder linear 2 → 512: 1,536, convs 32 → 128 (3 × 3): 3 · 36,992,
+    1 × 1 to one channel: 33; A^k, C^k: 3 · 16 + 3 · 8; LSTM(2, 50): 10,800, α head: 153 (no B:
+    no control; Q, R fixed)."""
+    cfg = compose_config(["+experiment=kvae_balls"])
+    model = runner.build_model_for(cfg, build_task(**{**cfg.data, "n_train": 1, "n_test": 1}))
+    assert sum(p.numel() for p in model.parameters()) == (
+        320 + 2 * 9248 + 2052 + 1536 + 3 * 36992 + 33 + 3 * 16 + 3 * 8 + 10800 + 153
+    )
+    assert model.encoder[0].map_shape == (32, 4, 4) and model.encoder[0].out_dim == 512
+    x = torch.rand(2, 20, 1024)
+    assert model.decoder(model.encoder(x)[0]).shape == (2, 20, 1024)
+
+
+def test_conv_encoder_reads_row_major_frames_with_stride_two():
+    """One layer whose kernel picks its centre pixel: with stride 2 and 'same' padding the
+    output at (i, j) is pixel (2i, 2j) of the frame read row by row."""
+    encoder = ConvEncoder(36, [1], kernel_size=3).double()
+    with torch.no_grad():
+        encoder.net[0].weight.zero_()
+        encoder.net[0].weight[0, 0, 1, 1] = 1.0
+        encoder.net[0].bias.zero_()
+    x = torch.rand(2, 3, 36, dtype=torch.float64)
+    expected = x.reshape(2, 3, 6, 6)[..., ::2, ::2].reshape(2, 3, 9)
+    torch.testing.assert_close(encoder(x), expected)
+
+
+def test_conv_decoder_upsamples_by_sub_pixel_shuffle():
+    """Map m (2 × 2) from the linear layer, a 1 × 1 conv to 4 channels with weights 1..4, ReLU,
+    shuffle, 1 × 1 conv of weight 1: pixel (2i + r, 2j + c) is (2r + c + 1) · m[i, j]."""
+    decoder = ConvDecoder(4, 16, [1], kernel_size=1).double()
+    with torch.no_grad():
+        decoder.linear.weight.copy_(torch.eye(4))
+        decoder.linear.bias.zero_()
+        decoder.net[0].weight.copy_(torch.arange(1.0, 5.0).reshape(4, 1, 1, 1))
+        decoder.net[0].bias.zero_()
+        decoder.net[3].weight.fill_(1.0)
+        decoder.net[3].bias.zero_()
+    m = torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=torch.float64)
+    expected = torch.kron(m.reshape(2, 2), torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=m.dtype))
+    torch.testing.assert_close(decoder(m), expected.reshape(1, 16))
+
+
+def test_the_encoders_variance_is_bounded_as_the_authors():
+    model = conv_kvae(a_var_max=0.03)
+    head = model.encoder[1]
+    h = torch.zeros(1, head.linear.in_features, dtype=torch.float64)
+    with torch.no_grad():
+        head.linear.weight.zero_()
+        head.linear.bias.zero_()
+        assert torch.equal(
+            head(h)[1] ** 2,
+            torch.full((1, 2), 0.015, dtype=torch.float64),
+        )  # 0.03 · sigmoid(0)
+        head.linear.bias.fill_(50.0)
+        scale = head(h)[1]
+    assert torch.all(scale**2 <= 0.03) and torch.allclose(scale**2, torch.tensor(0.03).double())
+
+
+def test_recon_scale_weighs_the_reconstruction_in_training_only():
+    """With λ = 0.3, −ELBO in train mode minus −ELBO in eval mode (same draw of a) is
+    0.7 · log p(x | a) / (B·T), log p(x | a) written out."""
+    model, x = tiny(recon_scale=0.3), binary(B, T, D)
+    guide_trace = poutine.trace(model.guide).get_trace(x, 1.0)
+    losses = {}
+    for mode in ("train", "eval"):
+        getattr(model, mode)()
+        losses[mode] = Trace_ELBO().differentiable_loss(
+            model.model, poutine.replay(model.guide, trace=guide_trace), x, 1.0
+        )
+    logits = model.decoder(guide_trace.nodes["a"]["value"])
+    recon = (x * logits - torch.nn.functional.softplus(logits)).sum()
+    torch.testing.assert_close(losses["train"] - losses["eval"], 0.7 * recon / (B * T))
+
+
+def test_the_fast_imputer_of_the_experiment_is_kvae_impute_on_missing_frames():
+    """experiments/kvae_imputation.py encodes once and decodes only the missing frames."""
+    from experiments.kvae_imputation import kvae_imputer
+
+    model, x = conv_kvae(a_var_max=0.03).eval(), binary(4, T, 16)
+    observed = torch.tensor([[1, 0, 0, 1, 1], [1, 1, 1, 1, 1], [1, 1, 0, 1, 0], [1, 0, 1, 0, 1]])
+    observed = observed.bool()
+    for smooth in (True, False):
+        expected = torch.sigmoid(model.impute(x, observed, smooth)).detach()
+        got = kvae_imputer(model, x, smooth)(slice(1, 4), observed[1:])
+        torch.testing.assert_close(got[~observed[1:]], expected[1:][~observed[1:]])
+        assert torch.all(got[observed[1:]] == 0)
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (dict(encoder="cnn"), "model.encoder='cnn'"),
+        (dict(a_var_max=0.0), "model.a_var_max=0.0"),
+        (dict(recon_scale=0.0), "model.recon_scale=0.0"),
+        (dict(conv_channels=[3, 3, 3]), "model.<modality>.conv_channels has 3 layers"),
+        (dict(kernel_size=2), "model.<modality>.kernel_size=2"),
+    ],
+)
+def test_bad_frame_network_options_name_the_key(options, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        conv_kvae(**options)
+
+
+def test_the_papers_recipe_trains_with_alpha_frozen_first(tmp_path):
+    """``+experiment=kvae_balls`` for one epoch on a few videos: the authors' schedule (lr
+    0.007, ×0.85 every 20 epochs, batch 32, clip 150, KL weight 1) and the α-network
+    (``kf_update_steps``) still at its initial weights while the rest has learned."""
+    overrides = [
+        "+experiment=kvae_balls",
+        "data.n_train=8",
+        "data.n_val=4",
+        "data.n_test=2",
+        "train.epochs=1",
+        "train.batch_size=4",
+        "train.progress=false",
+    ]
+    cfg = compose_config(overrides)
+    train = cfg.train
+    assert (train.lr, train.lr_decay, train.lr_decay_every, train.batch_size) == (
+        0.007,
+        0.85,
+        20,
+        4,
+    )
+    assert (train.clip_norm, train.warmup_every, train.freeze_epochs) == (150.0, 0, 10)
+    run_dir = runner.train(cfg, tmp_path)
+    seed_everything(cfg.seed)  # as the runner did before building the model
+    model = runner.build_model_for(cfg, build_task(**cfg.data))
+    initial = {name: p.detach() for name, p in model.named_parameters()}
+    trained = load_checkpoint(run_dir / "last.pt")["model"]
+    alpha = {k for k in initial if k.startswith(("dynamics.alpha_rnn.", "dynamics.alpha_out."))}
+    assert len(alpha) == 6
+    assert all(torch.equal(initial[k], trained[k]) for k in alpha)
+    assert all(not torch.equal(initial[k], trained[k]) for k in initial.keys() - alpha)
+
+
+def test_the_experiments_own_keys_pass_the_command_line_check(capsys):
+    """``+experiment=kvae_balls`` brings keys the default config lacks (data.wall,
+    model.video.recon_scale); the check of the command line composes it before judging."""
+    argv = ["+experiment=kvae_balls", "data.wall=1.0", "model.video.recon_scale=0.5"]
+    cli.check_overrides(cli.CONFIG_DIR, "config", argv)
+    with pytest.raises(SystemExit):
+        cli.check_overrides(cli.CONFIG_DIR, "config", [*argv, "data.wal=1.0"])
+    assert "data.wal: no such key; did you mean data.wall=1.0?" in capsys.readouterr().err

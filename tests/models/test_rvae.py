@@ -172,3 +172,21 @@ def test_overfits_a_tiny_batch(name):
     model = tiny(name)
     first, last = overfit(model, smooth_batch(B, T, X_DIM), steps=100)
     assert last < first / 2
+
+
+@pytest.mark.parametrize("dense_g_z", [[], [7]])
+@pytest.mark.parametrize("guide", ["causal", "noncausal"])
+def test_split_first_layer_equals_the_concatenated_layer(guide, dense_g_z):
+    """W^x g^x_t + b (precomputed for all t) + W^z g^z_t gives the q(z_t | ·) of the layer
+    over [g^x_t, g^z_t], with MLP_gz empty (the head splits) or not; float64, so any
+    difference beyond round-off (1e-16 per operation, a few dozen operations) is a bug."""
+    model = build_model(
+        "rvae_causal", X_DIM, ExponentialPower(), guide=guide, **{**TINY, "dense_g_z": dense_g_z}
+    ).double()
+    inference = model.inference
+    gx = torch.randn(B, T, inference.gx_dim, dtype=torch.float64)
+    gz = torch.randn(B, T, inference.rnn_gz.hidden_size, dtype=torch.float64)
+    split = inference.posterior_from_parts(inference.x_part(gx), gz).base_dist
+    whole = inference.posterior(gx, gz).base_dist
+    torch.testing.assert_close(split.loc, whole.loc, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(split.scale, whole.scale, rtol=1e-12, atol=1e-12)

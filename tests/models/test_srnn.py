@@ -23,20 +23,47 @@ from tests.models.feedback_checks import (
     guide_draw_and_coins,
 )
 
-SPEECH = dict(z_dim=16, dense_x_h=[256], dim_rnn_h=128, dense_hx_g=[256], dim_rnn_g=128,
-              dense_gz_z=[64, 32], dense_hz_x=[256], dense_hz_z=[64, 32])
-MOTION = dict(z_dim=10, dense_x_h=[64], dim_rnn_h=64, dense_hx_g=[64], dim_rnn_g=64,
-              dense_gz_z=[32], dense_hz_x=[64], dense_hz_z=[32])
-TINY = dict(z_dim=3, dense_x_h=[8], dim_rnn_h=5, dense_hx_g=[7], dim_rnn_g=6, dense_gz_z=[4, 5],
-            dense_hz_x=[9], dense_hz_z=[4])
+SPEECH = dict(
+    z_dim=16,
+    dense_x_h=[256],
+    dim_rnn_h=128,
+    dense_hx_g=[256],
+    dim_rnn_g=128,
+    dense_gz_z=[64, 32],
+    dense_hz_x=[256],
+    dense_hz_z=[64, 32],
+)
+MOTION = dict(
+    z_dim=10,
+    dense_x_h=[64],
+    dim_rnn_h=64,
+    dense_hx_g=[64],
+    dim_rnn_g=64,
+    dense_gz_z=[32],
+    dense_hz_x=[64],
+    dense_hz_z=[32],
+)
+TINY = dict(
+    z_dim=3,
+    dense_x_h=[8],
+    dim_rnn_h=5,
+    dense_hx_g=[7],
+    dim_rnn_g=6,
+    dense_gz_z=[4, 5],
+    dense_hz_x=[9],
+    dense_hz_z=[4],
+)
 B, T, D = 4, 6, 10
 BACKWARD = {"smoother": True, "filter": False}
 
 
-@pytest.mark.parametrize("modality,x_dim,params,count", [
-    ("speech", 513, SPEECH, 884_993),
-    ("motion", 96, MOTION, 100_232),
-])
+@pytest.mark.parametrize(
+    "modality,x_dim,params,count",
+    [
+        ("speech", 513, SPEECH, 884_993),
+        ("motion", 96, MOTION, 100_232),
+    ],
+)
 @pytest.mark.parametrize("guide", [None, "filter"])
 def test_parameter_count_matches_spec(modality, x_dim, params, count, guide):
     likelihood = build_likelihood(None, modality, x_dim)
@@ -54,8 +81,9 @@ def _by_hand(model, x, guide="smoother", z=None):
         h, c = lstm_cell(model.rnn_h, model.mlp_x_h(x_prev), h, c)
         hs.append(h)
         x_prev = x[:, t]
-    g = lstm_outputs(inf.rnn_g, inf.mlp_hx_g(torch.cat([torch.stack(hs, 1), x], -1)),
-                     reverse=BACKWARD[guide])
+    g = lstm_outputs(
+        inf.rnn_g, inf.mlp_hx_g(torch.cat([torch.stack(hs, 1), x], -1)), reverse=BACKWARD[guide]
+    )
     z_prev = x.new_zeros(x.shape[0], model.z_dim)
     mq, sq, mp, sp, ys = [], [], [], [], []
     for t in range(x.shape[1]):

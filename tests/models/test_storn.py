@@ -23,19 +23,46 @@ from tests.models.feedback_checks import (
     guide_draw_and_coins,
 )
 
-SPEECH = dict(z_dim=16, dense_x_g=[256], dim_rnn_g=128, dense_g_z=[64, 32], dense_z_h=[32, 64],
-              dense_xtm1_h=[256], dense_h_x=[256], dim_rnn_h=128)
-MOTION = dict(z_dim=10, dense_x_g=[64], dim_rnn_g=64, dense_g_z=[32], dense_z_h=[32],
-              dense_xtm1_h=[64], dense_h_x=[], dim_rnn_h=64)
-TINY = dict(z_dim=3, dense_x_g=[8], dim_rnn_g=6, dense_g_z=[5], dense_z_h=[4], dense_xtm1_h=[7],
-            dense_h_x=[9], dim_rnn_h=5)
+SPEECH = dict(
+    z_dim=16,
+    dense_x_g=[256],
+    dim_rnn_g=128,
+    dense_g_z=[64, 32],
+    dense_z_h=[32, 64],
+    dense_xtm1_h=[256],
+    dense_h_x=[256],
+    dim_rnn_h=128,
+)
+MOTION = dict(
+    z_dim=10,
+    dense_x_g=[64],
+    dim_rnn_g=64,
+    dense_g_z=[32],
+    dense_z_h=[32],
+    dense_xtm1_h=[64],
+    dense_h_x=[],
+    dim_rnn_h=64,
+)
+TINY = dict(
+    z_dim=3,
+    dense_x_g=[8],
+    dim_rnn_g=6,
+    dense_g_z=[5],
+    dense_z_h=[4],
+    dense_xtm1_h=[7],
+    dense_h_x=[9],
+    dim_rnn_h=5,
+)
 B, T, D = 4, 6, 10
 
 
-@pytest.mark.parametrize("modality,x_dim,params,count", [
-    ("speech", 513, SPEECH, 870_113),
-    ("motion", 96, MOTION, 96_500),
-])
+@pytest.mark.parametrize(
+    "modality,x_dim,params,count",
+    [
+        ("speech", 513, SPEECH, 870_113),
+        ("motion", 96, MOTION, 96_500),
+    ],
+)
 def test_parameter_count_matches_spec(modality, x_dim, params, count):
     model = build_model("storn", x_dim, build_likelihood(None, modality, x_dim), **params)
     assert sum(p.numel() for p in model.parameters()) == count

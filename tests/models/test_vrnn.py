@@ -22,19 +22,31 @@ from tests.models.feedback_checks import (
     guide_draw_and_coins,
 )
 
-SPEECH = dict(z_dim=16, dense_x=[256], dense_z=[32, 64], dense_hx_z=[], dense_hz_x=[],
-              dense_h_z=[], dim_rnn=128)
-MOTION = dict(z_dim=10, dense_x=[64], dense_z=[16, 32], dense_hx_z=[], dense_hz_x=[],
-              dense_h_z=[], dim_rnn=64)
-TINY = dict(z_dim=3, dense_x=[8], dense_z=[4, 5], dense_hx_z=[6], dense_hz_x=[7], dense_h_z=[4],
-            dim_rnn=5)
+SPEECH = dict(
+    z_dim=16,
+    dense_x=[256],
+    dense_z=[32, 64],
+    dense_hx_z=[],
+    dense_hz_x=[],
+    dense_h_z=[],
+    dim_rnn=128,
+)
+MOTION = dict(
+    z_dim=10, dense_x=[64], dense_z=[16, 32], dense_hx_z=[], dense_hz_x=[], dense_h_z=[], dim_rnn=64
+)
+TINY = dict(
+    z_dim=3, dense_x=[8], dense_z=[4, 5], dense_hx_z=[6], dense_hz_x=[7], dense_h_z=[4], dim_rnn=5
+)
 B, T, D = 4, 6, 10
 
 
-@pytest.mark.parametrize("modality,x_dim,params,count", [
-    ("speech", 513, SPEECH, 480_097),
-    ("motion", 96, MOTION, 61_592),
-])
+@pytest.mark.parametrize(
+    "modality,x_dim,params,count",
+    [
+        ("speech", 513, SPEECH, 480_097),
+        ("motion", 96, MOTION, 61_592),
+    ],
+)
 def test_parameter_count_matches_spec(modality, x_dim, params, count):
     model = build_model("vrnn", x_dim, build_likelihood(None, modality, x_dim), **params)
     assert sum(p.numel() for p in model.parameters()) == count

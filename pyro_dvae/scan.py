@@ -1,0 +1,215 @@
+"""Recurrences over whole sequences with one autograd node each: the CPU fast path of RNNs.
+
+A one-layer LSTM or tanh RNN splits into an input part that is known for every step at once
+and a recurrence that is not::
+
+    a_t = W_ih u_t + b_ih + b_hh                  (all t: one matrix product, :func:`input_gates`)
+    LSTM:  [i, f, g, o]_t = a_t + W_hh h_{t−1},  c_t = σ(f)·c_{t−1} + σ(i)·tanh(g),
+           h_t = σ(o)·tanh(c_t)                   (:class:`LSTMScan`)
+    tanh:  h_t = tanh(a_t + W_hh h_{t−1})         (:class:`TanhScan`)
+
+with h_0 = c_0 = 0, PyTorch's gate order and weights (``nn.LSTM``/``nn.RNN`` parameters are
+used as they are, so checkpoints do not change). Against ``nn.LSTM`` this saves, on the CPU:
+
+* the gradient of the input when nothing upstream needs it (x itself): oneDNN's LSTM
+  backward always computes it, a (B·T, 4H)×(4H, D) product, as large as the forward's input
+  projection for D = 513;
+* autograd's per-op overhead: each scan is one node whose backward is a hand-written loop of
+  a few fused operations per step, with everything that does not depend on the recursion
+  (the gate derivatives, W_hh's gradient) computed for all steps at once;
+* shared input products: callers may concatenate the input weights of several RNNs (or
+  directions) that read the same u into one product (:func:`input_gates` with a list).
+
+Tensors inside are time-major ``(T, B, ·)`` so that a step's slice is contiguous. Padded
+batches (:func:`~pyro_dvae.nn.sequence_lengths`) are not handled here: :func:`run_rnn_fast`
+hands them to :func:`~pyro_dvae.nn.run_rnn`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from pyro_dvae.nn import _active_lengths, run_rnn
+
+
+def _order(T: int, reverse: bool) -> range:
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def _padded(T: int, B: int, H: int, like: torch.Tensor, reverse: bool):
+    """A buffer ``(T + 1, B, H)`` whose extra slot, zero, is the state before the first step;
+    returns (buffer, values (T, B, ·), previous values (T, B, ·)) as views of it."""
+    buffer = like.new_empty(T + 1, B, H)
+    if reverse:
+        buffer[T].zero_()
+        return buffer, buffer[:T], buffer[1:]
+    buffer[0].zero_()
+    return buffer, buffer[1:], buffer[:T]
+
+
+def _tanh_from_doubled(s: torch.Tensor) -> torch.Tensor:
+    """tanh(x) = 2σ(2x) − 1 in place on ``s = σ(2x)``: one sigmoid, which the CPU vectorises,
+    where ``torch.tanh`` is several times slower; absolute error ~1 ulp of 1."""
+    return s.mul_(2).sub_(1)
+
+
+class LSTMScan(torch.autograd.Function):
+    """``apply(a (T, B, 4H), w_hh (4H, H), reverse) -> h (T, B, H)``; ``reverse`` runs t = T..1.
+
+    ``a`` and ``w_hh`` are in doubled-g form (:func:`direction_weights`): the g rows of the
+    gates are 2·(W u + b), so one sigmoid gives every gate (g = 2σ(·) − 1)."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, a: torch.Tensor, w_hh: torch.Tensor, reverse: bool):
+        T, B, G = a.shape
+        H = G // 4
+        acts = a.new_empty(T, B, G)
+        c_buffer, cs, _ = _padded(T, B, H, a, reverse)
+        h_buffer, hs, _ = _padded(T, B, H, a, reverse)
+        tcs = a.new_empty(T, B, H)
+        h = c = a.new_zeros(B, H)
+        w_t = w_hh.t()
+        for t in _order(T, reverse):
+            act = acts[t]
+            torch.sigmoid(torch.addmm(a[t], h, w_t), out=act)
+            i, f, g, o = act.unflatten(-1, (4, H)).unbind(-2)
+            _tanh_from_doubled(g)
+            c = torch.mul(f, c, out=cs[t]).addcmul_(i, g)
+            tc = _tanh_from_doubled(torch.sigmoid(c * 2, out=tcs[t]))
+            h = torch.mul(o, tc, out=hs[t])
+        ctx.save_for_backward(w_hh, acts, c_buffer, tcs, h_buffer)
+        ctx.reverse = reverse
+        return hs.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, d_hs: torch.Tensor):
+        w_hh, acts, c_buffer, tcs, h_buffer = ctx.saved_tensors
+        T, B, G = acts.shape
+        H = G // 4
+        reverse = ctx.reverse
+        c_prev = c_buffer[1:] if reverse else c_buffer[:T]
+        h_prev = h_buffer[1:] if reverse else h_buffer[:T]
+        i, f, g, o = acts.unflatten(-1, (4, H)).unbind(-2)
+        d_a = acts.new_empty(T, B, G)
+        t_next = None
+        for t in _order(T, not reverse):  # pre-activation derivatives, σ' = σ(1 − σ)
+            if t_next is None:
+                dh, dc = d_hs[t], torch.zeros_like(d_hs[t])
+            else:
+                dh = torch.addmm(d_hs[t], d_a[t_next], w_hh)
+                dc = dc * f[t_next]
+            ds = acts[t] * (1 - acts[t])
+            tc, d_i, d_f, d_g, d_o = tcs[t], *d_a[t].unflatten(-1, (4, H)).unbind(-2)
+            dc = dc.addcmul_(dh * o[t], 1 - tc * tc)
+            torch.mul(dh * tc, ds[:, 3 * H :], out=d_o)
+            torch.mul(dc * g[t], ds[:, :H], out=d_i)
+            torch.mul(dc * c_prev[t], ds[:, H : 2 * H], out=d_f)
+            torch.mul(
+                dc * i[t], torch.addcmul(torch.full_like(tc, 0.5), g[t], g[t], value=-0.5), out=d_g
+            )
+            t_next = t
+        d_w = d_a.view(-1, G).t() @ h_prev.reshape(-1, H)
+        return d_a, d_w, None
+
+
+class TanhScan(torch.autograd.Function):
+    """``apply(a (T, B, H), w_hh (H, H), reverse) -> h (T, B, H)``: h_t = tanh(p_t), with ``a``
+    and ``w_hh`` doubled (:func:`direction_weights`), so h_t = 2σ(a_t + W_hh h_{t−1}) − 1."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, a: torch.Tensor, w_hh: torch.Tensor, reverse: bool):
+        T, B, H = a.shape
+        h_buffer, hs, _ = _padded(T, B, H, a, reverse)
+        h = a.new_zeros(B, H)
+        w_t = w_hh.t()
+        for t in _order(T, reverse):
+            h = _tanh_from_doubled(torch.sigmoid(torch.addmm(a[t], h, w_t), out=hs[t]))
+        ctx.save_for_backward(w_hh, h_buffer)
+        ctx.reverse = reverse
+        return hs.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, d_hs: torch.Tensor):
+        w_hh, h_buffer = ctx.saved_tensors
+        T, B, H = d_hs.shape
+        reverse = ctx.reverse
+        hs, h_prev = (h_buffer[:T], h_buffer[1:]) if reverse else (h_buffer[1:], h_buffer[:T])
+        d_a = hs.new_empty(T, B, H)
+        half = hs.new_full((B, H), 0.5)
+        t_next = None
+        for t in _order(T, not reverse):  # dh_t · (1 − h_t²)/2: h = 2σ(·) − 1
+            dh = d_hs[t] if t_next is None else torch.addmm(d_hs[t], d_a[t_next], w_hh)
+            torch.mul(dh, torch.addcmul(half, hs[t], hs[t], value=-0.5), out=d_a[t])
+            t_next = t
+        d_w = d_a.view(-1, H).t() @ h_prev.reshape(-1, H)
+        return d_a, d_w, None
+
+
+def direction_weights(rnn: nn.RNNBase, direction: int) -> tuple[torch.Tensor, ...]:
+    """``(w_ih, w_hh, b_ih + b_hh)`` of one direction (0 forward, 1 backward) of a one-layer RNN,
+    in the doubled form the scans take: an LSTM's g rows and all rows of a tanh RNN times 2
+    (differentiable: gradients reach the module's own parameters)."""
+    suffix = "_reverse" if direction else ""
+    w_ih, w_hh = getattr(rnn, f"weight_ih_l0{suffix}"), getattr(rnn, f"weight_hh_l0{suffix}")
+    bias = getattr(rnn, f"bias_ih_l0{suffix}") + getattr(rnn, f"bias_hh_l0{suffix}")
+    if isinstance(rnn, nn.LSTM):
+        H = rnn.hidden_size
+        scale = bias.new_ones(4 * H)
+        scale[2 * H : 3 * H] = 2
+        return w_ih * scale[:, None], w_hh * scale[:, None], bias * scale
+    return 2 * w_ih, 2 * w_hh, 2 * bias
+
+
+def input_gates(
+    u: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
+    """``W_k u_t + b_k`` for every pair (W_k (G_k, D), b_k (G_k,)) in one product over all steps:
+    ``u (B, T, D) -> [a_k (T, B, G_k)]`` (time-major)."""
+    B, T, D = u.shape
+    u_tm = u.transpose(0, 1).reshape(T * B, D)
+    sizes = [w.shape[0] for w in weights]
+    w, b = (torch.cat(list(p)) if len(p) > 1 else p[0] for p in (weights, biases))
+    return list(torch.addmm(b, u_tm, w.t()).view(T, B, -1).split(sizes, dim=-1))
+
+
+def scan(rnn: nn.RNNBase, a: torch.Tensor, direction: int, reverse: bool) -> torch.Tensor:
+    """The recurrence of ``rnn``'s direction ``direction`` over input gates ``a (T, B, G)``:
+    ``(T, B, H)``; ``reverse`` runs t = T..1 (step t then summarises steps t..T)."""
+    w_hh = direction_weights(rnn, direction)[1]
+    if isinstance(rnn, nn.LSTM):
+        return LSTMScan.apply(a, w_hh, reverse)
+    return TanhScan.apply(a, w_hh, reverse)
+
+
+def is_scannable(rnn: nn.RNNBase) -> bool:
+    """One layer, batch-first, with biases, no projections: an LSTM or a tanh ``nn.RNN``."""
+    kind_ok = isinstance(rnn, nn.LSTM) and rnn.proj_size == 0
+    kind_ok = kind_ok or (type(rnn) is nn.RNN and rnn.nonlinearity == "tanh")
+    return kind_ok and rnn.num_layers == 1 and rnn.batch_first and rnn.bias
+
+
+def scan_directions(
+    rnn: nn.RNNBase, a: Sequence[torch.Tensor], backward: bool = False
+) -> torch.Tensor:
+    """Outputs ``(B, T, H or 2H)`` of ``rnn`` from its input gates per direction ``a``
+    (:func:`input_gates`), as :func:`~pyro_dvae.nn.run_rnn` gives them for an unpadded batch:
+    a bidirectional RNN's second half runs t = T..1, and ``backward`` reverses every direction."""
+    out = [scan(rnn, a_k, k, reverse=backward != (k == 1)) for k, a_k in enumerate(a)]
+    return (out[0] if len(out) == 1 else torch.cat(out, dim=-1)).transpose(0, 1)
+
+
+def run_rnn_fast(rnn: nn.RNNBase, x: torch.Tensor, backward: bool = False) -> torch.Tensor:
+    """:func:`~pyro_dvae.nn.run_rnn` with the scans of this module: same outputs ``(B, T, ·)``
+    from ``x (B, T, D)``. Padded batches and other RNN kinds go to ``run_rnn``."""
+    if not is_scannable(rnn) or _active_lengths(x) is not None:
+        return run_rnn(rnn, x, backward)
+    directions = range(2 if rnn.bidirectional else 1)
+    weights = [direction_weights(rnn, k) for k in directions]
+    a = input_gates(x, [w[0] for w in weights], [w[2] for w in weights])
+    return scan_directions(rnn, a, backward)
