@@ -1,5 +1,17 @@
 """The training loop shared by every model and dataset.
 
+Three parts, as in Lightning's split of step, loop and callbacks:
+
+* the step (:func:`pyro_dvae.step.train_step`): loss, backward, clipping and update of one
+  batch, with nothing else inside (the part a captured or compiled step replaces);
+* the epoch loop (:class:`Trainer`): schedules, training and validation epochs, the best epoch
+  and early stopping;
+* the bookkeeping (:class:`Bookkeeping`, on files from :mod:`pyro_dvae.records`): checkpoints,
+  ``metrics.csv``, ``loss.png``, log lines and stop signals.
+
+The cluster (:mod:`pyro_dvae.distributed`) stays at the edges: it shards the data, wraps the
+loss in DistributedDataParallel and all-reduces what the loop reports.
+
 Stochastic variational inference: each step evaluates the ELBO of the model/guide pair with
 ``TraceMeanField_ELBO`` (analytic per-step KL, the default) or ``Trace_ELBO``, and takes one
 optimiser step on its ``differentiable_loss``: ``torch.optim.Adam`` (the default) or Pyro's
@@ -32,19 +44,16 @@ Bookkeeping (spec §4.3–4.4, with its bugs fixed):
   ``torch.load(weights_only=True)``, so loading a ``.pt`` from elsewhere cannot run code.
 * Several processes (``train.distributed``, :mod:`pyro_dvae.distributed`): each rank trains on
   its share of every global batch through DistributedDataParallel; per-step frame counts,
-  non-finite losses and stop signals, and every epoch's losses are all-reduced, so all ranks
-  take the same steps and stop together; rank 0 alone writes. The checkpoint keeps every rank's
-  RNG states and resumes on any number of processes (exactly on the same number).
+  non-finite losses (the previous step's) and stop signals, and every epoch's losses are
+  all-reduced, so all ranks take the same steps and stop together; rank 0 alone writes. The
+  checkpoint keeps every rank's RNG states and resumes on any number of processes (exactly on
+  the same number).
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
-import os
-import random
-import re
 import signal
 import threading
 import time
@@ -54,24 +63,28 @@ from dataclasses import asdict, dataclass, field
 from numbers import Real
 from pathlib import Path
 
-import numpy as np
 import pyro
 import torch
-from pyro import poutine
-from pyro.distributions.util import scale_and_mask
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.optim.clipped_adam import ClippedAdam
-from torch.distributions import kl_divergence
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from pyro_dvae.distributed import SINGLE, Cluster, batch_sampler
 from pyro_dvae.feedback import check_schedule, ramp, sampling_probability
 from pyro_dvae.models.base import DVAE
+from pyro_dvae.records import (
+    atomic_save,
+    load_checkpoint,
+    plot_losses,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    write_metrics,
+)
+from pyro_dvae.step import ELBOS, ELBOLoss, loss_terms, train_step
 
 log = logging.getLogger(__name__)
 
-ELBOS = {"mean_field": TraceMeanField_ELBO, "trace": Trace_ELBO}
 OPTIMIZERS = ("adam", "clipped_adam")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 PLOT_SECONDS = 30.0
@@ -317,43 +330,14 @@ def build_optimizer(
     return torch.optim.Adam(params, **adam)
 
 
-def loss_terms(model: DVAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-frame reconstruction NLL and KL (at KL weight 1) of one batch, the same estimator as
-    ``TraceMeanField_ELBO``: analytic KL where one is registered, else log q − log p."""
-    guide_trace = poutine.trace(model.guide).get_trace(x)
-    model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(x)
-    model_trace.compute_log_prob()
-    recon = -model_trace.nodes["x"]["log_prob_sum"]
-    kl = x.new_zeros(())
-    for name, site in model_trace.nodes.items():
-        if site["type"] != "sample" or site["is_observed"]:
-            continue
-        q = guide_trace.nodes[name]
-        try:
-            kl_q = kl_divergence(q["fn"], site["fn"])
-            kl = kl + scale_and_mask(kl_q, q["scale"], q["mask"]).sum()
-        except NotImplementedError:
-            log_q = scale_and_mask(q["fn"].log_prob(q["value"]), q["scale"], q["mask"])
-            kl = kl + log_q.sum() - site["log_prob_sum"]
-    return recon, kl
-
-
-class ELBOLoss(torch.nn.Module):
-    """The training objective as a module, so that DistributedDataParallel can wrap it: the
-    differentiable negative ELBO per (valid) frame of a batch, at a KL weight."""
-
-    def __init__(self, model: DVAE, elbo: str) -> None:
-        super().__init__()
-        self.dvae = model
-        self.elbo = ELBOS[elbo]()
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, weight: float) -> torch.Tensor:
-        with self.dvae.step_mask(mask):
-            return self.elbo.differentiable_loss(self.dvae.model, self.dvae.guide, x, weight)
-
-
 class Trainer:
-    """Fits a model to a task's train split, validating and checkpointing every epoch.
+    """Fits a model to a task's train split, validating and checkpointing every epoch: the epoch
+    loop and its decisions (KL weight, LR, feedback probability, best epoch, early stopping).
+
+    Each batch is one :func:`~pyro_dvae.step.train_step`; what is saved, written and logged,
+    and how stop signals are handled, is :class:`Bookkeeping`'s. The cluster appears only at
+    the edges: this rank's share of the data, the DDP-wrapped loss, and :meth:`_synchronise`,
+    which all-reduces what the loop reports (frames, non-finite losses, stop signals, sums).
 
     Args:
         model: the DVAE, already on ``device``.
@@ -382,8 +366,7 @@ class Trainer:
     ) -> None:
         self.model, self.cfg, self.run_dir, self.device = model, cfg, Path(run_dir), device
         self.extra_state, self.seed, self.cluster = extra_state or {}, seed, cluster
-        if cluster.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.books = Bookkeeping(self.run_dir, writes=cluster.main, deferred=cluster.connected)
         seed_everything(seed + cluster.rank)  # every rank draws its own noise
         self.train_loader = self._loader(train_set, shuffle=True)
         self.val_loader = self._loader(val_set, shuffle=False)
@@ -393,9 +376,6 @@ class Trainer:
         self.frozen = frozen_parameters(model, cfg.freeze) if cfg.freeze_epochs else []
         self.loss = cluster.wrap(ELBOLoss(model, cfg.elbo))
         self.state = TrainState(seed=seed, warmup_epochs=fitted_warmup(cfg))
-        self.stop_signal: str | None = None  # SIGINT / SIGTERM received during fit()
-        self.writing = False  # inside an epoch's bookkeeping: stop signals wait for its end
-        self.plotted = time.monotonic()  # when loss.png was last drawn
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         """This rank's share of each batch (:func:`~pyro_dvae.distributed.batch_sampler`),
@@ -447,30 +427,27 @@ class Trainer:
         processes, all of them at the next all-reduce after any one is signalled. ``loss.png``
         is redrawn every :data:`PLOT_SECONDS` and when fit() ends, however it ends."""
         pyro.enable_validation(False)
-        if self.cluster.main:
-            log.info("%s", describe_warmup(self.cfg, self.state.warmup_epochs))
+        books, state = self.books, self.state
+        books.info(describe_warmup(self.cfg, state.warmup_epochs))
         try:
-            with self._stop_on_signals():
-                if self.state.history and self.cluster.main:  # resumed: a kill may have come
-                    with self._bookkeeping():  # between last.pt and metrics.csv
-                        write_metrics(self.state.history, self.run_dir / "metrics.csv")
+            with books.signals():
+                if state.history:  # resumed: a kill may have come between last.pt and
+                    with books.writing():  # metrics.csv
+                        books.write_metrics(state.history)
                 self._epochs()
-            warning = untrained_prior_warning(self.state.history, self.cfg)
-            if warning and self.cluster.main:
-                log.warning("%s", warning)
+            books.warning(untrained_prior_warning(self.state.history, self.cfg))
         except KeyboardInterrupt:
-            log.warning("%s", self._interrupted_message())
+            log.warning("%s", books.interrupted(self.state.epoch))
             raise
         finally:
-            if self.state.history and self.cluster.main:
-                self.plot()
+            books.plot(self.state.history)
         return self.state
 
     def _epochs(self) -> None:
         cfg, state = self.cfg, self.state
         while state.epoch < cfg.epochs:
             row = self.run_epoch(state.epoch)
-            with self._bookkeeping():
+            with self.books.writing():
                 self.end_epoch(row)
             if self.warm(row["epoch"]) and state.patience >= cfg.early_stop_patience:
                 log.info("early stopping after epoch %d (best %d)", row["epoch"], state.best_epoch)
@@ -480,57 +457,33 @@ class Trainer:
         """Whether ``epoch`` is past the KL warm-up (and scheduled sampling's ramp)."""
         return warmup_done(epoch, self.cfg, self.state.warmup_epochs)
 
-    def _interrupted_message(self) -> str:
-        cause = f"stopped by {self.stop_signal}" if self.stop_signal else "interrupted"
-        if self.state.epoch == 0:
-            return f"{cause} before the first epoch ended: nothing saved in {self.run_dir}"
-        return (
-            f"{cause}: {self.run_dir / 'last.pt'} holds epochs 0-{self.state.epoch - 1}; "
-            "continue with resume=true"
-        )
-
-    @contextmanager
-    def _stop_on_signals(self) -> Iterator[None]:
-        """SIGINT and SIGTERM raise ``KeyboardInterrupt`` (at once, or at the end of the
-        current bookkeeping; with several processes at the next all-reduce, see
-        :meth:`_synchronise`); the previous handlers come back afterwards. Only the main thread
-        can handle signals: elsewhere nothing changes."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def stop(signum: int, frame: object) -> None:
-            self.stop_signal = signal.Signals(signum).name
-            if not self.writing and not self.cluster.connected:
-                raise KeyboardInterrupt(self.stop_signal)
-
-        previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-
-    @contextmanager
-    def _bookkeeping(self) -> Iterator[None]:
-        """A stop signal received inside waits for the end, so checkpoints, metrics and
-        counters always agree."""
-        self.writing = True
-        try:
-            yield
-        finally:
-            self.writing = False
-        if self.stop_signal and not self.cluster.connected:
-            raise KeyboardInterrupt(self.stop_signal)
-
     def _synchronise(self, values: list[float]) -> list[float]:
         """``values`` summed over the ranks, together with whether any rank was signalled to
         stop; if one was, every rank stops here with ``KeyboardInterrupt``."""
-        *total, stops = self.cluster.sum([*values, self.stop_signal is not None])
+        books = self.books
+        *total, stops = self.cluster.sum([*values, books.stop_signal is not None])
         if stops:
-            self.stop_signal = self.stop_signal or "a signal to another process"
-            raise KeyboardInterrupt(self.stop_signal)
+            books.stop_signal = books.stop_signal or "a signal to another process"
+            raise KeyboardInterrupt(books.stop_signal)
         return total
+
+    def _step_scale(self, n: int, value: float, epoch: int) -> float:
+        """The cluster's part of a step, before it: this rank's ``n`` frames all-reduced with
+        whether its previous step's loss ``value`` was non-finite (and any stop signal); every
+        rank stops on either. Returns the factor on this rank's loss
+        (:meth:`~pyro_dvae.distributed.Cluster.step_weight`; 1 in a single process)."""
+        all_frames, bad = self._synchronise([n, not math.isfinite(value)])
+        self._check_finite(bad, value, epoch)
+        return self.cluster.step_weight(n, all_frames)
+
+    def _check_finite(self, bad: float, value: float, epoch: int) -> None:
+        """Stop every rank if any had a non-finite training loss (``bad``: how many ranks;
+        ``value``: this rank's latest loss)."""
+        if bad:
+            raise FloatingPointError(
+                f"non-finite loss {value} at epoch {epoch}; {self.run_dir / 'last.pt'} "
+                "still holds the last good epoch (try a lower train.lr)"
+            )
 
     def run_epoch(self, epoch: int) -> dict:
         weight = kl_weight(epoch, self.cfg, self.state.warmup_epochs)
@@ -542,10 +495,11 @@ class Trainer:
         if self.cfg.ss_reset_optimizer and epoch and p != feedback_probability(epoch - 1, self.cfg):
             self.optimizer.state.clear()
         start = time.perf_counter()
-        train_sums, wait = self.train_epoch(epoch, weight)
+        train_sums, value, wait = self.train_epoch(epoch, weight)
         seconds = time.perf_counter() - start
-        sums = self._synchronise([*train_sums, *self.validate()])
-        loss, train_frames, recon, kl, val_frames = sums
+        sums = self._synchronise([*train_sums, not math.isfinite(value), *self.validate()])
+        loss, train_frames, bad, recon, kl, val_frames = sums
+        self._check_finite(bad, value, epoch)
         val_recon, val_kl = recon / val_frames, kl / val_frames
         return {
             "epoch": epoch,
@@ -560,46 +514,43 @@ class Trainer:
             "data_wait_seconds": wait,
         }
 
-    def train_epoch(self, epoch: int, weight: float) -> tuple[tuple[float, int], float]:
-        """One pass over this rank's share of the training set; returns (the sum of the
-        per-frame losses times the frames, the number of frames), and the seconds spent waiting
-        for the DataLoader."""
+    def train_epoch(self, epoch: int, weight: float) -> tuple[tuple[float, int], float, float]:
+        """One pass over this rank's share of the training set, one
+        :func:`~pyro_dvae.step.train_step` a batch. A non-finite loss stops every rank at the
+        next all-reduce (the next step's, or the epoch's in :meth:`run_epoch`), before any
+        checkpoint holds it.
+
+        Returns:
+            (the sum of the per-frame losses times the frames, the number of frames), the last
+            step's loss, and the seconds spent waiting for the DataLoader.
+        """
         self.model.train()
         shuffle = self.train_loader.sampler.sampler  # the DistributedSampler
         shuffle.seed = self.state.seed
         shuffle.set_epoch(epoch)
-        total, count, wait = 0.0, 0, 0.0
+        frozen = self.frozen if epoch < self.cfg.freeze_epochs else ()
+        total, count, wait, value = 0.0, 0, 0.0, 0.0
         batches = tqdm(
             self.train_loader,
             desc=f"epoch {epoch}",
             leave=False,
-            disable=not (self.cfg.progress and self.cluster.main),
+            disable=not (self.cfg.progress and self.books.writes),
         )
         tick = time.perf_counter()
         for batch in batches:
             wait += time.perf_counter() - tick
             x, mask = on_device(batch, self.device)
-            loss, n = self.loss(x, mask, weight), frames(x, mask)
+            n = frames(x, mask)
+            scale = self._step_scale(n, value, epoch)
+            loss = train_step(
+                self.loss, self.optimizer, x, mask, weight, scale, frozen, self.clip_norm
+            )
             value = loss.item()
-            all_frames, bad = self._synchronise([n, not math.isfinite(value)])
-            if bad:
-                raise FloatingPointError(
-                    f"non-finite loss {value} at epoch {epoch}; {self.run_dir / 'last.pt'} "
-                    "still holds the last good epoch (try a lower train.lr)"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            (loss * self.cluster.step_weight(n, all_frames)).backward()
-            if epoch < self.cfg.freeze_epochs:  # no update, no share of the clipped norm
-                for p in self.frozen:
-                    p.grad = None
-            if self.clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
-            self.optimizer.step()
             total += value * n
             count += n
             batches.set_postfix(loss=f"{value:.3f}")
             tick = time.perf_counter()
-        return (total, count), wait
+        return (total, count), value, wait
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float, int]:
@@ -616,8 +567,8 @@ class Trainer:
         return recon, kl, count
 
     def end_epoch(self, row: dict) -> None:
-        """Early-stopping bookkeeping (on every rank, from all-reduced losses); on rank 0
-        checkpoints, metrics.csv, loss curve (at most every :data:`PLOT_SECONDS`), log line."""
+        """Early-stopping decisions (on every rank, from all-reduced losses), then the epoch's
+        records (:class:`Bookkeeping`: written on rank 0)."""
         state, epoch = self.state, row["epoch"]
         if not math.isfinite(row["val_loss"]):
             raise FloatingPointError(f"non-finite validation loss at epoch {epoch}")
@@ -627,39 +578,126 @@ class Trainer:
             # weight) is not compared with later ones: best_val stays at inf until warm.
             state.best_val = row["val_loss"] if warm else math.inf
             state.best_epoch, state.patience = epoch, 0
-            if self.cluster.main:
-                atomic_save(
-                    {"model": self.model.state_dict(), "epoch": epoch, **self.extra_state},
-                    self.run_dir / "best.pt",
-                )
+            self.books.save_best(self.model, epoch, self.extra_state)
         else:
             state.patience += 1
         row["best_epoch"] = state.best_epoch
         state.history.append(row)
         state.epoch = epoch + 1
-        checkpoint = self.checkpoint()  # every rank: it gathers their RNG states
-        if not self.cluster.main:
+        self.books.end_epoch(self.checkpoint(), state.history, warm)  # every rank: RNG gather
+
+
+class Bookkeeping:
+    """A run's records and its stop signals: what :class:`Trainer` saves, writes and logs.
+
+    Only where ``writes`` (rank 0): ``best.pt`` when an epoch is the best so far; after every
+    epoch ``last.pt`` (atomically), ``metrics.csv``, ``loss.png`` (at most every
+    :data:`PLOT_SECONDS`, and when training ends) and a log line.
+
+    On every rank: SIGINT and SIGTERM (inside :meth:`signals`) are recorded in
+    :attr:`stop_signal` and raise ``KeyboardInterrupt`` at once, or at the end of the current
+    :meth:`writing` block; with several processes (``deferred``) they raise nothing here, and
+    the trainer stops every rank at its next all-reduce.
+    """
+
+    def __init__(self, run_dir: Path, writes: bool, deferred: bool) -> None:
+        self.run_dir, self.writes, self.deferred = run_dir, writes, deferred
+        if writes:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        self.stop_signal: str | None = None  # SIGINT / SIGTERM received during fit()
+        self.busy = False  # inside an epoch's writes: stop signals wait for their end
+        self.plotted = time.monotonic()  # when loss.png was last drawn
+
+    @contextmanager
+    def signals(self) -> Iterator[None]:
+        """SIGINT and SIGTERM stop training (see the class); the previous handlers come back
+        afterwards. Only the main thread can handle signals: elsewhere nothing changes."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def stop(signum: int, frame: object) -> None:
+            self.stop_signal = signal.Signals(signum).name
+            if not self.busy and not self.deferred:
+                raise KeyboardInterrupt(self.stop_signal)
+
+        previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """A stop signal received inside waits for the end, so checkpoints, metrics and
+        counters always agree."""
+        self.busy = True
+        try:
+            yield
+        finally:
+            self.busy = False
+        if self.stop_signal and not self.deferred:
+            raise KeyboardInterrupt(self.stop_signal)
+
+    def info(self, message: str) -> None:
+        if self.writes:
+            log.info("%s", message)
+
+    def warning(self, message: str | None) -> None:
+        if message and self.writes:
+            log.warning("%s", message)
+
+    def interrupted(self, epoch: int) -> str:
+        """The line that tells a stopped run (``epoch`` epochs saved) how to continue."""
+        cause = f"stopped by {self.stop_signal}" if self.stop_signal else "interrupted"
+        if epoch == 0:
+            return f"{cause} before the first epoch ended: nothing saved in {self.run_dir}"
+        return (
+            f"{cause}: {self.run_dir / 'last.pt'} holds epochs 0-{epoch - 1}; "
+            "continue with resume=true"
+        )
+
+    def save_best(self, model: torch.nn.Module, epoch: int, extra_state: dict) -> None:
+        """``best.pt``: ``model``'s weights now (a true copy of the best epoch's)."""
+        if self.writes:
+            atomic_save(
+                {"model": model.state_dict(), "epoch": epoch, **extra_state},
+                self.run_dir / "best.pt",
+            )
+
+    def end_epoch(self, checkpoint: dict, history: list[dict], warm: bool) -> None:
+        """``last.pt`` (``checkpoint``), ``metrics.csv`` and the log line of the epoch that
+        ``history`` ends with (``warm``: past the warm-up), and ``loss.png`` when due."""
+        if not self.writes:
             return
         atomic_save(checkpoint, self.run_dir / "last.pt")
-        write_metrics(state.history, self.run_dir / "metrics.csv")
+        self.write_metrics(history)
         if time.monotonic() - self.plotted >= PLOT_SECONDS:
-            self.plot()
+            self.plot(history)
+        row = history[-1]
         log.info(
             "epoch %d  kl_w %.2f  train %.4f  val %.4f (recon %.4f, kl %.4f)  best %d%s  %.1fs",
-            epoch,
+            row["epoch"],
             row["kl_weight"],
             row["train_loss"],
             row["val_loss"],
             row["val_recon"],
             row["val_kl"],
-            state.best_epoch,
+            row["best_epoch"],
             "" if warm else " (warm-up: the latest)",
             row["seconds"],
         )
 
-    def plot(self) -> None:
-        plot_losses(self.state.history, self.run_dir / "loss.png")
-        self.plotted = time.monotonic()
+    def write_metrics(self, history: list[dict]) -> None:
+        if self.writes:
+            write_metrics(history, self.run_dir / "metrics.csv")
+
+    def plot(self, history: list[dict]) -> None:
+        """Redraw ``loss.png`` from ``history`` (nothing to draw before the first epoch)."""
+        if history and self.writes:
+            plot_losses(history, self.run_dir / "loss.png")
+            self.plotted = time.monotonic()
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -692,128 +730,3 @@ def on_device(batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor |
 def frames(x: torch.Tensor, mask: torch.Tensor | None) -> int:
     """The number of (valid) frames of a batch ``x (B, T, D)``."""
     return x.shape[0] * x.shape[1] if mask is None else int(mask.sum())
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    """Every global RNG state as tensors and plain Python values (``weights_only``-safe):
-    Python's ``random`` (a tuple of ints), NumPy's global MT19937, torch's CPU and CUDA
-    generators. (The shuffle is a function of the seed and the epoch: no state.)"""
-    numpy_state = np.random.get_state(legacy=False)
-    state = {
-        "python": random.getstate(),
-        "numpy": {
-            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
-            "pos": int(numpy_state["state"]["pos"]),
-            "has_gauss": int(numpy_state["has_gauss"]),
-            "gauss": float(numpy_state["gauss"]),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Inverse of :func:`rng_state` (its tensors may have been loaded onto any device)."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    numpy_state = state["numpy"]
-    np.random.set_state(
-        {
-            "bit_generator": "MT19937",
-            "state": {
-                "key": numpy_state["key"].cpu().numpy().astype(np.uint32),
-                "pos": numpy_state["pos"],
-            },
-            "has_gauss": numpy_state["has_gauss"],
-            "gauss": numpy_state["gauss"],
-        }
-    )
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def atomic_save(obj: dict, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
-    """Load a checkpoint written by :class:`Trainer` with ``torch.load(weights_only=True)``:
-    only tensors and plain Python values are read, so a file from elsewhere cannot run code.
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        ValueError (naming ``path``): a truncated or non-torch file, a pickle of other objects,
-            or a torch file that is not a dict with ``model`` weights.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # any unpickling failure means a bad file
-        raise _unreadable(path, err) from err
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        found = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(
-            f"{path} is not a pyro-dvae checkpoint: expected a dict with 'model' weights, "
-            f"found {found}"
-        )
-    return ckpt
-
-
-def _unreadable(path: Path, err: Exception) -> ValueError:
-    """The error for a file that ``torch.load(weights_only=True)`` refused."""
-    refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-    if refused:
-        return ValueError(
-            f"{path} was not loaded: it refers to {refused[1]}, which safe loading (torch.load "
-            "weights_only=True) refuses. pyro-dvae checkpoints hold only tensors and plain "
-            "values; this file comes from elsewhere or from an older version"
-        )
-    return ValueError(
-        f"{path} is not a readable pyro-dvae checkpoint: truncated (e.g. a crash while it was "
-        f"copied) or not written by torch.save ({type(err).__name__})"
-    )
-
-
-def write_metrics(history: list[dict], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, path)
-
-
-def plot_losses(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    epochs = [r["epoch"] for r in history]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    for ax, keys in zip(
-        axes, (("train_loss", "val_loss"), ("val_recon",), ("val_kl",)), strict=True
-    ):
-        for key in keys:
-            ax.plot(epochs, [r[key] for r in history], label=key)
-        ax.set_xlabel("epoch")
-        ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)

@@ -125,3 +125,22 @@ def test_only_hydra_scaffolding_is_removed(tmp_path):
     (tmp_path / "b" / ".hydra").mkdir(parents=True)
     (tmp_path / "b" / "config.yaml").write_text("x")
     assert not cli.remove_if_scaffold(tmp_path / "b") and (tmp_path / "b").exists()
+
+
+def test_an_offline_download_is_one_line_without_its_chain(capsys, monkeypatch):
+    """A download that fails offline raises FileNotFoundError from the URLError: the user sees
+    the outer message alone, none of the chained tracebacks."""
+    import urllib.error
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as stop, cli.user_errors():
+        try:
+            raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+        except OSError as err:
+            raise FileNotFoundError("Could not download 'fsdd' from https://x (...)") from err
+    assert stop.value.code == cli.EXIT_USER_ERROR
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "error: Could not download 'fsdd' from https://x (...)",
+        "(set HYDRA_FULL_ERROR=1 for the traceback)",
+    ]
