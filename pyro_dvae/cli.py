@@ -20,6 +20,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from pyro_dvae.collect import flatten
+
 USER_ERRORS = (ValueError, OSError)
 """Exceptions whose message is meant for the user (it names the key or file)."""
 EXIT_USER_ERROR = 2
@@ -73,12 +75,12 @@ def unknown_override(cfg: DictConfig, overrides: Sequence[str]) -> str | None:
     Overrides that add (``+key``) or delete (``~key``) are not checked, nor Hydra's own
     (``hydra.*``, ``hydra/launcher=...``) or nested group choices (``a/b=c``); a config-group
     choice (``model=dkf``) is a key of ``cfg``."""
-    leaves = list(_leaves(OmegaConf.to_container(cfg, resolve=False)))
+    leaves = list(flatten(OmegaConf.to_container(cfg, resolve=False)))
     for override in overrides:
         key, sep, value = override.partition("=")
         if not sep or key[:1] in "+~" or key.split(".")[0].split("/")[0] == "hydra" or "/" in key:
             continue
-        if key in leaves or any(leaf.startswith(f"{key}.") for leaf in leaves):
+        if key in leaves or isinstance(OmegaConf.select(cfg, key, default=None), DictConfig):
             continue
         section = _section(key)
         siblings = [leaf for leaf in leaves if _section(leaf) == section]
@@ -95,16 +97,6 @@ def unknown_override(cfg: DictConfig, overrides: Sequence[str]) -> str | None:
 def _section(key: str) -> str:
     """``train`` for ``train.epochs``; ``""`` for a top-level key."""
     return key.rsplit(".", 1)[0] if "." in key else ""
-
-
-def _leaves(tree: object, prefix: str = "") -> Iterator[str]:
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from _leaves(v, f"{prefix}{k}.")
-        if not tree and prefix:
-            yield prefix[:-1]
-    elif prefix:
-        yield prefix[:-1]
 
 
 def check_overrides(config_dir: Path, config_name: str, argv: Sequence[str]) -> None:
