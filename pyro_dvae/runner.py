@@ -42,7 +42,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_model_for(cfg: DictConfig, task: Task) -> DVAE:
-    """The model of ``cfg.model`` with its layer sizes for the task's modality."""
+    """The model of ``cfg.model`` with its layer sizes for the task's modality (``task``: anything
+    with the ``modality`` and ``x_dim`` of a :class:`Task`)."""
     if task.modality not in cfg.model:
         raise ValueError(f"model={cfg.model.name} has no '{task.modality}' settings in its config")
     likelihood = build_likelihood(
@@ -293,6 +294,12 @@ EVAL_MODES = {"teacher_forcing": 0.0, "generation": 1.0}
 """Evaluation mode → probability that the decoder reads its own prediction."""
 
 
+def check_mode(mode: str) -> None:
+    """A ``ValueError`` naming the key unless ``mode`` is one of :data:`EVAL_MODES`."""
+    if mode not in EVAL_MODES:
+        raise ValueError(f"mode={mode!r}: expected one of {list(EVAL_MODES)}")
+
+
 def evaluate(
     run_dir: Path,
     device: torch.device,
@@ -311,10 +318,30 @@ def evaluate(
     ``mode=generation``: the decoder recurrence of an autoregressive model reads its own
     predictions, the encoder the ground truth (spec §7); written to ``results_generation.json``,
     ``results_generation.md`` and ``eval_generation/``. Other models are unchanged by it."""
-    if mode not in EVAL_MODES:
-        raise ValueError(f"mode={mode!r}: expected one of {list(EVAL_MODES)}")
+    check_mode(mode)
     run_dir = Path(run_dir)
     cfg, task, model = load_run(run_dir, device, checkpoint)
+    summary = run_summary(cfg, run_dir, checkpoint, sample)
+    return evaluate_model(
+        cfg, task, model, run_dir, device, summary, sample, n_examples, mode, iwae_samples
+    )
+
+
+def evaluate_model(
+    cfg: DictConfig,
+    task: Task,
+    model: DVAE,
+    out_dir: Path,
+    device: torch.device,
+    summary: dict,
+    sample: bool = False,
+    n_examples: int = 4,
+    mode: str = "teacher_forcing",
+    iwae_samples: int | None = None,
+) -> dict:
+    """:func:`evaluate` of a loaded ``model`` (a run's, or a pretrained one's): the test metrics,
+    then ``summary`` (:func:`run_summary`), written to ``out_dir/results*.json`` and ``.md``."""
+    check_mode(mode)
     if cfg.get("threads"):  # the run's own CPU threads (a busy machine is far slower with more)
         torch.set_num_threads(cfg.threads)
     model.set_feedback(EVAL_MODES[mode])
@@ -325,16 +352,17 @@ def evaluate(
         return model.estimate(x.to(device), sample=sample).cpu()
 
     start = time.perf_counter()
-    results = task.evaluate(estimate, run_dir / f"eval{suffix}", n_examples)
+    out_dir = Path(out_dir)
+    results = task.evaluate(estimate, out_dir / f"eval{suffix}", n_examples)
     results["eval_seconds"] = time.perf_counter() - start
     K = getattr(task, "iwae_samples", 0) if iwae_samples is None else iwae_samples
     if K:
         results.update(test_log_likelihood(model, task, K, device))
-    results.update(run_summary(cfg, run_dir, checkpoint, sample))
+    results.update(summary)
     results["guide"] = model.guide_name
     results["mode"] = mode
-    (run_dir / f"results{suffix}.json").write_text(json.dumps(results, indent=2))
-    (run_dir / f"results{suffix}.md").write_text(markdown_row(results))
+    (out_dir / f"results{suffix}.json").write_text(json.dumps(results, indent=2))
+    (out_dir / f"results{suffix}.md").write_text(markdown_row(results))
     return results
 
 
@@ -371,18 +399,33 @@ def test_log_likelihood(model: DVAE, task: Task, num_samples: int, device: torch
     }
 
 
-def run_summary(cfg: DictConfig, run_dir: Path, checkpoint: str, sample: bool) -> dict:
-    """Model, data, epochs run and seconds per epoch, read from the run's metrics.csv."""
-    with open(run_dir / "metrics.csv", newline="") as f:
-        history = list(csv.DictReader(f))
+TRAINING_KEYS = ("epochs", "best_epoch", "seconds_per_epoch")
+"""What :func:`run_summary` reads from a run's metrics.csv."""
+
+
+def run_summary(
+    cfg: DictConfig,
+    run_dir: Path | None,
+    checkpoint: str,
+    sample: bool,
+    training: dict | None = None,
+) -> dict:
+    """Model, data, epochs run and seconds per epoch, read from the run's metrics.csv, or given
+    as ``training`` (the :data:`TRAINING_KEYS` of a pretrained model's recorded row)."""
+    if training is None:
+        with open(Path(run_dir) / "metrics.csv", newline="") as f:
+            history = list(csv.DictReader(f))
+        training = {
+            "epochs": len(history),
+            "best_epoch": int(history[-1]["best_epoch"]),
+            "seconds_per_epoch": statistics.median(float(r["seconds"]) for r in history),
+        }
     return {
         "model": cfg.model.name,
         "data": cfg.data.name,
         "checkpoint": checkpoint,
         "posterior": "sample" if sample else "mean",
-        "epochs": len(history),
-        "best_epoch": int(history[-1]["best_epoch"]),
-        "seconds_per_epoch": statistics.median(float(r["seconds"]) for r in history),
+        **{key: training[key] for key in TRAINING_KEYS},
     }
 
 

@@ -13,9 +13,12 @@ The cluster (:mod:`pyro_dvae.distributed`) stays at the edges: it shards the dat
 loss in DistributedDataParallel and all-reduces what the loop reports.
 
 Stochastic variational inference: each step evaluates the ELBO of the model/guide pair with
-``TraceMeanField_ELBO`` (analytic per-step KL, the default) or ``Trace_ELBO``, and takes one
-optimiser step on its ``differentiable_loss``: ``torch.optim.Adam`` (the default) or Pyro's
-``ClippedAdam``, one optimiser over all parameters whose state is saved and restored exactly.
+``TraceMeanField_ELBO``'s estimator (analytic per-step KL, the default) or ``Trace_ELBO``'s,
+computed from Pyro's traces without reading the loss back to the host
+(:func:`~pyro_dvae.step.loss_terms`), and takes one optimiser step on it: ``torch.optim.Adam``
+(the default) or Pyro's ``ClippedAdam``, one optimiser over all parameters whose state is saved
+and restored exactly. ``train.step`` runs the step eagerly, with compiled networks, or as a
+replayed CUDA graph (:mod:`pyro_dvae.step`); the loop reads the device once an epoch.
 Optional global gradient-norm clipping (``clip_norm``) and a per-epoch LR decay (``lr_decay``).
 
 Bookkeeping (spec §4.3–4.4, with its bugs fixed):
@@ -57,7 +60,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from numbers import Real
@@ -81,7 +84,19 @@ from pyro_dvae.records import (
     set_rng_state,
     write_metrics,
 )
-from pyro_dvae.step import ELBOS, ELBOLoss, loss_terms, train_step
+from pyro_dvae.step import (
+    ELBOS,
+    STEPS,
+    ELBOLoss,
+    GraphStep,
+    capturable,
+    choose_step,
+    compile_networks,
+    loss_terms,
+    portable,
+    set_lr,
+    train_step,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +138,7 @@ class TrainConfig:
     distributed: bool = False
     freeze: tuple[str, ...] = ()
     freeze_epochs: int = 0
+    step: str = "auto"
 
     def __post_init__(self) -> None:
         for key, low in (
@@ -137,6 +153,7 @@ class TrainConfig:
         start_ok = isinstance(self.warmup_start, Real) and 0 <= self.warmup_start <= 1
         _require("warmup_start", self.warmup_start, start_ok, "a number in [0, 1]")
         _require("elbo", self.elbo, self.elbo in ELBOS, f"one of {sorted(ELBOS)}")
+        _require("step", self.step, self.step in STEPS, f"one of {STEPS}")
         _require("progress", self.progress, isinstance(self.progress, bool), "true or false")
         _require("optimizer", self.optimizer, self.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}")
         clip_ok = self.clip_norm is None or _is_positive(self.clip_norm)
@@ -368,24 +385,39 @@ class Trainer:
         self.extra_state, self.seed, self.cluster = extra_state or {}, seed, cluster
         self.books = Bookkeeping(self.run_dir, writes=cluster.main, deferred=cluster.connected)
         seed_everything(seed + cluster.rank)  # every rank draws its own noise
-        self.train_loader = self._loader(train_set, shuffle=True)
-        self.val_loader = self._loader(val_set, shuffle=False)
         self.optimizer = build_optimizer(model.parameters(), cfg)
         # with clipped_adam, clip_norm is the optimiser's own element-wise clamp
         self.clip_norm = cfg.clip_norm if cfg.optimizer == "adam" else None
         self.frozen = frozen_parameters(model, cfg.freeze) if cfg.freeze_epochs else []
         self.loss = cluster.wrap(ELBOLoss(model, cfg.elbo))
         self.state = TrainState(seed=seed, warmup_epochs=fitted_warmup(cfg))
+        self.graph = self._choose_step(cluster.world_size)
+        self.train_loader = self._loader(train_set, shuffle=True)
+        self.val_loader = self._loader(val_set, shuffle=False)
+
+    def _choose_step(self, processes: int) -> GraphStep | None:
+        """Set up ``train.step`` (:func:`~pyro_dvae.step.choose_step`), say which step runs and
+        why; returns the captured step where it is ``graph``."""
+        kind, why = choose_step(self.cfg.step, self.device, self.cfg.optimizer, processes)
+        self.books.info(f"training step: {kind} ({why})")
+        if kind == "compile":
+            compile_networks(self.model)
+        if kind != "graph":
+            return None
+        capturable(self.optimizer)
+        return GraphStep(self.loss, self.optimizer, self.clip_norm)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         """This rank's share of each batch (:func:`~pyro_dvae.distributed.batch_sampler`),
-        fetched at once (see :class:`Batches`), not item by item."""
+        fetched at once (see :class:`Batches`), not item by item; from a copy on the GPU when
+        the step is a CUDA graph."""
+        resident = self.device.type == "cuda" and self.graph is not None
         return DataLoader(
-            Batches(dataset),
+            Batches(dataset, self.device if resident else None),
             sampler=batch_sampler(dataset, self.cfg.batch_size, self.cluster, self.seed, shuffle),
             batch_size=None,
-            num_workers=self.cfg.num_workers,
-            pin_memory=self.device.type == "cuda",
+            num_workers=0 if resident else self.cfg.num_workers,
+            pin_memory=self.device.type == "cuda" and not resident,
         )
 
     # --- checkpoints -------------------------------------------------------------------
@@ -393,7 +425,7 @@ class Trainer:
     def checkpoint(self) -> dict:
         return {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": portable(self.optimizer.state_dict()),
             "state": asdict(self.state),
             "rng": self.cluster.gather(rng_state()),
             **self.extra_state,
@@ -409,6 +441,8 @@ class Trainer:
         (resumed on more processes) is seeded from the seed, its rank and the epoch."""
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.graph is not None:
+            capturable(self.optimizer)
         self.state = TrainState(**{"seed": self.seed, **ckpt["state"]})
         states = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
         if self.cluster.rank < len(states):
@@ -467,13 +501,13 @@ class Trainer:
             raise KeyboardInterrupt(books.stop_signal)
         return total
 
-    def _step_scale(self, n: int, value: float, epoch: int) -> float:
-        """The cluster's part of a step, before it: this rank's ``n`` frames all-reduced with
-        whether its previous step's loss ``value`` was non-finite (and any stop signal); every
-        rank stops on either. Returns the factor on this rank's loss
+    def _step_scale(self, n: int) -> float:
+        """The cluster's part of a step, before it: this rank's ``n`` frames all-reduced (with
+        any stop signal; nothing in a single process). Returns the factor on this rank's loss
         (:meth:`~pyro_dvae.distributed.Cluster.step_weight`; 1 in a single process)."""
-        all_frames, bad = self._synchronise([n, not math.isfinite(value)])
-        self._check_finite(bad, value, epoch)
+        if not self.cluster.connected:
+            return 1.0
+        (all_frames,) = self._synchronise([n])
         return self.cluster.step_weight(n, all_frames)
 
     def _check_finite(self, bad: float, value: float, epoch: int) -> None:
@@ -488,18 +522,17 @@ class Trainer:
     def run_epoch(self, epoch: int) -> dict:
         weight = kl_weight(epoch, self.cfg, self.state.warmup_epochs)
         lr = learning_rate(epoch, self.cfg)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr)
         p = feedback_probability(epoch, self.cfg)
         self.model.set_feedback(p)
         if self.cfg.ss_reset_optimizer and epoch and p != feedback_probability(epoch - 1, self.cfg):
             self.optimizer.state.clear()
         start = time.perf_counter()
-        train_sums, value, wait = self.train_epoch(epoch, weight)
+        (total, train_frames), wait = self.train_epoch(epoch, weight)
         seconds = time.perf_counter() - start
-        sums = self._synchronise([*train_sums, not math.isfinite(value), *self.validate()])
+        sums = self._synchronise([total, train_frames, not math.isfinite(total), *self.validate()])
         loss, train_frames, bad, recon, kl, val_frames = sums
-        self._check_finite(bad, value, epoch)
+        self._check_finite(bad, total / train_frames, epoch)
         val_recon, val_kl = recon / val_frames, kl / val_frames
         return {
             "epoch": epoch,
@@ -514,22 +547,23 @@ class Trainer:
             "data_wait_seconds": wait,
         }
 
-    def train_epoch(self, epoch: int, weight: float) -> tuple[tuple[float, int], float, float]:
-        """One pass over this rank's share of the training set, one
-        :func:`~pyro_dvae.step.train_step` a batch. A non-finite loss stops every rank at the
-        next all-reduce (the next step's, or the epoch's in :meth:`run_epoch`), before any
-        checkpoint holds it.
+    def train_epoch(self, epoch: int, weight: float) -> tuple[tuple[float, int], float]:
+        """One pass over this rank's share of the training set, one step a batch
+        (:meth:`step`). The losses are summed on the device and read once, at the end: a
+        non-finite one stops every rank at the epoch's all-reduce (:meth:`run_epoch`), before
+        any checkpoint holds it.
 
         Returns:
-            (the sum of the per-frame losses times the frames, the number of frames), the last
-            step's loss, and the seconds spent waiting for the DataLoader.
+            (the sum of the per-frame losses times the frames, the number of frames), and the
+            seconds spent waiting for the DataLoader.
         """
         self.model.train()
         shuffle = self.train_loader.sampler.sampler  # the DistributedSampler
         shuffle.seed = self.state.seed
         shuffle.set_epoch(epoch)
         frozen = self.frozen if epoch < self.cfg.freeze_epochs else ()
-        total, count, wait, value = 0.0, 0, 0.0, 0.0
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        count, wait, shown = 0, 0.0, time.monotonic()
         batches = tqdm(
             self.train_loader,
             desc=f"epoch {epoch}",
@@ -539,18 +573,30 @@ class Trainer:
         tick = time.perf_counter()
         for batch in batches:
             wait += time.perf_counter() - tick
+            n = frames(*unpacked(batch))  # on the host, before the copy
             x, mask = on_device(batch, self.device)
-            n = frames(x, mask)
-            scale = self._step_scale(n, value, epoch)
-            loss = train_step(
-                self.loss, self.optimizer, x, mask, weight, scale, frozen, self.clip_norm
-            )
-            value = loss.item()
-            total += value * n
+            loss = self.step(x, mask, weight, self._step_scale(n), frozen)
+            total += loss.double() * n
             count += n
-            batches.set_postfix(loss=f"{value:.3f}")
+            if not batches.disable and time.monotonic() - shown > 1:  # reads the device
+                batches.set_postfix(loss=f"{total.item() / count:.3f}")
+                shown = time.monotonic()
             tick = time.perf_counter()
-        return (total, count), value, wait
+        return (total.item(), count), wait
+
+    def step(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        weight: float,
+        scale: float,
+        frozen: Sequence[torch.nn.Parameter],
+    ) -> torch.Tensor:
+        """One training step on a batch, eager (or with compiled networks) or a replayed CUDA
+        graph; returns its per-frame loss ``()``, still on the device."""
+        if self.graph is not None:
+            return self.graph(x, mask, weight, frozen)
+        return train_step(self.loss, self.optimizer, x, mask, weight, scale, frozen, self.clip_norm)
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float, int]:
@@ -707,24 +753,58 @@ class Batches(Dataset):
     """A dataset indexed by lists of items: ``dataset.batch(index)`` when it has one (one
     tensor gather for the whole batch), else the stacked items. Returns ``(B, T, D)``, or
     ``(x (B, T, D), mask (B, T))`` from a ``batch`` of padded sequences (mask False on
-    padding: see :func:`on_device`)."""
+    padding: see :func:`on_device`).
 
-    def __init__(self, dataset: Dataset) -> None:
+    With a ``device``, the whole split is kept there when it fits (:func:`resident_copy`),
+    and a batch is an index gather on the device: no host-to-device copy of the data."""
+
+    def __init__(self, dataset: Dataset, device: torch.device | None = None) -> None:
         self.dataset = dataset
+        self.resident = None if device is None else resident_copy(dataset, device)
 
     def __getitem__(self, index: list[int]) -> torch.Tensor:
+        if self.resident is not None:
+            where = torch.as_tensor(index)
+            if self.resident.is_cuda:  # pinned: the copy does not wait for the device
+                where = where.pin_memory().to(self.resident.device, non_blocking=True)
+            return self.resident[where]
         if hasattr(self.dataset, "batch"):
             return self.dataset.batch(torch.as_tensor(index))
         return torch.stack([self.dataset[i] for i in index])
+
+
+RESIDENT_SHARE = 0.25
+"""A training split is kept on the device if it takes at most this share of its free memory."""
+
+
+def resident_copy(dataset: Dataset, device: torch.device) -> torch.Tensor | None:
+    """The whole split ``(N, T, D)`` on ``device``, or None: for a dataset with a ``batch``
+    gather of unpadded items that takes at most :data:`RESIDENT_SHARE` of the device's free
+    memory (any size on the CPU)."""
+    if not hasattr(dataset, "batch") or len(dataset) == 0:
+        return None
+    items = dataset.batch(torch.arange(len(dataset)))
+    if not torch.is_tensor(items):  # padded sequences: (x, mask)
+        return None
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+        if items.numel() * items.element_size() > RESIDENT_SHARE * free:
+            return None
+    return items.to(device)
 
 
 def on_device(batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A batch ``x (B, T, D)`` or ``(x, mask (B, T))`` as ``(x, mask or None)`` on ``device``.
     A mask is False on padded steps: the model scores the batch under
     :meth:`~pyro_dvae.models.base.DVAE.step_mask`, and losses are per valid frame."""
-    x, mask = batch if isinstance(batch, (tuple, list)) else (batch, None)
+    x, mask = unpacked(batch)
     x = x.to(device, non_blocking=True)
     return x, None if mask is None else mask.to(device, non_blocking=True)
+
+
+def unpacked(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A batch ``x (B, T, D)`` or ``(x, mask (B, T))`` as ``(x, mask or None)``."""
+    return batch if isinstance(batch, (tuple, list)) else (batch, None)
 
 
 def frames(x: torch.Tensor, mask: torch.Tensor | None) -> int:

@@ -7,7 +7,9 @@ import torch
 
 from benchmarks.train_step import build
 from pyro_dvae.models import MODELS
+from pyro_dvae.step import ELBOLoss, GraphStep, capturable, set_lr, train_step
 from pyro_dvae.train import loss_terms
+from tests.helpers import zero_noise
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
 
@@ -35,3 +37,36 @@ def test_a_training_step_on_cuda_gives_finite_gradients(name):
     assert torch.isfinite(recon) and torch.isfinite(kl) and kl >= 0
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert all(g.is_cuda for g in grads)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_the_graph_step_follows_the_eager_trajectory(name):
+    """20 steps from the same weights and batches, with the KL weight (0, then rising) and the
+    LR changing between steps: the captured step's losses are eager's. float64 and ε = 0
+    (:func:`zero_noise`), so both run the same arithmetic; only the weight-0 graph and one
+    other are captured (a new weight or LR is written into device tensors, not recaptured)."""
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = build(name, "speech", 33, device).double()
+    batches = [torch.rand(4, 12, 33, dtype=torch.float64, device=device) * 10 for _ in range(20)]
+    trajectories, graph_step = [], None
+    for captured in (False, True):
+        net = copy.deepcopy(model)
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+        loss = ELBOLoss(net, "mean_field")
+        if captured:
+            capturable(optimizer)
+            graph_step = GraphStep(loss, optimizer, clip_norm=1.0)
+        values = []
+        with zero_noise():
+            for i, x in enumerate(batches):
+                set_lr(optimizer, 1e-3 * 0.9**i)
+                weight = 0.0 if i < 5 else min(1.0, 0.1 * i)
+                if captured:
+                    values.append(graph_step(x, None, weight))
+                else:
+                    values.append(train_step(loss, optimizer, x, None, weight, clip_norm=1.0))
+        trajectories.append(torch.stack(values).cpu())
+    eager, graph = trajectories
+    torch.testing.assert_close(graph, eager, rtol=1e-9, atol=1e-12)
+    assert len(graph_step.graphs) == 2

@@ -1,15 +1,32 @@
-"""The training step (pyro_dvae.step.train_step) and how the loop around it reacts to its
-non-finite losses."""
+"""The training step (pyro_dvae.step): its loss against Pyro's ELBOs, its steps (eager,
+compiled, captured) and how the loop around it reacts to its non-finite losses."""
 
+import contextlib
+import copy
 import csv
+import logging
 import math
+from collections.abc import Iterator
 
+import pyro
 import pytest
 import torch
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from torch.overrides import TorchFunctionMode
 
+from benchmarks.train_step import build
 from pyro_dvae.likelihoods import ExponentialPower
-from pyro_dvae.models import build_model
-from pyro_dvae.step import train_step
+from pyro_dvae.models import MODELS, build_model
+from pyro_dvae.step import (
+    ELBOS,
+    ELBOLoss,
+    capturable,
+    choose_step,
+    compile_networks,
+    portable,
+    set_lr,
+    train_step,
+)
 from pyro_dvae.train import TrainConfig, Trainer, load_checkpoint
 
 TINY = dict(z_dim=3, dense_x_gx=[8], dim_rnn_gx=6, dense_ztm1_g=[4], dense_g_z=[5], dense_z_x=[7])
@@ -81,3 +98,183 @@ def test_a_nan_loss_in_an_epochs_last_step_stops_before_its_checkpoint(tmp_path)
         trainer.fit()
     assert load_checkpoint(tmp_path / "last.pt")["state"] == before["state"]
     assert len(list(csv.DictReader(open(tmp_path / "metrics.csv")))) == 1
+
+
+# --- the estimator, host reads and the step modes (issue 20 §1) ----------------------------
+
+
+@contextlib.contextmanager
+def no_host_reads() -> Iterator[None]:
+    """Raise on every read of a tensor's value by Python (``.item()``, ``bool``, ``float``,
+    ``.tolist()``, ``nonzero``, boolean-mask indexing): on CUDA each waits for the device, and
+    none may happen inside a captured step."""
+
+    class NoHostReads(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = getattr(func, "__name__", "")
+            reads = name in (
+                "item",
+                "__bool__",
+                "__float__",
+                "__int__",
+                "tolist",
+                "nonzero",
+                "equal",
+            )
+            if name == "__getitem__" and len(args) > 1:
+                index = args[1] if isinstance(args[1], tuple) else (args[1],)
+                reads = any(torch.is_tensor(i) and i.dtype == torch.bool for i in index)
+            if reads:
+                raise AssertionError(f"{name} reads a tensor back to the host inside a step")
+            return func(*args, **(kwargs or {}))
+
+    with NoHostReads():
+        yield
+
+
+def test_no_host_reads_catches_an_item():
+    with pytest.raises(AssertionError, match="item reads"), no_host_reads():
+        torch.ones(2).sum().item()
+
+
+def _speech_model(name: str, x_dim: int = 7) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build(name, "speech", x_dim, torch.device("cpu")).double()
+
+
+def _batch(B: int = 3, T: int = 5, x_dim: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(B, T, x_dim, dtype=torch.float64, generator=g) + 0.01
+    mask = torch.arange(T) < torch.tensor([T, T - 2, 1])[:B, None]
+    return x, mask
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("elbo", sorted(ELBOS))
+def test_the_loss_is_pyros_elbo(name, elbo):
+    """ELBOLoss equals Pyro's own ``differentiable_loss`` (TraceMeanField_ELBO or Trace_ELBO)
+    and so do its gradients, at a KL weight of 0.3, for the same draws (float64: the two sum
+    the same terms in another order, a relative difference of a few 1e-16 per term)."""
+    model = _speech_model(name)
+    x, _ = _batch()
+    pyro_elbo = {"mean_field": TraceMeanField_ELBO, "trace": Trace_ELBO}[elbo]()
+    torch.manual_seed(2)
+    ours = ELBOLoss(model, elbo)(x, None, 0.3)
+    ours_grads = torch.autograd.grad(ours, list(model.parameters()), allow_unused=True)
+    torch.manual_seed(2)
+    theirs = pyro_elbo.differentiable_loss(model.model, model.guide, x, 0.3)
+    their_grads = torch.autograd.grad(theirs, list(model.parameters()), allow_unused=True)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-12)
+    for a, b in zip(ours_grads, their_grads, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_a_step_reads_nothing_back_to_the_host(name):
+    """KL weight 0 (masked out), a float and a device tensor, with gradient clipping: nothing
+    in the step reads a value back, so a CUDA graph can hold it (padded batches read their
+    lengths on the host and run eagerly under ``graph``).
+    SGD stands in for Adam, whose non-capturable form reads its step count on the host (the
+    graph step uses the capturable form, which torch runs only on CUDA)."""
+    model = _speech_model(name)
+    loss = ELBOLoss(model, "mean_field")
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    x, _ = _batch()
+    weights = (0.0, 0.5, torch.tensor(0.5, dtype=torch.float64))
+    with pyro.validation_enabled(False), no_host_reads():  # as in training
+        values = [train_step(loss, optimizer, x, None, w, clip_norm=1.0) for w in weights]
+    assert all(torch.isfinite(v) for v in values)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_compiled_networks_give_the_eager_loss_and_gradients(name):
+    """``train.step=compile``: the same loss and gradients as eager for the same draws, in
+    float64 (inductor reorders the sums inside a layer: ~1e-16 relative per operation)."""
+    eager = _speech_model(name)
+    compiled = copy.deepcopy(eager)
+    assert compile_networks(compiled) > 0
+    x, mask = _batch()
+    results = []
+    for model in (eager, compiled):
+        torch.manual_seed(3)
+        value = ELBOLoss(model, "mean_field")(x, mask, 0.5)
+        grads = torch.autograd.grad(value, list(model.parameters()), allow_unused=True)
+        results.append((value, grads))
+    (a, grads_a), (b, grads_b) = results
+    assert b.item() == pytest.approx(a.item(), rel=1e-10)
+    for g, h in zip(grads_a, grads_b, strict=True):
+        if g is not None:
+            torch.testing.assert_close(h, g, rtol=1e-8, atol=1e-10)
+
+
+def test_auto_is_eager_on_the_cpu_and_graph_on_cuda():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert choose_step("auto", cpu, "adam", 1)[0] == "eager"
+    assert choose_step("auto", cuda, "adam", 1) == (
+        "graph",
+        "train.step=auto on CUDA; train.step=eager to opt out",
+    )
+    kind, why = choose_step("auto", cuda, "clipped_adam", 1)
+    assert kind == "eager" and "ClippedAdam is not capturable" in why
+    assert choose_step("auto", cuda, "adam", 2)[0] == "eager"
+    assert choose_step("compile", cpu, "adam", 1) == ("compile", "train.step=compile")
+    with pytest.raises(ValueError, match="train.step=graph: it needs a CUDA device"):
+        choose_step("graph", cpu, "adam", 1)
+    with pytest.raises(ValueError, match="train.step='jit': expected one of"):
+        TrainConfig(step="jit")
+
+
+def test_the_trainer_says_which_step_runs(tmp_path, caplog):
+    model = build_model("dkf", 10, ExponentialPower(), **TINY)
+    data = list(torch.rand(4, 6, 10, generator=torch.Generator().manual_seed(0)) + 0.01)
+    cfg = TrainConfig(epochs=1, batch_size=4, warmup_every=0, progress=False)
+    with caplog.at_level(logging.INFO, logger="pyro_dvae.train"):
+        Trainer(model, data, data, cfg, tmp_path, torch.device("cpu"))
+    assert "training step: eager (train.step=auto on the CPU" in caplog.text
+
+
+def test_a_capturable_optimiser_keeps_its_lr_on_the_device_and_saves_it_portably():
+    """The LR schedule of a captured step rewrites a device tensor in place (a new float would
+    be baked into the graph at capture); checkpoints keep floats, loadable by any step."""
+    p = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.Adam([p], lr=0.1)
+    p.grad = torch.ones(3)
+    optimizer.step()
+    capturable(optimizer)
+    lr = optimizer.param_groups[0]["lr"]
+    set_lr(optimizer, 0.05)
+    lr_32 = torch.tensor(0.05).item()  # the LR tensor has the parameters' dtype
+    assert optimizer.param_groups[0]["lr"] is lr and lr.item() == lr_32
+    saved = portable(optimizer.state_dict())
+    assert saved["param_groups"][0]["lr"] == lr_32 and not saved["param_groups"][0]["capturable"]
+    fresh = torch.optim.Adam([p], lr=1.0)
+    fresh.load_state_dict(saved)
+    set_lr(fresh, 0.01)
+    assert fresh.param_groups[0]["lr"] == 0.01
+
+
+def test_a_nan_loss_early_in_an_epoch_stops_at_its_end_before_its_checkpoint(tmp_path):
+    """The losses are read once an epoch: a NaN in the first of two steps still stops the run
+    before the epoch's writes, and last.pt holds the previous epoch."""
+    torch.manual_seed(0)
+    model = build_model("dkf", 10, ExponentialPower(), **TINY)
+    data = list(torch.rand(8, 6, 10, generator=torch.Generator().manual_seed(0)) + 0.01)
+    cfg = TrainConfig(epochs=1, batch_size=4, warmup_every=0, progress=False)
+    trainer = Trainer(model, data, data, cfg, tmp_path, torch.device("cpu"))
+    trainer.fit()
+    before = load_checkpoint(tmp_path / "last.pt")
+    loss, calls = trainer.loss, []
+
+    def first_step_nan(x, mask, weight):
+        calls.append(1)
+        # + NaN: a NaN value with finite gradients, so the second step's loss is finite
+        return loss(x, mask, weight) + (math.nan if len(calls) == 1 else 0.0)
+
+    trainer.loss = first_step_nan
+    trainer.cfg.epochs = 2
+    with pytest.raises(FloatingPointError, match="non-finite loss nan at epoch 1"):
+        trainer.fit()
+    assert len(calls) == 2
+    assert load_checkpoint(tmp_path / "last.pt")["state"] == before["state"]

@@ -15,6 +15,7 @@ from pyro_dvae import train
 from pyro_dvae.likelihoods import ExponentialPower
 from pyro_dvae.models import build_model
 from pyro_dvae.train import (
+    Batches,
     TrainConfig,
     Trainer,
     atomic_save,
@@ -513,3 +514,26 @@ def test_a_guide_without_an_analytic_kl_trains_on_the_sampled_log_ratio(tmp_path
     torch.testing.assert_close(recon + kl, trainer.loss(x, None, 1.0))
     row = trainer.fit().history[0]
     assert math.isfinite(row["train_loss"]) and math.isfinite(row["val_kl"])
+
+
+def test_a_resident_split_gives_the_batches_of_the_dataset():
+    """``Batches`` with a device keeps the split as one tensor and gathers batches from it:
+    the same batches as the dataset's own gathers; padded sequences are not kept."""
+    from pyro_dvae.data.motion import Clip, WindowDataset
+    from pyro_dvae.data.music import PianoRolls
+    from pyro_dvae.data.speech import ChunkDataset
+
+    g = torch.Generator().manual_seed(0)
+    chunks = ChunkDataset(torch.rand(7, 5, 3, generator=g))
+    clips = [
+        Clip(name=f"c{i}", action="walk", x=torch.rand(9, 4, generator=g), first=0)
+        for i in range(2)
+    ]
+    windows = WindowDataset(clips, [[0, 2, 4], [1, 3]], seq_len=5)
+    for dataset in (chunks, windows):
+        resident = Batches(dataset, torch.device("cpu"))
+        assert resident.resident is not None and resident.resident.shape[0] == len(dataset)
+        for index in ([3, 0, 1], [4]):
+            assert torch.equal(resident[index], Batches(dataset)[index])
+    rolls = PianoRolls([np.ones((3, 88), dtype=np.uint8), np.ones((5, 88), dtype=np.uint8)])
+    assert Batches(rolls, torch.device("cpu")).resident is None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -192,15 +193,32 @@ def piano_roll_figure(rows: list[tuple[str, torch.Tensor]], path: Path) -> None:
 
 @register_task("jsb_chorales")
 def build_jsb_chorales(
-    name: str = "jsb_chorales", modality: str = "music", root: str | None = None
+    name: str = "jsb_chorales",
+    modality: str = "music",
+    root: str | None = None,
+    train_chunk: int | None = None,
 ) -> MusicTask:
-    """The JSB chorales task from ``<root>/jsb_chorales/jsb-chorales-quarter.json``."""
+    """The JSB chorales task from ``<root>/jsb_chorales/jsb-chorales-quarter.json``.
+
+    ``train_chunk``: training chorales longer than this many steps are cut into pieces
+    (:func:`cut`); validation and test chorales stay whole. None: whole chorales."""
     if modality != "music":
         raise ValueError(f"data=jsb_chorales: data.modality must be 'music', got {modality!r}")
+    if train_chunk is not None and not (isinstance(train_chunk, int) and train_chunk >= 2):
+        raise ValueError(f"data.train_chunk={train_chunk!r}: expected null or a whole number >= 2")
     release = sources.FILE_RELEASES["jsb_chorales"]
     path = sources.locate("jsb_chorales", root) / release.name
     splits = read_splits(path)
+    if train_chunk is not None:
+        splits["train"] = [piece for roll in splits["train"] for piece in cut(roll, train_chunk)]
     return MusicTask(name, **{split: PianoRolls(rolls) for split, rolls in splits.items()})
+
+
+def cut(roll: np.ndarray, length: int) -> list[np.ndarray]:
+    """``roll (T, 88)`` cut into n = ceil(T / length) consecutive pieces of at most ``length``
+    steps and near-equal lengths (the first T mod n one step longer), so that no piece is a
+    short tail: 129 steps in pieces of at most 100 are 65 + 64."""
+    return np.array_split(roll, math.ceil(len(roll) / length))
 
 
 def read_splits(path: Path) -> dict[str, list[np.ndarray]]:

@@ -108,19 +108,24 @@ class DVAE(PyroModule):
         """Plate over the batch of sequences ``x (B, T, D)``, log-densities scaled by one over
         the number of frames (T·B, or the unpadded frames under :meth:`step_mask`)."""
         B, T = x.shape[:2]
-        frames = B * T if self._step_mask is None else self._step_mask.sum().item()
+        # padded: a device tensor, so that nothing is read back to the host inside a step
+        frames = B * T if self._step_mask is None else self._step_mask.sum().to(x.dtype)
         pyro.module("dvae", self)
         with pyro.plate("sequences", B, dim=-1), poutine.scale(scale=1.0 / frames):
             yield
 
-    def latent(self, name: str, fn: TorchDistribution, kl_weight: float) -> torch.Tensor:
+    def latent(
+        self, name: str, fn: TorchDistribution, kl_weight: float | torch.Tensor
+    ) -> torch.Tensor:
         """A latent sample site whose log-density (hence KL) is weighted by ``kl_weight``; a
         :class:`~pyro_dvae.distributions.Trajectory` becomes one site ``name`` or, with
         ``sites="markov"``, the sites ``name_1 … name_T``. Returns the value (B, ·).
 
-        Weight 0 (the first warm-up epochs) masks the KL out: Pyro scales must be positive.
+        A float weight 0 (the first warm-up epochs) masks the KL out: Pyro scales must be
+        positive. A tensor weight (a captured step's, rewritten between replays) is a scale.
         """
-        weighting = poutine.mask(mask=False) if kl_weight == 0 else poutine.scale(scale=kl_weight)
+        zero = not torch.is_tensor(kl_weight) and kl_weight == 0
+        weighting = poutine.mask(mask=False) if zero else poutine.scale(scale=kl_weight)
         if isinstance(fn, Trajectory):
             fn.step_mask = self._step_mask
         with weighting:
