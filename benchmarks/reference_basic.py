@@ -2,17 +2,21 @@
 
 Each function computes the same per-frame loss as the Pyro model/guide pair under
 ``TraceMeanField_ELBO`` (Exponential NLL + analytic KL given the sampled past, / (B·T)),
-with the model's own networks and no Pyro, as a hand-written implementation would.
+with the model's own networks and no Pyro, as a hand-written implementation would: RNNs are
+``nn.LSTM``/``nn.RNN`` calls, and the step runs under :func:`torch_tanh`, so tanh layers are
+``torch.tanh`` as in the original, not the models' :class:`~pyro_dvae.activations.Tanh`.
 """
 
 import contextlib
 from collections.abc import Iterator
 
 import torch
+from torch import nn
 
+from pyro_dvae.activations import Tanh
 from pyro_dvae.models.dkf import DKF
 from pyro_dvae.models.vae import VAE
-from pyro_dvae.nn import LOGVAR_BOUND, shift
+from pyro_dvae.nn import LOGVAR_BOUND, run_rnn, shift
 
 _FORMULAS = {"original": False}
 
@@ -27,6 +31,25 @@ def original_formulas() -> Iterator[None]:
         yield
     finally:
         _FORMULAS["original"] = False
+
+
+@contextlib.contextmanager
+def torch_tanh(model: nn.Module) -> Iterator[None]:
+    """Inside this block every :class:`~pyro_dvae.activations.Tanh` of ``model`` is a plain
+    ``nn.Tanh`` (``torch.tanh``), as in the original implementation; restored afterwards."""
+    swapped = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, Tanh)
+    ]
+    for parent, name, _ in swapped:
+        setattr(parent, name, nn.Tanh())
+    try:
+        yield
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
 
 
 def exponential_nll(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -66,7 +89,11 @@ def reference_loss_vae(model: VAE, x: torch.Tensor) -> torch.Tensor:
 def reference_loss_dkf(model: DKF, x: torch.Tensor) -> torch.Tensor:
     B, T, _ = x.shape
     inference = model.inference
-    gx = inference.summary(x)
+    u = inference.mlp_x_gx(x)
+    if inference.bidirectional:
+        gx = run_rnn(inference.rnn_gx, u).unflatten(-1, (2, -1)).sum(-2)
+    else:
+        gx = run_rnn(inference.rnn_gx, u, backward=True)
     n_terms = 3 if inference.bidirectional else 2
     z_prev = x.new_zeros(B, model.z_dim)
     zs, locs, scales = [], [], []

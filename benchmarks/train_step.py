@@ -15,7 +15,19 @@ process; the Pyro and reference steps' peak memory is measured in a process of i
 Prints a table and writes a JSON list of objects with the keys ``model``, ``shape``,
 ``device``, ``sites``, ``ms_per_step``, ``ms_per_step_reference``, ``ratio_pyro_to_reference``,
 ``ms_per_step_original_style``, ``ratio_pyro_to_original_style``, ``peak_mem_mb`` (Pyro
-step), ``peak_mem_mb_reference``, ``seq_per_s``, ``B``, ``T``.
+step), ``peak_mem_mb_reference``, ``seq_per_s``, ``B``, ``T``, and the arithmetic rate:
+
+* ``gflop_per_step``: the matrix-product FLOPs of one Pyro step's loss and backward pass (one
+  multiply-add = 2 FLOPs), counted once with ``torch.utils.flop_counter.FlopCounterMode`` plus
+  :data:`RNN_FLOPS`: the counter has no formula for oneDNN's LSTM layer (``nn.LSTM`` on the
+  CPU, counted 0), so its forward is counted as 2·T·B·4H·(D + H) (input and recurrent
+  products) and its backward as twice that (gradients of the input, the hidden state and both
+  weights; oneDNN computes the input's gradient whether or not it is needed). Element-wise
+  work (activations, the likelihood, Adam) is not counted;
+* ``gflop_per_s``: ``gflop_per_step`` over the Pyro step's median time;
+* ``gemm_gflop_per_s``: the rate of a plain GEMM of the size of the speech models' widest
+  layers, (T·B × D) @ (D × 512), timed in the same process, alternating with the steps;
+* ``fraction_of_gemm``: ``gflop_per_s / gemm_gflop_per_s``.
 """
 
 from __future__ import annotations
@@ -31,11 +43,13 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyro
 import torch
 from pyro.infer import TraceMeanField_ELBO
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: make `benchmarks` importable
@@ -67,6 +81,43 @@ def build(name: str, shape: str, x_dim: int, device: torch.device, sites: str = 
     return build_model(cfg.name, x_dim, likelihood, sites=sites, **params).to(device)
 
 
+def _rnn_layer_flops(input_shape, w_ih_shape, w_hh_shape, *_, **__) -> int:
+    """Forward FLOPs of one oneDNN RNN layer: input ``(T, B, D)``, weights ``(G, D)``, ``(G, H)``
+    (G = 4H for an LSTM): 2·T·B·G·(D + H)."""
+    T, B, D = input_shape
+    return 2 * T * B * w_hh_shape[0] * (D + w_hh_shape[1])
+
+
+RNN_FLOPS = {
+    torch.ops.aten.mkldnn_rnn_layer: _rnn_layer_flops,
+    torch.ops.aten.mkldnn_rnn_layer_backward: lambda *a, **k: 2 * _rnn_layer_flops(*a, **k),
+}
+"""``FlopCounterMode``'s ``custom_mapping`` for the RNN kernels it does not count."""
+
+
+def count_flops(loss_fn) -> int:
+    """Matrix-product FLOPs of ``loss_fn()`` and its backward pass (see the module docstring)."""
+    with FlopCounterMode(display=False, custom_mapping=RNN_FLOPS) as counter:
+        loss_fn().backward()
+    return counter.get_total_flops()
+
+
+def gemm_step(rows: int, x_dim: int, device: torch.device):
+    """``(step, flops)``: one timed ``(rows × x_dim) @ (x_dim × 512)`` product and its FLOPs."""
+    a, b = torch.randn(rows, x_dim, device=device), torch.randn(x_dim, 512, device=device)
+
+    def step() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    return step, 2 * rows * x_dim * 512
+
+
 def data(shape: str, B: int, T: int, x_dim: int, device: torch.device) -> torch.Tensor:
     """Speech: Exponential power values; motion: positions around the origin in metres."""
     g = torch.Generator().manual_seed(0)
@@ -77,9 +128,9 @@ def data(shape: str, B: int, T: int, x_dim: int, device: torch.device) -> torch.
     return x.to(device)
 
 
-def step_functions(args: dict) -> tuple[dict, torch.device]:
+def step_functions(args: dict) -> tuple[dict, torch.device, Callable[[], int]]:
     """``{"pyro": step, "reference": step, "original_style": step}`` on one model and batch,
-    each a full training step."""
+    each a full training step; the device; and a counter of the Pyro step's FLOPs."""
     torch.set_num_threads(args["threads"])
     device = torch.device(args["device"])
     torch.manual_seed(0)
@@ -87,30 +138,31 @@ def step_functions(args: dict) -> tuple[dict, torch.device]:
     x_dim = args["x_dim"] or SHAPES[shape]
     model = build(name, shape, x_dim, device, args["sites"])
     x = data(shape, B, T, x_dim, device)
-    from benchmarks.reference_basic import original_formulas
+    from benchmarks.reference_basic import original_formulas, torch_tanh
 
     pyro.enable_validation(False)
     elbo = TraceMeanField_ELBO().differentiable_loss
     reference = references()[name]
-    losses = {
-        "pyro": lambda: elbo(model.model, model.guide, x, 1.0),
-        "reference": lambda: reference(model, x),
-    }
+
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
-    def make_step(loss_fn, anomaly: bool = False):
+    def make_step(loss_fn, anomaly: bool = False, plain: bool = True):
+        """``plain``: the networks as the original runs them (:func:`torch_tanh`), set up
+        outside the timed part."""
+
         def step() -> float:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            with torch.autograd.detect_anomaly() if anomaly else contextlib.nullcontext():
-                loss = loss_fn()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-            optimizer.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            return time.perf_counter() - start
+            with torch_tanh(model) if plain else contextlib.nullcontext():
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                with torch.autograd.detect_anomaly() if anomaly else contextlib.nullcontext():
+                    loss = loss_fn()
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                optimizer.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                return time.perf_counter() - start
 
         return step
 
@@ -118,27 +170,38 @@ def step_functions(args: dict) -> tuple[dict, torch.device]:
         with original_formulas():
             return reference(model, x)
 
-    steps = {k: make_step(f) for k, f in losses.items()}
-    steps["original_style"] = make_step(original_style_loss, anomaly=True)
-    return steps, device
+    def pyro_loss() -> torch.Tensor:
+        return elbo(model.model, model.guide, x, 1.0)
+
+    steps = {
+        "pyro": make_step(pyro_loss, plain=False),
+        "reference": make_step(lambda: reference(model, x)),
+        "original_style": make_step(original_style_loss, anomaly=True),
+    }
+    return steps, device, lambda: count_flops(pyro_loss)
 
 
 def time_both(args: dict) -> dict:
     """Child process: Pyro and reference steps alternate, so load changes hit both alike;
     returns the median ms of each."""
-    steps, _ = step_functions(args)
+    steps, device, count = step_functions(args)
+    flops = count()
+    steps["gemm"], gemm_flops = gemm_step(args["B"] * args["T"], args["x_dim"] or 513, device)
     times: dict[str, list[float]] = {k: [] for k in steps}
     for i in range(args["warmup"] + args["steps"]):
         for variant, step in steps.items():
             elapsed = step()
             if i >= args["warmup"]:
                 times[variant].append(elapsed)
-    return {k: 1000 * statistics.median(v) for k, v in times.items()}
+    result = {k: 1000 * statistics.median(v) for k, v in times.items()}
+    result["gflop"] = flops / 1e9
+    result["gemm_gflop_per_s"] = gemm_flops / 1e9 / statistics.median(times["gemm"])
+    return result
 
 
 def peak_memory(args: dict) -> float:
     """Child process: peak memory (MB) of a few steps of one variant alone."""
-    steps, device = step_functions(args)
+    steps, device, _ = step_functions(args)
     for _ in range(3):
         steps[args["variant"]]()
     if device.type == "cuda":
@@ -171,6 +234,18 @@ def compare(name: str, opts: argparse.Namespace) -> dict:
     for variant in ("pyro", "reference"):
         result[f"mem_{variant}"] = in_child(peak_memory, {**args, "variant": variant})
     return result
+
+
+def arithmetic_rate(measured: dict) -> dict:
+    """The JSON's FLOP keys from a :func:`compare` result."""
+    rate = measured["gflop"] / (measured["pyro"] / 1000)
+    values = {
+        "gflop_per_step": measured["gflop"],
+        "gflop_per_s": rate,
+        "gemm_gflop_per_s": measured["gemm_gflop_per_s"],
+        "fraction_of_gemm": rate / measured["gemm_gflop_per_s"],
+    }
+    return {k: float(f"{v:.4g}") for k, v in values.items()}  # 4 significant digits
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -224,6 +299,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "seq_per_s": round(1000 * opts.B / measured["pyro"], 1),
                 "peak_mem_mb": round(measured["mem_pyro"], 1),
                 "peak_mem_mb_reference": round(measured["mem_reference"], 1),
+                **arithmetic_rate(measured),
             }
         )
         r = rows[-1]
@@ -232,7 +308,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"  ratio {r['ratio_pyro_to_reference']:.3f}"
             f"  original-style {r['ms_per_step_original_style']:8.1f} ms"
             f" (ratio {r['ratio_pyro_to_original_style']:.3f})  mem {r['peak_mem_mb']:.0f}/"
-            f"{r['peak_mem_mb_reference']:.0f} MB",
+            f"{r['peak_mem_mb_reference']:.0f} MB  {r['gflop_per_step']:.2f} GFLOP"
+            f" {r['gflop_per_s']:.1f} GFLOP/s ({r['fraction_of_gemm']:.2f} of GEMM"
+            f" {r['gemm_gflop_per_s']:.1f})",
             flush=True,
         )
     if opts.json:

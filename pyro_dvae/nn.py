@@ -13,8 +13,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 import torch
+from pyro.poutine.util import is_validation_enabled
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 LOGVAR_BOUND = 30.0
@@ -96,8 +96,9 @@ def shift(z: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.zeros_like(z[:, :1]), z[:, :-1]], dim=1)
 
 
-_LENGTHS: ContextVar[torch.Tensor | None] = ContextVar("sequence_lengths", default=None)
-"""Lengths (B,) of the padded sequences of the batch in flight (:func:`sequence_lengths`)."""
+_LENGTHS: ContextVar[tuple[torch.Tensor, int] | None] = ContextVar("sequence_lengths", default=None)
+"""Lengths (B,) of the padded sequences of the batch in flight, on its device, and its number of
+steps T (:func:`sequence_lengths`)."""
 
 
 @contextmanager
@@ -105,20 +106,25 @@ def sequence_lengths(mask: torch.Tensor | None) -> Iterator[None]:
     """Within this block the batch is padded: ``mask (B, T)`` is True on the first L_b frames of
     sequence b and False after them. :func:`run_rnn` and :func:`final_state` then treat sequence
     b as ``x[b, :L_b]``: no output at a valid step depends on a padded frame, in either
-    direction. None: unpadded.
+    direction. None: unpadded. The lengths stay on the mask's device and nothing is read back
+    to the host (so a CUDA graph can hold the step), except for the check of the mask's form,
+    made while Pyro's validation is on (it is off during training).
 
     Raises:
         ValueError: a mask that is not valid frames followed by padding.
     """
-    token = _LENGTHS.set(None if mask is None else lengths_of(mask))
+    if mask is not None and is_validation_enabled():
+        check_step_mask(mask)
+    token = _LENGTHS.set(None if mask is None else (mask.sum(-1), mask.shape[-1]))
     try:
         yield
     finally:
         _LENGTHS.reset(token)
 
 
-def lengths_of(mask: torch.Tensor) -> torch.Tensor:
-    """The lengths ``(B,)`` (int64, on the CPU) of a padding mask ``(B, T)``."""
+def check_step_mask(mask: torch.Tensor) -> None:
+    """Raise ValueError unless ``mask (B, T)`` holds L_b >= 1 True values followed only by
+    False in each row."""
     mask = mask.bool()
     lengths = mask.sum(-1)
     steps = torch.arange(mask.shape[-1], device=mask.device)
@@ -127,20 +133,20 @@ def lengths_of(mask: torch.Tensor) -> torch.Tensor:
             "a step mask must be (B, T) with each row holding L_b >= 1 True values followed "
             f"only by False (padding at the end); got shape {tuple(mask.shape)}"
         )
-    return lengths.cpu()
 
 
 def _active_lengths(x: torch.Tensor) -> torch.Tensor | None:
-    """The lengths in force for the RNN input ``x (B, T, D)``; None when unpadded."""
-    lengths = _LENGTHS.get()
-    if lengths is None:
+    """The lengths ``(B,)`` in force for the RNN input ``x (B, T, D)``; None when unpadded."""
+    active = _LENGTHS.get()
+    if active is None:
         return None
-    if lengths.shape[0] != x.shape[0] or lengths.max() > x.shape[1]:
+    lengths, steps = active
+    if lengths.shape[0] != x.shape[0] or steps != x.shape[1]:
         raise ValueError(
-            f"the step mask is for {lengths.shape[0]} sequences of up to {lengths.max()} steps, "
+            f"the step mask is for {lengths.shape[0]} sequences of up to {steps} steps, "
             f"but an RNN input has shape {tuple(x.shape)}"
         )
-    return None if bool((lengths == x.shape[1]).all()) else lengths
+    return lengths
 
 
 def reverse_within(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
@@ -154,12 +160,23 @@ def reverse_within(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tenso
     return x.gather(1, index[..., None].expand_as(x))
 
 
-def _packed(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor):
-    """``rnn`` over the first ``lengths[b]`` steps of each sequence: (output (B, T, ·), zero on
-    padded steps; final state at each sequence's own end)."""
-    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-    output, state = rnn(packed)
-    return pad_packed_sequence(output, batch_first=True, total_length=x.shape[1])[0], state
+def _direction(rnn: nn.RNNBase, x: torch.Tensor, direction: int) -> torch.Tensor:
+    """Outputs ``(B, T, H)`` of one direction (0 forward, 1 backward) of a one-layer RNN run
+    forward over ``x (B, T, D)`` from zero state, with that direction's weights."""
+    suffix = "_reverse" if direction else ""
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    params = [getattr(rnn, f"{name}_l0{suffix}") for name in names]
+    h0 = x.new_zeros(1, x.shape[0], rnn.hidden_size)
+    options = (True, 1, 0.0, rnn.training, False, True)  # biases, layers, dropout, train, bi, bf
+    if isinstance(rnn, nn.LSTM):
+        return torch.lstm(x, (h0, h0), params, *options)[0]
+    step = torch.rnn_tanh if rnn.nonlinearity == "tanh" else torch.rnn_relu
+    return step(x, h0, params, *options)[0]
+
+
+def _last_valid(output: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``output[b, lengths[b] − 1]`` for every b: ``(B, T, H) -> (B, H)``."""
+    return output[torch.arange(output.shape[0], device=output.device), lengths - 1]
 
 
 def run_rnn(rnn: nn.RNNBase, x: torch.Tensor, backward: bool = False) -> torch.Tensor:
@@ -167,13 +184,14 @@ def run_rnn(rnn: nn.RNNBase, x: torch.Tensor, backward: bool = False) -> torch.T
     time-reversed input and re-reverses the output, so step t summarises ``x_{t:T}``.
 
     Under :func:`sequence_lengths`, sequence b ends at its length L_b: a backward run starts at
-    x_{L_b}, a bidirectional one reads only x_{1:L_b} in both directions (packed sequences).
-    Outputs at padded steps are unspecified (finite)."""
+    x_{L_b}, and a bidirectional one runs its backward direction over x_{L_b}, …, x_1 (each
+    sequence reversed within its length). Outputs at padded steps are unspecified (finite)."""
     lengths = _active_lengths(x)
     if backward:
         x = reverse_within(x, lengths)
     if lengths is not None and rnn.bidirectional:
-        output = _packed(rnn, x, lengths)[0]
+        ahead = reverse_within(_direction(rnn, reverse_within(x, lengths), 1), lengths)
+        output = torch.cat([_direction(rnn, x, 0), ahead], dim=-1)
     else:  # a forward pass over valid steps never reads the padding after them
         output = rnn(x)[0]
     return reverse_within(output, lengths) if backward else output
@@ -184,8 +202,12 @@ def final_state(rnn: nn.RNNBase, x: torch.Tensor) -> torch.Tensor:
     ``x (B, T, D)`` from zero state: the forward direction's after x_T, the backward one's
     after x_1. Under :func:`sequence_lengths`, the forward state is the one after x_{L_b}."""
     lengths = _active_lengths(x)
-    state = rnn(x)[1] if lengths is None else _packed(rnn, x, lengths)[1]
-    return state[0] if isinstance(rnn, nn.LSTM) else state
+    if lengths is None:
+        state = rnn(x)[1]
+        return state[0] if isinstance(rnn, nn.LSTM) else state
+    directions = range(2 if rnn.bidirectional else 1)
+    inputs = [x, reverse_within(x, lengths)]
+    return torch.stack([_last_valid(_direction(rnn, inputs[k], k), lengths) for k in directions])
 
 
 def lstm(in_dim: int, hidden: int, bidirectional: bool = False) -> nn.LSTM:

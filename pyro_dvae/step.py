@@ -228,10 +228,12 @@ def portable(optimizer_state: dict) -> dict:
 class GraphStep:
     """:func:`train_step` captured as a CUDA graph and replayed.
 
-    One graph per batch shape, KL weight zero or not (weight 0 masks the KL sites out), frozen
-    parameters or not and feedback probability (scheduled sampling's p changes a few times in a
-    run). Padded batches (music) run eagerly: their RNNs read the sequence lengths on the host
-    (packed sequences), which a graph would freeze at capture. For a new one, the first
+    One graph per batch shape, padding or not, KL weight zero or not (weight 0 masks the KL
+    sites out), frozen parameters or not and feedback probability (scheduled sampling's p
+    changes a few times in a run). Padded batches keep their lengths on the device
+    (:func:`~pyro_dvae.nn.sequence_lengths`), so one graph serves every batch of one padded
+    shape (the trainer pads them to a multiple of 16 steps: a few shapes). For a new one, the
+    first
     ``warmup`` steps run eagerly on a side stream (real steps on real batches: they create the
     optimiser state and let the libraries choose their kernels); the next is captured and from
     then on replayed.
@@ -260,10 +262,10 @@ class GraphStep:
         self.eager_steps: dict[tuple, int] = {}
         self.weight: torch.Tensor | None = None
 
-    def key(self, x: torch.Tensor, weight: float, frozen) -> tuple:
+    def key(self, x: torch.Tensor, mask: torch.Tensor | None, weight: float, frozen) -> tuple:
         feedback = self.loss.dvae.feedback
         p = None if feedback is None else feedback.p
-        return tuple(x.shape), weight == 0, bool(frozen), p
+        return tuple(x.shape), mask is not None, weight == 0, bool(frozen), p
 
     def __call__(
         self,
@@ -274,21 +276,21 @@ class GraphStep:
     ) -> torch.Tensor:
         """One step on the batch ``x (B, T, D)`` (``mask (B, T)`` or None); returns the loss
         ``()`` on the device, as :func:`train_step` does."""
-        if mask is not None:
-            return self._step(x, mask, weight, frozen)
         if self.weight is None:
             self.weight = torch.zeros((), device=x.device, dtype=x.dtype)
-        key = self.key(x, weight, frozen)
+        key = self.key(x, mask, weight, frozen)
         w = 0.0 if weight == 0 else self.weight
         if weight != 0:
             self.weight.fill_(weight)
         if key not in self.graphs and self.eager_steps.get(key, 0) < self.warmup:
             self.eager_steps[key] = self.eager_steps.get(key, 0) + 1
-            return self._on_side_stream(x, w, frozen)
+            return self._on_side_stream(x, mask, w, frozen)
         if key not in self.graphs:
-            self.graphs[key] = self._capture(x, w, frozen)
-        graph, static_x, value = self.graphs[key]
-        static_x.copy_(x)
+            self.graphs[key] = self._capture(x, mask, w, frozen)
+        graph, inputs, value = self.graphs[key]
+        for static, new in zip(inputs, (x, mask), strict=True):
+            if new is not None:
+                static.copy_(new)
         graph.replay()
         return value.clone()
 
@@ -297,19 +299,19 @@ class GraphStep:
             self.loss, self.optimizer, x, mask, weight, frozen=frozen, clip_norm=self.clip_norm
         )
 
-    def _on_side_stream(self, x, weight, frozen) -> torch.Tensor:
+    def _on_side_stream(self, x, mask, weight, frozen) -> torch.Tensor:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            value = self._step(x, None, weight, frozen)
+            value = self._step(x, mask, weight, frozen)
         torch.cuda.current_stream().wait_stream(stream)
         return value
 
-    def _capture(self, x, weight, frozen) -> tuple:
-        static_x = x.clone()
+    def _capture(self, x, mask, weight, frozen) -> tuple:
+        inputs = (x.clone(), None if mask is None else mask.clone())
         graph = torch.cuda.CUDAGraph()
         self.optimizer.zero_grad(set_to_none=True)
         with torch.cuda.graph(graph):
-            value = self._step(static_x, None, weight, frozen)
+            value = self._step(*inputs, weight, frozen)
         log.info("captured the training step for batches of shape %s", tuple(x.shape))
-        return graph, static_x, value
+        return graph, inputs, value

@@ -68,6 +68,7 @@ from pathlib import Path
 
 import pyro
 import torch
+import torch.nn.functional as F
 from pyro.optim.clipped_adam import ClippedAdam
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -595,6 +596,8 @@ class Trainer:
         """One training step on a batch, eager (or with compiled networks) or a replayed CUDA
         graph; returns its per-frame loss ``()``, still on the device."""
         if self.graph is not None:
+            if mask is not None:  # a few padded lengths: one capture each
+                x, mask = pad_steps(x, mask, BUCKET_STEPS)
             return self.graph(x, mask, weight, frozen)
         return train_step(self.loss, self.optimizer, x, mask, weight, scale, frozen, self.clip_norm)
 
@@ -771,6 +774,19 @@ class Batches(Dataset):
         if hasattr(self.dataset, "batch"):
             return self.dataset.batch(torch.as_tensor(index))
         return torch.stack([self.dataset[i] for i in index])
+
+
+BUCKET_STEPS = 16
+"""Under a captured step, padded batches are padded further to a multiple of this many steps."""
+
+
+def pad_steps(
+    x: torch.Tensor, mask: torch.Tensor, multiple: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A padded batch ``x (B, T, D)``, ``mask (B, T)`` padded (zeros, False) to the next multiple
+    of ``multiple`` steps: the same loss, from a few batch shapes."""
+    extra = -x.shape[1] % multiple
+    return F.pad(x, (0, 0, 0, extra)), F.pad(mask, (0, extra), value=False)
 
 
 RESIDENT_SHARE = 0.25

@@ -39,16 +39,22 @@ def test_a_training_step_on_cuda_gives_finite_gradients(name):
     assert all(g.is_cuda for g in grads)
 
 
+@pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_the_graph_step_follows_the_eager_trajectory(name):
-    """20 steps from the same weights and batches, with the KL weight (0, then rising) and the
-    LR changing between steps: the captured step's losses are eager's. float64 and ε = 0
+def test_the_graph_step_follows_the_eager_trajectory(name, padded):
+    """20 steps from the same weights and batches (padded: lengths that change from batch to
+    batch, one shape), with the KL weight (0, then rising) and the LR changing between steps:
+    the captured step's losses are eager's. float64 and ε = 0
     (:func:`zero_noise`), so both run the same arithmetic; only the weight-0 graph and one
     other are captured (a new weight or LR is written into device tensors, not recaptured)."""
     device = torch.device("cuda")
     torch.manual_seed(0)
     model = build(name, "speech", 33, device).double()
     batches = [torch.rand(4, 12, 33, dtype=torch.float64, device=device) * 10 for _ in range(20)]
+    lengths = torch.tensor([12, 7, 3, 9], device=device)
+    masks = [torch.arange(12, device=device) < lengths.roll(i)[:, None] for i in range(20)]
+    if not padded:
+        masks = [None] * 20
     trajectories, graph_step = [], None
     for captured in (False, True):
         net = copy.deepcopy(model)
@@ -59,13 +65,13 @@ def test_the_graph_step_follows_the_eager_trajectory(name):
             graph_step = GraphStep(loss, optimizer, clip_norm=1.0)
         values = []
         with zero_noise():
-            for i, x in enumerate(batches):
+            for i, (x, mask) in enumerate(zip(batches, masks, strict=True)):
                 set_lr(optimizer, 1e-3 * 0.9**i)
                 weight = 0.0 if i < 5 else min(1.0, 0.1 * i)
                 if captured:
-                    values.append(graph_step(x, None, weight))
+                    values.append(graph_step(x, mask, weight))
                 else:
-                    values.append(train_step(loss, optimizer, x, None, weight, clip_norm=1.0))
+                    values.append(train_step(loss, optimizer, x, mask, weight, clip_norm=1.0))
         trajectories.append(torch.stack(values).cpu())
     eager, graph = trajectories
     torch.testing.assert_close(graph, eager, rtol=1e-9, atol=1e-12)

@@ -27,7 +27,8 @@ from pyro_dvae.step import (
     set_lr,
     train_step,
 )
-from pyro_dvae.train import TrainConfig, Trainer, load_checkpoint
+from pyro_dvae.train import TrainConfig, Trainer, load_checkpoint, pad_steps
+from tests.helpers import zero_noise
 
 TINY = dict(z_dim=3, dense_x_gx=[8], dim_rnn_gx=6, dense_ztm1_g=[4], dense_g_z=[5], dense_z_x=[7])
 
@@ -173,18 +174,21 @@ def test_the_loss_is_pyros_elbo(name, elbo):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_a_step_reads_nothing_back_to_the_host(name):
-    """KL weight 0 (masked out), a float and a device tensor, with gradient clipping: nothing
-    in the step reads a value back, so a CUDA graph can hold it (padded batches read their
-    lengths on the host and run eagerly under ``graph``).
+    """Padded and unpadded batches, KL weight 0 (masked out), a float and a device tensor, with
+    gradient clipping: nothing in the step reads a value back, so a CUDA graph can hold it.
     SGD stands in for Adam, whose non-capturable form reads its step count on the host (the
     graph step uses the capturable form, which torch runs only on CUDA)."""
     model = _speech_model(name)
     loss = ELBOLoss(model, "mean_field")
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    x, _ = _batch()
+    x, mask = _batch()
     weights = (0.0, 0.5, torch.tensor(0.5, dtype=torch.float64))
     with pyro.validation_enabled(False), no_host_reads():  # as in training
-        values = [train_step(loss, optimizer, x, None, w, clip_norm=1.0) for w in weights]
+        values = [
+            train_step(loss, optimizer, x, m, w, clip_norm=1.0)
+            for m in (None, mask)
+            for w in weights
+        ]
     assert all(torch.isfinite(v) for v in values)
 
 
@@ -278,3 +282,18 @@ def test_a_nan_loss_early_in_an_epoch_stops_at_its_end_before_its_checkpoint(tmp
         trainer.fit()
     assert len(calls) == 2
     assert load_checkpoint(tmp_path / "last.pt")["state"] == before["state"]
+
+
+@pytest.mark.parametrize("name", ["dkf", "dsae", "rvae_noncausal"])
+def test_padding_a_padded_batch_further_keeps_its_loss(name):
+    """A captured step pads padded batches to a multiple of 16 steps (a few shapes to
+    capture): the loss is unchanged (ε = 0, so no draw depends on T; float64)."""
+    model = _speech_model(name)
+    x, mask = _batch()
+    x16, mask16 = pad_steps(x, mask, 16)
+    assert x16.shape[1] == 16 and torch.equal(x16[:, :5], x) and not mask16[:, 5:].any()
+    with zero_noise():
+        losses = [
+            ELBOLoss(model, "mean_field")(*batch, 0.5) for batch in ((x, mask), (x16, mask16))
+        ]
+    assert losses[1].item() == pytest.approx(losses[0].item(), rel=1e-12)

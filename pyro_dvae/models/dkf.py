@@ -31,6 +31,7 @@ from pyro.distributions.transforms import affine_autoregressive
 from torch import nn
 from torch.distributions import Distribution
 
+from pyro_dvae.activations import use_fast_tanh
 from pyro_dvae.distributions import (
     IndependentTrajectory,
     Trajectory,
@@ -232,3 +233,4 @@ class DKF(LatentDecoderDVAE):
             iaf_hidden=iaf_hidden,
         )
         check_guide_steps(self.inference, x_dim, self.guide_name)
+        use_fast_tanh(self)

@@ -17,6 +17,10 @@ KEYS = {
     "ms_per_step_original_style",
     "ratio_pyro_to_original_style",
     "peak_mem_mb",
+    "gflop_per_step",
+    "gflop_per_s",
+    "gemm_gflop_per_s",
+    "fraction_of_gemm",
 }
 
 
@@ -63,6 +67,14 @@ def test_benchmark_smoke_json(tmp_path):
         original = row["ms_per_step"] / row["ms_per_step_original_style"]
         assert abs(row["ratio_pyro_to_original_style"] - original) < 0.01 * original + 1e-3
         assert row["peak_mem_mb"] > 0
+        assert row["gflop_per_step"] > 0 and row["gemm_gflop_per_s"] > 0
+        # the FLOP keys carry 4 significant digits (relative rounding <= 5e-4 each) and
+        # ms_per_step 2 decimals (<= 0.005 ms): the recomputed values agree to the sum
+        rel = 3 * 5e-4 + 0.005 / row["ms_per_step"]
+        rate = row["gflop_per_step"] / (row["ms_per_step"] / 1000)
+        assert abs(row["gflop_per_s"] - rate) <= rel * rate
+        fraction = row["gflop_per_s"] / row["gemm_gflop_per_s"]
+        assert abs(row["fraction_of_gemm"] - fraction) <= 3 * 5e-4 * fraction
 
 
 def test_reference_losses_equal_the_pyro_loss():
@@ -106,3 +118,19 @@ def test_original_formulas_shift_the_loss_by_the_known_constants():
     B, T, _ = x.shape
     shift = (-(torch.log(x) + 1).sum() + 0.5 * B * T * model.z_dim) / (B * T)
     torch.testing.assert_close(original, ours + shift, rtol=1e-5, atol=1e-4)
+
+
+def test_flop_count_of_one_lstm_layer_and_a_linear_layer_by_hand():
+    """nn.LSTM (oneDNN on the CPU, which FlopCounterMode alone counts as 0): forward
+    2·T·B·4H·(D + H), backward twice that; a Linear layer on an input that needs no gradient:
+    forward 2·N·D·H and the weight's gradient as much again."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.train_step import count_flops
+
+    B, T, D, H = 2, 4, 5, 3
+    rnn, linear = torch.nn.LSTM(D, H, batch_first=True), torch.nn.Linear(D, H)
+    x = torch.randn(B, T, D, requires_grad=True)
+    assert count_flops(lambda: rnn(x)[0].sum()) == 3 * 2 * T * B * 4 * H * (D + H)
+    assert count_flops(lambda: linear(x.detach()).sum()) == 2 * 2 * (T * B) * D * H

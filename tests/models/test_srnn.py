@@ -150,6 +150,28 @@ def test_stepwise_sampling_and_parallel_scoring_agree(hidden):
         torch.testing.assert_close(drawn.stddev, parallel.stddev)
 
 
+@pytest.mark.parametrize("hidden", [[8, 5], []])
+def test_split_first_layer_equals_the_concatenated_input(hidden):
+    """MLP_hxg's first layer as W_h h + W_x x + b: values and gradients (parameters, h) of the
+    layer on [h, x], in float64 (same products, summed in another order: ~1e-16 per entry;
+    1e-12 leaves room). With no hidden layer the features are [h, x] itself."""
+    torch.manual_seed(0)
+    model = build_model("srnn", D, ExponentialPower(), **{**TINY, "dense_hx_g": hidden}).double()
+    inf = model.inference
+    x = torch.rand(B, T, D, dtype=torch.float64)
+    h = torch.randn(B, T, TINY["dim_rnn_h"], dtype=torch.float64, requires_grad=True)
+    inputs, weights = (
+        [h, *inf.mlp_hx_g.parameters()],
+        torch.randn(B, T, inf.mlp_hx_g.out_dim, dtype=torch.float64),
+    )
+    got, expected = inf.features(h, x), inf.mlp_hx_g(torch.cat([h, x], dim=-1))
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad((got * weights).sum(), inputs)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), inputs)
+    for g, e in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+
+
 def test_model_recomputes_h_for_a_stale_or_gradient_free_guide_trace():
     model = build_model("srnn", D, ExponentialPower(), **TINY)
     x = torch.rand(B, T, D)
