@@ -1,29 +1,45 @@
 """Time one SVI training step of every DVAE against a hand-written torch step.
 
-A step is forward, ELBO, backward and one Adam update. The Pyro step uses
-``TraceMeanField_ELBO().differentiable_loss`` on the model/guide pair, exactly as the
-trainer does; the reference step computes the same loss from the same networks in plain
-torch (``benchmarks/reference_*.py``). The original-style step stands in for the original
+A step is forward, ELBO, backward and one Adam update. The Pyro step is the trainer's own
+(``pyro_dvae.step``: :class:`~pyro_dvae.step.ELBOLoss`, TraceMeanField_ELBO's estimator, through
+:func:`~pyro_dvae.step.train_step`), run as ``train.step`` runs it (``--step``, a comma list):
+
+* ``eager``: :func:`~pyro_dvae.step.train_step` as it is;
+* ``compile``: the same after :func:`~pyro_dvae.step.compile_networks`; the compilation (the
+  set-up and the first step, which compiles forward and backward) is timed apart as
+  ``compile_seconds`` and left out of the step times;
+* ``graph`` (CUDA only): :class:`~pyro_dvae.step.GraphStep` with a
+  :func:`~pyro_dvae.step.capturable` Adam; its eager warm-up steps and the capture are
+  ``compile_seconds``.
+
+The reference step computes the same loss from the same networks in plain torch
+(``benchmarks/reference_*.py``). The original-style step stands in for the original
 implementation, which cannot run here: the reference step with the original's loss formulas
 (spec §4.1–4.2) and ``torch.autograd.set_detect_anomaly(True)``, which the original trainer
-switched on for every step (spec §10.1). The three alternate step by step in a fresh
-process; the Pyro and reference steps' peak memory is measured in a process of its own.
+switched on for every step (spec §10.1). In a fresh process, every requested Pyro step (each on
+its own copy of the same initial weights, with its own Adam), the reference and the
+original-style step (on the initial model, always eager, with one Adam of their own) alternate
+step by step; each variant's peak memory is measured in a process of its own.
 
     python benchmarks/train_step.py --models all --shape speech --B 128 --json out.json
     python benchmarks/train_step.py --sites markov ...   # the per-step (pyro.markov) site form
+    python benchmarks/train_step.py --device cuda --step eager,graph --no-memory ...
 
-Prints a table and writes a JSON list of objects with the keys ``model``, ``shape``,
-``device``, ``sites``, ``ms_per_step``, ``ms_per_step_reference``, ``ratio_pyro_to_reference``,
-``ms_per_step_original_style``, ``ratio_pyro_to_original_style``, ``peak_mem_mb`` (Pyro
-step), ``peak_mem_mb_reference``, ``seq_per_s``, ``B``, ``T``, and the arithmetic rate:
+Prints a table and writes a JSON list of objects, one per model and step, with the keys
+``model``, ``step``, ``compile_seconds`` (null for ``eager``), ``shape``, ``device``, ``sites``,
+``ms_per_step``, ``ms_per_step_reference``, ``ratio_pyro_to_reference``,
+``ms_per_step_original_style``, ``ratio_pyro_to_original_style``, ``peak_mem_mb`` (Pyro step),
+``peak_mem_mb_reference`` (both null with ``--no-memory``), ``seq_per_s``, ``B``, ``T``, and the
+arithmetic rate:
 
 * ``gflop_per_step``: the matrix-product FLOPs of one Pyro step's loss and backward pass (one
-  multiply-add = 2 FLOPs), counted once with ``torch.utils.flop_counter.FlopCounterMode`` plus
-  :data:`RNN_FLOPS`: the counter has no formula for oneDNN's LSTM layer (``nn.LSTM`` on the
-  CPU, counted 0), so its forward is counted as 2·T·B·4H·(D + H) (input and recurrent
-  products) and its backward as twice that (gradients of the input, the hidden state and both
-  weights; oneDNN computes the input's gradient whether or not it is needed). Element-wise
-  work (activations, the likelihood, Adam) is not counted;
+  multiply-add = 2 FLOPs), counted once on the eager model with
+  ``torch.utils.flop_counter.FlopCounterMode`` plus :data:`RNN_FLOPS`: the counter has no
+  formula for oneDNN's LSTM layer (``nn.LSTM`` on the CPU, counted 0), so its forward is
+  counted as 2·T·B·4H·(D + H) (input and recurrent products) and its backward as twice that
+  (gradients of the input, the hidden state and both weights; oneDNN computes the input's
+  gradient whether or not it is needed). Element-wise work (activations, the likelihood, Adam)
+  is not counted. Every ``--step`` computes the same products, so they share the count;
 * ``gflop_per_s``: ``gflop_per_step`` over the Pyro step's median time;
 * ``gemm_gflop_per_s``: the rate of a plain GEMM of the size of the speech models' widest
   layers, (T·B × D) @ (D × 512), timed in the same process, alternating with the steps;
@@ -34,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import importlib
 import json
 import multiprocessing as mp
@@ -48,13 +65,16 @@ from pathlib import Path
 
 import pyro
 import torch
-from pyro.infer import TraceMeanField_ELBO
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script: make `benchmarks` importable
+sys.path.insert(0, str(ROOT))  # run as a script: make `benchmarks` and `pyro_dvae` importable
+from pyro_dvae.step import ELBOLoss, GraphStep, capturable, compile_networks, train_step  # noqa: E402
+
 CONFIGS = ROOT / "configs" / "model"
 SHAPES = {"speech": 513, "motion": 96}
+STEPS = ("eager", "compile", "graph")
+"""``--step``: how the Pyro step runs, as ``train.step`` runs it (``pyro_dvae.step``)."""
 
 
 def references() -> dict:
@@ -102,20 +122,10 @@ def count_flops(loss_fn) -> int:
     return counter.get_total_flops()
 
 
-def gemm_step(rows: int, x_dim: int, device: torch.device):
+def gemm_step(rows: int, x_dim: int, device: torch.device) -> tuple[Callable[[], float], int]:
     """``(step, flops)``: one timed ``(rows × x_dim) @ (x_dim × 512)`` product and its FLOPs."""
     a, b = torch.randn(rows, x_dim, device=device), torch.randn(x_dim, 512, device=device)
-
-    def step() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    return step, 2 * rows * x_dim * 512
+    return timed(lambda: a @ b, device), 2 * rows * x_dim * 512
 
 
 def data(shape: str, B: int, T: int, x_dim: int, device: torch.device) -> torch.Tensor:
@@ -128,83 +138,134 @@ def data(shape: str, B: int, T: int, x_dim: int, device: torch.device) -> torch.
     return x.to(device)
 
 
-def step_functions(args: dict) -> tuple[dict, torch.device, Callable[[], int]]:
-    """``{"pyro": step, "reference": step, "original_style": step}`` on one model and batch,
-    each a full training step; the device; and a counter of the Pyro step's FLOPs."""
-    torch.set_num_threads(args["threads"])
-    device = torch.device(args["device"])
-    torch.manual_seed(0)
-    name, shape, B, T = args["model"], args["shape"], args["B"], args["T"]
-    x_dim = args["x_dim"] or SHAPES[shape]
-    model = build(name, shape, x_dim, device, args["sites"])
-    x = data(shape, B, T, x_dim, device)
+def timed(step: Callable[[], object], device: torch.device) -> Callable[[], float]:
+    """``step`` as a function that returns the seconds of one call, the device synchronised
+    before and after."""
+
+    def run() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    return run
+
+
+def pyro_step(model, x: torch.Tensor, kind: str) -> tuple[Callable[[], object], Callable[[], None]]:
+    """``(step, prepare)``: one training step of ``model`` on ``x (B, T, D)`` as
+    ``train.step=kind`` runs it (KL weight 1, no padding, an Adam of its own), and the set-up
+    to run once before it is timed: compiling the networks and the first step, which compiles
+    (``compile``); the eager warm-up steps and the capture (``graph``); nothing (``eager``)."""
+    loss = ELBOLoss(model, "mean_field")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    if kind != "graph":
+
+        def step() -> torch.Tensor:
+            return train_step(loss, optimizer, x, None, 1.0)
+
+        def prepare() -> None:
+            if kind == "compile":
+                compile_networks(model)
+                step()
+
+        return step, prepare
+    capturable(optimizer)
+    graph = GraphStep(loss, optimizer)
+
+    def prepare_graph() -> None:
+        for _ in range(graph.warmup + 1):  # the last call captures (and replays)
+            graph(x, None, 1.0)
+
+    return lambda: graph(x, None, 1.0), prepare_graph
+
+
+def reference_steps(model, x: torch.Tensor, name: str) -> dict[str, Callable[[], float]]:
+    """``{"reference": step, "original_style": step}``: eager steps of ``model`` on ``x`` with
+    an Adam of their own, each returning its seconds; the networks as the original runs them
+    (:func:`torch_tanh`, swapped in outside the timed part)."""
     from benchmarks.reference_basic import original_formulas, torch_tanh
 
-    pyro.enable_validation(False)
-    elbo = TraceMeanField_ELBO().differentiable_loss
     reference = references()[name]
-
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
-    def make_step(loss_fn, anomaly: bool = False, plain: bool = True):
-        """``plain``: the networks as the original runs them (:func:`torch_tanh`), set up
-        outside the timed part."""
+    def make_step(loss_fn: Callable[[], torch.Tensor], anomaly: bool = False):
+        def step() -> None:
+            with torch.autograd.detect_anomaly() if anomaly else contextlib.nullcontext():
+                loss = loss_fn()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            optimizer.step()
 
-        def step() -> float:
-            with torch_tanh(model) if plain else contextlib.nullcontext():
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                with torch.autograd.detect_anomaly() if anomaly else contextlib.nullcontext():
-                    loss = loss_fn()
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                optimizer.step()
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                return time.perf_counter() - start
+        def run() -> float:
+            with torch_tanh(model):
+                return timed(step, x.device)()
 
-        return step
+        return run
 
     def original_style_loss() -> torch.Tensor:
         with original_formulas():
             return reference(model, x)
 
-    def pyro_loss() -> torch.Tensor:
-        return elbo(model.model, model.guide, x, 1.0)
-
-    steps = {
-        "pyro": make_step(pyro_loss, plain=False),
+    return {
         "reference": make_step(lambda: reference(model, x)),
         "original_style": make_step(original_style_loss, anomaly=True),
     }
-    return steps, device, lambda: count_flops(pyro_loss)
 
 
-def time_both(args: dict) -> dict:
-    """Child process: Pyro and reference steps alternate, so load changes hit both alike;
-    returns the median ms of each."""
-    steps, device, count = step_functions(args)
-    flops = count()
-    steps["gemm"], gemm_flops = gemm_step(args["B"] * args["T"], args["x_dim"] or 513, device)
+def setup(args: dict) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The model of ``args`` (seed 0) on its device and its batch ``x (B, T, D)``."""
+    torch.set_num_threads(args["threads"])
+    device = torch.device(args["device"])
+    torch.manual_seed(0)
+    x_dim = args["x_dim"] or SHAPES[args["shape"]]
+    model = build(args["model"], args["shape"], x_dim, device, args["sites"])
+    pyro.enable_validation(False)
+    return model, data(args["shape"], args["B"], args["T"], x_dim, device)
+
+
+def time_all(args: dict) -> dict:
+    """Child process: every Pyro step of ``args["kinds"]`` (``"pyro:<kind>"``, each on its own
+    copy of the initial model), the reference and original-style steps and the GEMM alternate
+    step by step, so load changes hit them alike. Returns the median ms of each, each Pyro
+    step's set-up seconds (``"setup:<kind>"``), the Pyro step's GFLOP and the GEMM's rate."""
+    model, x = setup(args)
+    loss = ELBOLoss(model, "mean_field")
+    result = {"gflop": count_flops(lambda: loss(x, None, 1.0)) / 1e9}
+    model.zero_grad(set_to_none=True)
+    steps = {}
+    for kind in args["kinds"]:
+        step, prepare = pyro_step(copy.deepcopy(model), x, kind)
+        result[f"setup:{kind}"] = timed(prepare, x.device)()
+        steps[f"pyro:{kind}"] = timed(step, x.device)
+    steps.update(reference_steps(model, x, args["model"]))
+    steps["gemm"], gemm_flops = gemm_step(args["B"] * args["T"], args["x_dim"] or 513, x.device)
     times: dict[str, list[float]] = {k: [] for k in steps}
     for i in range(args["warmup"] + args["steps"]):
         for variant, step in steps.items():
             elapsed = step()
             if i >= args["warmup"]:
                 times[variant].append(elapsed)
-    result = {k: 1000 * statistics.median(v) for k, v in times.items()}
-    result["gflop"] = flops / 1e9
-    result["gemm_gflop_per_s"] = gemm_flops / 1e9 / statistics.median(times["gemm"])
+    result.update({k: 1000 * statistics.median(v) for k, v in times.items()})
+    result["gemm_gflop_per_s"] = gemm_flops / 1e9 / (result["gemm"] / 1000)
     return result
 
 
 def peak_memory(args: dict) -> float:
-    """Child process: peak memory (MB) of a few steps of one variant alone."""
-    steps, device, _ = step_functions(args)
+    """Child process: peak memory (MB) of a few steps of one variant alone (``"pyro:<kind>"``,
+    after its set-up, or ``"reference"``)."""
+    model, x = setup(args)
+    variant = args["variant"]
+    if variant.startswith("pyro:"):
+        step, prepare = pyro_step(model, x, variant.removeprefix("pyro:"))
+        prepare()
+    else:
+        step = reference_steps(model, x, args["model"])[variant]
     for _ in range(3):
-        steps[args["variant"]]()
-    if device.type == "cuda":
+        step()
+    if x.device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -214,11 +275,13 @@ def in_child(fn, args: dict):
         return pool.apply(fn, (args,))
 
 
-def compare(name: str, opts: argparse.Namespace) -> dict:
-    """Median over ``opts.rounds`` processes of the alternated step times, and each variant's
-    peak memory measured in a process of its own."""
+def compare(name: str, kinds: list[str], opts: argparse.Namespace) -> dict:
+    """Median over ``opts.rounds`` processes of the alternated step times (and set-up
+    seconds), and, unless ``--no-memory``, each variant's peak memory (``"mem:<variant>"``)
+    measured in a process of its own."""
     args = {
         "model": name,
+        "kinds": kinds,
         "shape": opts.shape,
         "B": opts.B,
         "T": opts.T,
@@ -229,16 +292,18 @@ def compare(name: str, opts: argparse.Namespace) -> dict:
         "threads": opts.threads,
         "sites": opts.sites,
     }
-    rounds = [in_child(time_both, args) for _ in range(opts.rounds)]
+    rounds = [in_child(time_all, args) for _ in range(opts.rounds)]
     result = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
-    for variant in ("pyro", "reference"):
-        result[f"mem_{variant}"] = in_child(peak_memory, {**args, "variant": variant})
+    variants = [f"pyro:{kind}" for kind in kinds] + ["reference"]
+    for variant in variants:
+        memory = in_child(peak_memory, {**args, "variant": variant}) if opts.memory else None
+        result[f"mem:{variant}"] = memory
     return result
 
 
-def arithmetic_rate(measured: dict) -> dict:
-    """The JSON's FLOP keys from a :func:`compare` result."""
-    rate = measured["gflop"] / (measured["pyro"] / 1000)
+def arithmetic_rate(measured: dict, ms_per_step: float) -> dict:
+    """The JSON's FLOP keys from a :func:`compare` result and a Pyro step's median ms."""
+    rate = measured["gflop"] / (ms_per_step / 1000)
     values = {
         "gflop_per_step": measured["gflop"],
         "gflop_per_s": rate,
@@ -246,6 +311,73 @@ def arithmetic_rate(measured: dict) -> dict:
         "fraction_of_gemm": rate / measured["gemm_gflop_per_s"],
     }
     return {k: float(f"{v:.4g}") for k, v in values.items()}  # 4 significant digits
+
+
+def row(name: str, kind: str, measured: dict, opts: argparse.Namespace) -> dict:
+    """The JSON object of one model's Pyro step ``kind`` from its :func:`compare` result."""
+    ms = measured[f"pyro:{kind}"]
+    memory = {"peak_mem_mb": measured[f"mem:pyro:{kind}"]}
+    memory["peak_mem_mb_reference"] = measured["mem:reference"]
+    return {
+        "model": name,
+        "step": kind,
+        "compile_seconds": None if kind == "eager" else round(measured[f"setup:{kind}"], 2),
+        "shape": opts.shape,
+        "device": opts.device,
+        "sites": opts.sites,
+        "B": opts.B,
+        "T": opts.T,
+        "ms_per_step": round(ms, 2),
+        "ms_per_step_reference": round(measured["reference"], 2),
+        "ratio_pyro_to_reference": round(ms / measured["reference"], 3),
+        "ms_per_step_original_style": round(measured["original_style"], 2),
+        "ratio_pyro_to_original_style": round(ms / measured["original_style"], 3),
+        "seq_per_s": round(1000 * opts.B / ms, 1),
+        **{k: None if v is None else round(v, 1) for k, v in memory.items()},
+        **arithmetic_rate(measured, ms),
+    }
+
+
+def summary(r: dict) -> str:
+    """One printed line of a row."""
+    memory = (
+        "mem not measured"
+        if r["peak_mem_mb"] is None
+        else f"mem {r['peak_mem_mb']:.0f}/{r['peak_mem_mb_reference']:.0f} MB"
+    )
+    setup = "" if r["compile_seconds"] is None else f" (set-up {r['compile_seconds']:.1f} s)"
+    return (
+        f"{r['model']:15s} {r['step']:7s} pyro {r['ms_per_step']:8.1f} ms{setup}"
+        f"  ref {r['ms_per_step_reference']:8.1f} ms  ratio {r['ratio_pyro_to_reference']:.3f}"
+        f"  original-style {r['ms_per_step_original_style']:8.1f} ms"
+        f" (ratio {r['ratio_pyro_to_original_style']:.3f})  {memory}"
+        f"  {r['gflop_per_step']:.2f} GFLOP {r['gflop_per_s']:.1f} GFLOP/s"
+        f" ({r['fraction_of_gemm']:.2f} of GEMM {r['gemm_gflop_per_s']:.1f})"
+    )
+
+
+def fail(message: str) -> None:
+    """Exit with status 2 and the one line ``error: message``."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def checked(opts: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The models and step kinds that ``opts`` asks for; a one-line error for any it cannot
+    run."""
+    available = references()
+    names = sorted(available) if opts.models == "all" else opts.models.split(",")
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        fail(f"--models: no reference step for {unknown}; known: {sorted(available)}")
+    kinds = opts.step.split(",")
+    if any(kind not in STEPS for kind in kinds) or len(set(kinds)) < len(kinds):
+        fail(f"--step {opts.step}: expected a comma list of distinct {'|'.join(STEPS)}")
+    if opts.device == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda: torch sees no CUDA device here; use --device cpu")
+    if "graph" in kinds and opts.device != "cuda":
+        fail("--step graph: a CUDA graph needs --device cuda; use --step eager or compile")
+    return names, kinds
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -257,6 +389,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--x-dim", type=int, default=None, help="override D (tiny smoke runs)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument(
+        "--step",
+        default="eager",
+        help=f"how the Pyro step runs (train.step): comma list of {', '.join(STEPS)}",
+    )
+    parser.add_argument(
         "--sites",
         default="trajectory",
         choices=["trajectory", "markov"],
@@ -266,6 +403,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--rounds", type=int, default=3, help="timing processes per model")
+    parser.add_argument(
+        "--memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure peak memory, one process per variant (--no-memory: null)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
         "--readme",
@@ -273,57 +416,31 @@ def main(argv: list[str] | None = None) -> list[dict]:
         help="save to benchmarks/results/ and regenerate benchmarks/README.md",
     )
     opts = parser.parse_args(argv)
-    available = references()
-    names = sorted(available) if opts.models == "all" else opts.models.split(",")
-    unknown = [n for n in names if n not in available]
-    if unknown:
-        parser.error(f"--models: no reference step for {unknown}; known: {sorted(available)}")
+    names, kinds = checked(opts)
     rows = []
     for name in names:
-        measured = compare(name, opts)
-        rows.append(
-            {
-                "model": name,
-                "shape": opts.shape,
-                "device": opts.device,
-                "sites": opts.sites,
-                "B": opts.B,
-                "T": opts.T,
-                "ms_per_step": round(measured["pyro"], 2),
-                "ms_per_step_reference": round(measured["reference"], 2),
-                "ratio_pyro_to_reference": round(measured["pyro"] / measured["reference"], 3),
-                "ms_per_step_original_style": round(measured["original_style"], 2),
-                "ratio_pyro_to_original_style": round(
-                    measured["pyro"] / measured["original_style"], 3
-                ),
-                "seq_per_s": round(1000 * opts.B / measured["pyro"], 1),
-                "peak_mem_mb": round(measured["mem_pyro"], 1),
-                "peak_mem_mb_reference": round(measured["mem_reference"], 1),
-                **arithmetic_rate(measured),
-            }
-        )
-        r = rows[-1]
-        print(
-            f"{name:15s} pyro {r['ms_per_step']:8.1f} ms  ref {r['ms_per_step_reference']:8.1f} ms"
-            f"  ratio {r['ratio_pyro_to_reference']:.3f}"
-            f"  original-style {r['ms_per_step_original_style']:8.1f} ms"
-            f" (ratio {r['ratio_pyro_to_original_style']:.3f})  mem {r['peak_mem_mb']:.0f}/"
-            f"{r['peak_mem_mb_reference']:.0f} MB  {r['gflop_per_step']:.2f} GFLOP"
-            f" {r['gflop_per_s']:.1f} GFLOP/s ({r['fraction_of_gemm']:.2f} of GEMM"
-            f" {r['gemm_gflop_per_s']:.1f})",
-            flush=True,
-        )
+        measured = compare(name, kinds, opts)
+        for kind in kinds:
+            rows.append(row(name, kind, measured, opts))
+            print(summary(rows[-1]), flush=True)
     if opts.json:
         opts.json.write_text(json.dumps(rows, indent=2))
     if opts.readme:
-        RESULTS.mkdir(exist_ok=True)
-        stem = f"{opts.shape}_{opts.device}_B{opts.B}_T{opts.T}"
-        stem += "" if opts.sites == "trajectory" else f"_{opts.sites}"
-        (RESULTS / f"{stem}.json").write_text(
-            json.dumps({"machine": machine(), "rows": rows}, indent=2)
-        )
+        save_results(rows, opts, kinds)
         write_readme()
     return rows
+
+
+def save_results(rows: list[dict], opts: argparse.Namespace, kinds: list[str]) -> None:
+    """``benchmarks/results/<shape>_<device>_B<B>_T<T>[_<sites>][_<step>].json``, one file per
+    step (no suffix for ``eager``), each with the machine."""
+    RESULTS.mkdir(exist_ok=True)
+    for kind in kinds:
+        stem = f"{opts.shape}_{opts.device}_B{opts.B}_T{opts.T}"
+        stem += "" if opts.sites == "trajectory" else f"_{opts.sites}"
+        stem += "" if kind == "eager" else f"_{kind}"
+        saved = {"machine": machine(), "rows": [r for r in rows if r["step"] == kind]}
+        (RESULTS / f"{stem}.json").write_text(json.dumps(saved, indent=2))
 
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -356,7 +473,8 @@ def write_readme() -> None:
         parts.append(
             f"\n### {first['shape']}, {first['device']}, B={first['B']}, T={first['T']}, "
             f"sites={first.get('sites', 'trajectory')}"
-            f"\n\nMachine: {saved['machine']}.\n\n"
+            + ("" if first.get("step", "eager") == "eager" else f", step={first['step']}")
+            + f"\n\nMachine: {saved['machine']}.\n\n"
             "| model | Pyro ms/step | reference ms/step | ratio | original-style ms/step | "
             "ratio | seq/s | peak MB (Pyro / ref) |\n"
             "|---|---|---|---|---|---|---|---|\n"

@@ -1,13 +1,19 @@
 """CI smoke run of the step benchmark: it runs and its JSON is complete (no timing asserted)."""
 
+import copy
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = {
     "model",
+    "step",
+    "compile_seconds",
     "shape",
     "device",
     "sites",
@@ -24,42 +30,27 @@ KEYS = {
 }
 
 
+TINY = ["--steps", "2", "--warmup", "0", "--B", "2", "--T", "4", "--x-dim", "8", "--threads", "1"]
+
+
+def benchmark(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``benchmarks/train_step.py args`` in a process of its own."""
+    script = str(ROOT / "benchmarks" / "train_step.py")
+    command = [sys.executable, script, *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
 def test_benchmark_smoke_json(tmp_path):
     out = tmp_path / "bench.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "train_step.py"),
-            "--models",
-            "vae,dkf",
-            "--steps",
-            "2",
-            "--warmup",
-            "0",
-            "--B",
-            "2",
-            "--T",
-            "4",
-            "--x-dim",
-            "8",
-            "--threads",
-            "1",
-            "--rounds",
-            "1",
-            "--sites",
-            "markov",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = benchmark(
+        "--models", "vae,dkf", *TINY, "--rounds", "1", "--sites", "markov", "--json", str(out)
     )
     assert done.returncode == 0, done.stderr
     rows = json.loads(out.read_text())
     assert [r["model"] for r in rows] == ["vae", "dkf"]
     for row in rows:
         assert KEYS <= set(row)
+        assert (row["step"], row["compile_seconds"]) == ("eager", None)
         assert (row["shape"], row["device"], row["sites"]) == ("speech", "cpu", "markov")
         assert row["ms_per_step"] > 0 and row["ms_per_step_reference"] > 0
         ratio = row["ms_per_step"] / row["ms_per_step_reference"]
@@ -75,6 +66,79 @@ def test_benchmark_smoke_json(tmp_path):
         assert abs(row["gflop_per_s"] - rate) <= rel * rate
         fraction = row["gflop_per_s"] / row["gemm_gflop_per_s"]
         assert abs(row["fraction_of_gemm"] - fraction) <= 3 * 5e-4 * fraction
+
+
+def test_compile_step_runs_and_reports_its_keys(tmp_path):
+    """``--step compile`` on the CPU: one row per model with the set-up timed apart (the
+    compilation takes longer than a compiled step), and null memory under ``--no-memory``."""
+    out = tmp_path / "compile.json"
+    done = benchmark(
+        "--models", "dkf", "--step", "compile", *TINY, "--rounds", "1", "--no-memory",
+        "--json", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(out.read_text())
+    assert KEYS <= set(row)
+    assert (row["model"], row["step"], row["device"]) == ("dkf", "compile", "cpu")
+    assert row["compile_seconds"] > row["ms_per_step"] / 1000 > 0
+    assert row["peak_mem_mb"] is None and row["peak_mem_mb_reference"] is None
+    ratio = row["ms_per_step"] / row["ms_per_step_reference"]
+    assert abs(row["ratio_pyro_to_reference"] - ratio) < 0.01 * ratio + 1e-3
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where CUDA is absent")
+def test_graph_step_without_cuda_is_a_one_line_error():
+    done = benchmark("--models", "vae", "--step", "eager,graph", *TINY, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "error: --step graph: a CUDA graph needs --device cuda; use --step eager or compile"
+    ]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_graph_step_runs_on_cuda_and_reports_its_keys(tmp_path):
+    out = tmp_path / "graph.json"
+    done = benchmark(
+        "--models", "dkf", "--device", "cuda", "--step", "eager,graph", *TINY, "--rounds", "1",
+        "--json", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())
+    assert [(r["model"], r["step"]) for r in rows] == [("dkf", "eager"), ("dkf", "graph")]
+    for row in rows:
+        assert KEYS <= set(row) and row["device"] == "cuda" and row["peak_mem_mb"] > 0
+    assert rows[1]["compile_seconds"] > 0
+
+
+@pytest.mark.parametrize("kind", ["eager", "compile"])
+def test_the_pyro_step_is_the_trainers_step(kind):
+    """The benchmark's Pyro step takes the trainer's step (``pyro_dvae.step.train_step``): from
+    the same weights, noise and batch, the same loss and the same updated weights, in float64
+    (eager and compiled kernels then differ by far less than the 1e-9 allowed); under
+    ``compile`` the networks run compiled."""
+    from benchmarks.train_step import build, data, pyro_step
+    from pyro_dvae.step import ELBOLoss, train_step
+
+    torch.manual_seed(0)
+    model = build("vae", "speech", 9, torch.device("cpu")).double()
+    x = data("speech", 3, 5, 9, torch.device("cpu")).double()
+    trainer = copy.deepcopy(model)
+    loss, optimizer = ELBOLoss(trainer, "mean_field"), torch.optim.Adam(trainer.parameters(), 1e-4)
+    step, prepare = pyro_step(model, x, kind)
+    torch.manual_seed(1)
+    prepare()  # compile: compiles and takes the first step
+    torch.manual_seed(1)
+    if kind == "compile":
+        train_step(loss, optimizer, x, None, 1.0)
+    torch.manual_seed(2)
+    value = step()
+    torch.manual_seed(2)
+    expected = train_step(loss, optimizer, x, None, 1.0)
+    torch.testing.assert_close(value, expected, rtol=1e-9, atol=0)
+    for (name, p), q in zip(model.named_parameters(), trainer.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12, msg=name)
+    compiled = [m for m in model.modules() if getattr(m, "_compiled_call_impl", None)]
+    assert bool(compiled) == (kind == "compile")
 
 
 def test_reference_losses_equal_the_pyro_loss():
