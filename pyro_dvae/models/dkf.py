@@ -30,10 +30,12 @@ from pyro.distributions import TransformedDistribution
 from pyro.distributions.transforms import affine_autoregressive
 from torch import nn
 from torch.distributions import Distribution
+from torch.nn import functional as F
 
 from pyro_dvae.activations import use_fast_tanh
 from pyro_dvae.distributions import (
     IndependentTrajectory,
+    Step,
     Trajectory,
     diag_normal,
     require_rsample,
@@ -41,7 +43,15 @@ from pyro_dvae.distributions import (
 from pyro_dvae.likelihoods import Likelihood
 from pyro_dvae.models.base import LatentDecoderDVAE
 from pyro_dvae.models.priors import build_transition
-from pyro_dvae.nn import ACTIVATIONS, MLP, GaussianHead, recurrent, run_rnn, shift
+from pyro_dvae.nn import (
+    ACTIVATIONS,
+    MLP,
+    GaussianHead,
+    recurrent,
+    run_rnn,
+    scale_from_logvar,
+    shift,
+)
 from pyro_dvae.registry import Registry
 
 GUIDES: Registry[Callable[..., nn.Module]] = Registry(
@@ -71,7 +81,8 @@ def check_guide_steps(inference: nn.Module, x_dim: int, name: str) -> None:
 class DKFInference(nn.Module):
     """q(z_t | z_{t−1}, g_t) with the combiner of the DKS / ST-LR inference networks.
 
-    ``forward(x (B, T, D)) -> Trajectory`` over z (B, T, L).
+    ``forward(x (B, T, D)) -> Trajectory`` over z (B, T, L): drawn with :meth:`sampler`, scored
+    with :meth:`combine`. A subclass changes the step's distribution in :meth:`conditional`.
     """
 
     def __init__(
@@ -89,6 +100,7 @@ class DKFInference(nn.Module):
     ) -> None:
         super().__init__()
         self.z_dim, self.bidirectional = z_dim, bidirectional
+        self.n_terms = 3 if bidirectional else 2
         self.mlp_x_gx = MLP(x_dim, dense_x_gx, activation)
         self.rnn_gx = recurrent(rnn, self.mlp_x_gx.out_dim, dim_rnn_gx, bidirectional)
         self.mlp_ztm1_g = MLP(z_dim, [*dense_ztm1_g, dim_rnn_gx], activation)
@@ -104,15 +116,39 @@ class DKFInference(nn.Module):
 
     def combine(self, z_prev: torch.Tensor, gx: torch.Tensor) -> Distribution:
         """q(z_t | z_{t−1}, g^x_t) from z_{t−1} and g^x_t; any leading dims."""
-        n_terms = 3 if self.bidirectional else 2
-        g = (self.mlp_ztm1_g(z_prev) + gx) / n_terms
-        return diag_normal(*self.head(self.mlp_g_z(g)))
+        g = (self.mlp_ztm1_g(z_prev) + gx) / self.n_terms
+        return self.conditional(*self.head(self.mlp_g_z(g)))
+
+    def conditional(self, loc: torch.Tensor, scale: torch.Tensor) -> Distribution:
+        """q(z_t | ·) from the combiner's N(loc, diag scale²); any leading dims."""
+        return diag_normal(loc, scale)
+
+    def sampler(self, gx: torch.Tensor) -> Step:
+        """The sampling step along g^x (B, T, H): :meth:`combine` with the affine layer after
+        the average split, W (m_t + g^x_t)/n + b = (W/n) m_t + ((W/n) g^x_t + b) for
+        m_t = MLP(z_{t−1}). The g^x share is one product over all t; a step adds (W/n) m_t.
+        Same parameters and values, and no slice of g^x (whose backward fills a (B, T, H)
+        tensor) nor the sum and division per step."""
+        first, *rest = self.mlp_g_z if len(self.mlp_g_z) else [self.head.linear]
+        w = first.weight / self.n_terms
+        gx_part, w_t = F.linear(gx, w, first.bias).unbind(1), w.t()
+
+        def step(t: int, z_prev: torch.Tensor, state: None):
+            pre = torch.addmm(gx_part[t], self.mlp_ztm1_g(z_prev), w_t)
+            if len(self.mlp_g_z) == 0:  # the layer is the head's
+                loc, logvar = pre.chunk(2, dim=-1)
+                return self.conditional(loc, scale_from_logvar(logvar)), None
+            for layer in rest:
+                pre = layer(pre)
+            return self.conditional(*self.head(pre)), None
+
+        return step
 
     def forward(self, x: torch.Tensor) -> Trajectory:
         gx = self.summary(x)
         B, T, _ = x.shape
         return Trajectory(
-            step=lambda t, z_prev, state: (self.combine(z_prev, gx[:, t]), None),
+            step=self.sampler(gx),
             parallel=lambda z: self.combine(shift(z), gx),
             batch_size=B,
             T=T,
@@ -148,9 +184,9 @@ class IAFInference(DKFInference):
             affine_autoregressive(self.z_dim, hidden_dims=[iaf_hidden]) for _ in range(iaf_flows)
         )
 
-    def combine(self, z_prev: torch.Tensor, gx: torch.Tensor) -> Distribution:
-        """q(z_t | z_{t−1}, g^x_t): the combiner's Gaussian through the flows; any leading dims."""
-        return TransformedDistribution(super().combine(z_prev, gx), list(self.flows))
+    def conditional(self, loc: torch.Tensor, scale: torch.Tensor) -> Distribution:
+        """q(z_t | ·): the combiner's Gaussian through the flows; any leading dims."""
+        return TransformedDistribution(super().conditional(loc, scale), list(self.flows))
 
 
 @register_guide("mean_field")

@@ -78,15 +78,18 @@ class Combiner(nn.Module):
     def stepper(self, c: torch.Tensor) -> Step:
         """The sampling step along c (B, T, C). The context's share of the first layer,
         W_c c_t + b, is computed for all t in one product, so that a step only adds W_z z_{t−1}
-        (same parameters and values as :meth:`forward`, fewer operations in the loop)."""
+        (same parameters and values as :meth:`forward`, fewer operations in the loop). The
+        frames are taken apart once (``unbind``): a slice per step would fill a (B, T, ·)
+        gradient per step in the backward pass."""
         if len(self.mlp) == 0:
-            return lambda t, z_prev, state: (self(c[:, t], z_prev), None)
+            frames = c.unbind(1)
+            return lambda t, z_prev, state: (self(frames[t], z_prev), None)
         first, rest = self.mlp[0], nn.Sequential(*list(self.mlp)[1:])
         w_c, w_z = first.weight.split([c.shape[-1], self.z_dim], dim=1)
-        context = F.linear(c, w_c, first.bias)
+        context, w_z = F.linear(c, w_c, first.bias).unbind(1), w_z.t()
 
         def step(t: int, z_prev: torch.Tensor, state: None):
-            return diag_normal(*self.head(rest(torch.addmm(context[:, t], z_prev, w_z.t())))), None
+            return diag_normal(*self.head(rest(torch.addmm(context[t], z_prev, w_z)))), None
 
         return step
 

@@ -10,10 +10,11 @@ share, y_t (B, T, D) decoder output. h_1 = c_1 = 0 (not an LSTM step from zero).
     q(z | x) = ∏_t q(z_t | x_t, h_t) = N(heads(MLP_hxz([φx(x_t), h_t])))
 
 h_t depends on the sampled z_{<t}, so the guide samples step by step, advancing the LSTM one
-cell per step on the precomputed φx(x). Given z, every h_t is known: the model takes the h
-path that the guide's draw produced (a :class:`~pyro_dvae.models.handoff.Handoff`), or
-recomputes it with one LSTM call over [φx(x), φz(z)], and scores the prior and the emission
-in parallel over time.
+cell per step; the φx(x) shares of the LSTM's gates and of the encoder's first layer are
+computed for all t before the loop (:meth:`VRNN.sampler`). Given z, every h_t is known: the
+model takes the h path that the guide's draw produced (a
+:class:`~pyro_dvae.models.handoff.Handoff`), or recomputes it with one LSTM call over
+[φx(x), φz(z)], and scores the prior and the emission in parallel over time.
 
 Generation mode and scheduled sampling (:mod:`pyro_dvae.feedback`, spec §7) split the shared
 state in two copies of the same LSTM: the guide's h^inf reads the ground truth as above; the
@@ -29,6 +30,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 from torch.distributions import Distribution
+from torch.nn import functional as F
 
 from pyro_dvae.activations import use_fast_tanh
 from pyro_dvae.distributions import Parallel, Step, Trajectory, diag_normal
@@ -36,7 +38,16 @@ from pyro_dvae.feedback import Feedback, FreeRunning
 from pyro_dvae.likelihoods import Likelihood
 from pyro_dvae.models.base import DVAE
 from pyro_dvae.models.handoff import Handoff
-from pyro_dvae.nn import MLP, GaussianHead, LSTMState, lstm, lstm_step, run_rnn, shift
+from pyro_dvae.nn import (
+    MLP,
+    GaussianHead,
+    LSTMState,
+    lstm,
+    lstm_step,
+    run_rnn,
+    scale_from_logvar,
+    shift,
+)
 
 Path = tuple[torch.Tensor, torch.Tensor]
 """``(φz(z), h)`` along a trajectory z, each ``(B, T, ·)``."""
@@ -99,18 +110,46 @@ class VRNN(DVAE):
         return lstm_step(self.rnn, torch.cat([features_x, self.phi_z(z_prev)], dim=-1), state)
 
     def posterior(self, features_x: torch.Tensor, hs: list[torch.Tensor]) -> Trajectory:
-        """q(z_t | x_t, h_t): sampled one LSTM cell at a time (the h_t of the draw are written
-        to ``hs``), scored along a given z with one LSTM call."""
+        """q(z_t | x_t, h_t): sampled one LSTM cell at a time (:meth:`sampler`; the h_t of the
+        draw are written to ``hs``), scored along a given z with one LSTM call."""
+        sample_step = self.sampler(features_x)
 
         def step(t: int, z_prev: torch.Tensor, state: LSTMState | None):
-            state = self.advance(state, features_x[:, t - 1], z_prev)
+            d, state = sample_step(t, z_prev, state)
             hs[t:] = [state[0]]  # hs[t] = h_t, dropping any earlier draw's
-            return self.q_step(features_x[:, t], state[0]), state
+            return d, state
 
         def parallel(z: torch.Tensor) -> Distribution:
             return self.q_step(features_x, self.hidden(features_x, self.phi_z(z)))
 
         return _trajectory(step, parallel, features_x, self.z_dim)
+
+    def sampler(self, features_x: torch.Tensor) -> Step:
+        """The guide's sampling step along φx(x) (B, T, F_x): h_t = :meth:`advance` and
+        q(z_t | x_t, h_t) = :meth:`q_step`, with the two layers that read φx(x) in a
+        concatenation split by columns. Their φx shares are one product each over all t:
+        W^x_ih φx(x_t) + b_ih + b_hh of the LSTM's gates (B, T − 1, 4H; h_{T+1} is not needed)
+        and W^x φx(x_t) + b of the encoder's first affine layer (B, T, ·). A step adds
+        W^z_ih φz(z_{t−1}) + W_hh h_{t−1}, runs PyTorch's LSTM cell on the gates, and adds
+        W^h h_t. Same parameters and values, and no concatenation or slice of φx(x) (whose
+        backward fills a (B, T, F_x) tensor) per step."""
+        fx, rnn, first = self.phi_x.out_dim, self.rnn, _first_linear(self.encoder)
+        w_ih_x, w_ih_z = rnn.weight_ih_l0.split([fx, rnn.input_size - fx], dim=1)
+        w_q_x, w_q_h = first.weight.split([fx, first.in_features - fx], dim=1)
+        rnn_x = F.linear(features_x[:, :-1], w_ih_x, rnn.bias_ih_l0 + rnn.bias_hh_l0).unbind(1)
+        q_x = F.linear(features_x, w_q_x, first.bias).unbind(1)
+        w_ih_z, w_hh, w_q_h = w_ih_z.t(), rnn.weight_hh_l0.t(), w_q_h.t()
+
+        def step(t: int, z_prev: torch.Tensor, state: LSTMState | None):
+            if state is None:
+                state = self.advance(None, None, z_prev)
+            else:
+                gates = torch.addmm(rnn_x[t - 1], self.phi_z(z_prev), w_ih_z)
+                state = _lstm_cell(torch.addmm(gates, state[0], w_hh), state[1])
+            pre = torch.addmm(q_x[t], state[0], w_q_h)
+            return diag_normal(*_after_first_linear(self.encoder, pre)), state
+
+        return step
 
     def q_step(self, features_x: torch.Tensor, h: torch.Tensor) -> Distribution:
         """q(z_t | x_t, h_t) = N(heads(MLP_hxz([φx(x_t), h_t]))); any leading dims."""
@@ -187,6 +226,37 @@ def _head(
     """MLP[hidden] followed by ``out(·, out_dim)`` (a Gaussian head or a Linear)."""
     mlp = MLP(in_dim, hidden, activation)
     return nn.Sequential(mlp, out(mlp.out_dim, out_dim))
+
+
+def _first_linear(head: nn.Sequential) -> nn.Linear:
+    """The affine layer that reads the input of a :func:`_head`: its MLP's first, or the output
+    layer (a Gaussian head's linear map) when the MLP is empty."""
+    mlp, out = head
+    if len(mlp):
+        return mlp[0]
+    return out.linear if isinstance(out, GaussianHead) else out
+
+
+def _after_first_linear(
+    head: nn.Sequential, pre: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loc, scale) of a Gaussian :func:`_head` from the output ``pre`` of its
+    :func:`_first_linear`; any leading dims."""
+    mlp, out = head
+    if len(mlp) == 0:
+        loc, logvar = pre.chunk(2, dim=-1)
+        return loc, scale_from_logvar(logvar)
+    for layer in list(mlp)[1:]:
+        pre = layer(pre)
+    return out(pre)
+
+
+def _lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> LSTMState:
+    """PyTorch's LSTM cell from its gates' pre-activations ``(B, 4H)`` (order i, f, g, o) and
+    c_{t−1} ``(B, H)``: ``(h_t, c_t)``."""
+    i, f, g, o = gates.chunk(4, dim=-1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
 
 
 def _trajectory(step: Step, parallel: Parallel, like: torch.Tensor, z_dim: int) -> Trajectory:

@@ -4,6 +4,7 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from benchmarks.reference_sequential import reference_loss_vrnn
+from pyro_dvae.distributions import Trajectory
 from pyro_dvae.feedback import Feedback
 from pyro_dvae.likelihoods import ExponentialPower, build_likelihood
 from pyro_dvae.models import build_model
@@ -120,6 +121,50 @@ def test_stepwise_sampling_and_parallel_scoring_agree():
         drawn, parallel = trajectory.conditionals(z), trajectory.parallel(z.clone())
         torch.testing.assert_close(drawn.mean, parallel.mean)
         torch.testing.assert_close(drawn.stddev, parallel.stddev)
+
+
+def _concatenated_posterior(model):
+    """The guide's sampling loop in its straightforward form: the LSTM reads [φx(x_{t−1}),
+    φz(z_{t−1})] and the encoder [φx(x_t), h_t], each frame sliced out of φx(x) per step."""
+
+    def posterior(features_x, hs):
+        def step(t, z_prev, state):
+            state = model.advance(state, features_x[:, t - 1], z_prev)
+            hs[t:] = [state[0]]
+            return model.q_step(features_x[:, t], state[0]), state
+
+        B, T, _ = features_x.shape
+        return Trajectory(step, None, B, T, model.z_dim, like=features_x)
+
+    return posterior
+
+
+def _elbo_and_gradients(model, x, seed):
+    torch.manual_seed(seed)
+    loss = TraceMeanField_ELBO().differentiable_loss(model.model, model.guide, x, 0.7)
+    return loss, torch.autograd.grad(loss, list(model.parameters()))
+
+
+@pytest.mark.parametrize("dense_hx_z", [[6], []])
+def test_split_sampling_loop_equals_the_concatenated_inputs(dense_hx_z):
+    """The guide's loop with the φx(x) shares of the LSTM gates and the encoder's first layer
+    computed before it (VRNN.sampler) gives the loss and every parameter's gradient of the
+    loop on concatenated inputs, in float64: the same products summed in another order, so
+    the two differ by rounding, ~1e-16 relative per operation over a few hundred operations;
+    1e-10 leaves ample room, while a wrong column or a lost bias moves them by ~1e-2. With
+    ``dense_hx_z=[]`` (the speech configuration) the split layer is the Gaussian head's."""
+    model = build_model("vrnn", D, ExponentialPower(), **{**TINY, "dense_hx_z": dense_hx_z})
+    model = model.double()
+    x = torch.rand(B, T, D, dtype=torch.float64)
+    loss, grads = _elbo_and_gradients(model, x, seed=8)
+    model.posterior = _concatenated_posterior(model)
+    expected_loss, expected_grads = _elbo_and_gradients(model, x, seed=8)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-10, atol=1e-12)
+    names = [name for name, _ in model.named_parameters()]
+    for name, got, expected in zip(names, grads, expected_grads, strict=True):
+        torch.testing.assert_close(
+            got, expected, rtol=1e-10, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 def test_model_recomputes_h_for_a_stale_guide_trace():
