@@ -4,9 +4,10 @@ In this CPU build ``torch.tanh`` is not vectorised (~5 ns per element at one thr
 ~1 ns for the three vectorised passes ``σ(2x)``, ``·2``, ``−1``), and the tanh layers of the
 speech models' MLPs cover millions of elements per step. :class:`Tanh` is ``nn.Tanh`` with that
 forward on large CPU tensors (its backward is ``torch``'s own ``dy·(1 − y²)``) and ``torch.tanh``
-elsewhere, where one kernel beats three. It has no parameters, so swapping it in
-(:func:`use_fast_tanh`) leaves state-dict keys and checkpoints unchanged. The result differs
-from ``torch.tanh`` by rounding: an absolute error of a few ulp of 1 (~1e-7 in float32).
+elsewhere, where one kernel beats three. Every MLP's tanh is one
+(``pyro_dvae.nn.ACTIVATIONS``); it has no parameters, so state-dict keys and checkpoints are
+those of ``nn.Tanh``. The result differs from ``torch.tanh`` by rounding: an absolute error of a
+few ulp of 1 (~1e-7 in float32).
 """
 
 from __future__ import annotations
@@ -50,12 +51,3 @@ class Tanh(nn.Tanh):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return tanh(x)
-
-
-def use_fast_tanh(module: nn.Module) -> nn.Module:
-    """Replace every ``nn.Tanh`` inside ``module`` by :class:`Tanh`, in place; returns it."""
-    for parent in module.modules():
-        for name, child in parent.named_children():
-            if type(child) is nn.Tanh:
-                setattr(parent, name, Tanh())
-    return module

@@ -9,8 +9,17 @@ networks reshape them to ``(N, 1, side, side)`` images and back, so any leading 
   flattened.
 * :class:`ConvDecoder`: a linear layer to the encoder's last feature map, then for each channel
   count in reverse a k × k convolution to four times as many channels with the activation and a
-  sub-pixel shuffle that doubles the side (:class:`torch.nn.PixelShuffle`), then a 1 × 1
-  convolution to one channel (the output, e.g. Bernoulli logits).
+  sub-pixel shuffle that doubles the side (:func:`torch.nn.functional.pixel_shuffle`), then a
+  1 × 1 convolution to one channel (the output, e.g. Bernoulli logits).
+
+The shuffle moves single values: channel ``c·r² + i·r + j`` of pixel (h, w) to channel c of
+pixel (r·h + i, r·w + j). Channels-last, that scatters every element. The decoder computes the
+same numbers with its convolutions' output channels ordered ``(i·r + j)·C + c`` instead
+(:class:`SubPixelConv2d`, the weights permuted on the fly, the parameters as PyTorch's), so that
+its shuffle (:class:`SubPixelShuffle`) moves blocks of ``r·C`` contiguous values; and, since a
+1 × 1 convolution commutes with the shuffle, the output convolution runs before the last
+shuffle, on each sub-pixel's C channels (:func:`pointwise_per_sub_pixel`), which then shuffles
+a one-channel-per-sub-pixel map instead of the widest one. A ReLU between them runs in place.
 
 With ``channels = (32, 32, 32)``, k = 3 and ReLU on 32 × 32 frames these are the KVAE's
 networks (Fraccaro et al. 2017, appendix; the authors' ``conv`` VAE): 32 → 16 → 8 → 4, a
@@ -24,6 +33,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from pyro_dvae.nn import ACTIVATIONS
 
@@ -49,6 +59,12 @@ def check_kernel(kernel_size: int) -> None:
     """Refuse an even or non-positive kernel size ("same" padding needs an odd one)."""
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"model.<modality>.kernel_size={kernel_size}: expected an odd number >= 1")
+
+
+def activation_layer(name: str) -> nn.Module:
+    """The activation ``name`` of :data:`~pyro_dvae.nn.ACTIVATIONS`; ReLU in place (each follows
+    a convolution, whose output nothing else reads, and saves one feature map's allocation)."""
+    return nn.ReLU(inplace=True) if name == "relu" else ACTIVATIONS[name]()
 
 
 def channels_last(h: torch.Tensor) -> torch.Tensor:
@@ -79,7 +95,7 @@ class ConvEncoder(nn.Module):
         for c_in, c_out in zip([1, *channels[:-1]], channels, strict=True):
             layers += [
                 nn.Conv2d(c_in, c_out, kernel_size, stride=2, padding=kernel_size // 2),
-                ACTIVATIONS[activation](),
+                activation_layer(activation),
             ]
         self.net = nn.Sequential(*layers)
         self.map_shape = (channels[-1], self.side >> len(channels), self.side >> len(channels))
@@ -88,6 +104,51 @@ class ConvEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.net(channels_last(x.reshape(-1, 1, self.side, self.side)))
         return h.reshape(*x.shape[:-1], self.out_dim)
+
+
+class SubPixelConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` to ``r²·C`` channels (same parameters, same state-dict keys) whose output
+    lists channel ``c·r² + s`` of ``nn.Conv2d``'s as channel ``s·C + c`` (sub-pixel
+    s = i·r + j first), the order :class:`SubPixelShuffle` reads."""
+
+    def __init__(self, *args, upscale: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.upscale = upscale
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else sub_pixel_first(self.bias, self.upscale)
+        return self._conv_forward(h, sub_pixel_first(self.weight, self.upscale), bias)
+
+
+def sub_pixel_first(p: torch.Tensor, r: int) -> torch.Tensor:
+    """Rows of ``p (r²·C, ...)`` reordered from ``c·r² + s`` to ``s·C + c``."""
+    return p.unflatten(0, (-1, r * r)).transpose(0, 1).flatten(0, 1)
+
+
+class SubPixelShuffle(nn.Module):
+    """``h (N, r²·C, H, W)`` with channels in :class:`SubPixelConv2d`'s order ``s·C + c`` →
+    ``(N, C, r·H, r·W)`` channels-last: pixel (r·h + i, r·w + j) of channel c is channel
+    ``(i·r + j)·C + c`` of pixel (h, w), :func:`torch.nn.functional.pixel_shuffle`'s map."""
+
+    def __init__(self, upscale: int) -> None:
+        super().__init__()
+        self.upscale = upscale
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        r = self.upscale
+        N, _, H, W = h.shape
+        blocks = h.permute(0, 2, 3, 1).unflatten(-1, (r, -1)).transpose(2, 3)  # (N, H, i, W, j·C)
+        return blocks.reshape(N, r * H, r * W, -1).permute(0, 3, 1, 2)
+
+
+def pointwise_per_sub_pixel(h: torch.Tensor, conv: nn.Conv2d, r: int) -> torch.Tensor:
+    """The 1 × 1 ``conv`` (C → O channels) of each sub-pixel's C channels of ``h (N, r²·C, H, W)``
+    (channels in :class:`SubPixelConv2d`'s order) → ``(N, r²·O, H, W)`` in the same order:
+    ``conv`` applied after :class:`SubPixelShuffle`, computed before it."""
+    N, _, H, W = h.shape
+    per_sub_pixel = h.permute(0, 2, 3, 1).unflatten(-1, (r * r, -1))  # (N, H, W, r², C)
+    out = F.linear(per_sub_pixel, conv.weight.flatten(1), conv.bias)  # (N, H, W, r², O)
+    return out.reshape(N, H, W, -1).permute(0, 3, 1, 2)
 
 
 class ConvDecoder(nn.Module):
@@ -119,17 +180,30 @@ class ConvDecoder(nn.Module):
         c_in = channels[-1]
         for c_out in reversed(channels):
             layers += [
-                nn.Conv2d(c_in, 4 * c_out, kernel_size, padding=kernel_size // 2),
-                ACTIVATIONS[activation](),
-                nn.PixelShuffle(2),
+                SubPixelConv2d(c_in, 4 * c_out, kernel_size, padding=kernel_size // 2, upscale=2),
+                activation_layer(activation),
+                SubPixelShuffle(2),
             ]
             c_in = c_out
         layers.append(nn.Conv2d(c_in, 1, 1))
         self.net = nn.Sequential(*layers)
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
-        h = self.linear(a).reshape(-1, *self.map_shape)
-        return self.net(channels_last(h)).reshape(*a.shape[:-1], self.side * self.side)
+        h = channels_last(self.linear(a).reshape(-1, *self.map_shape))
+        *upsample, shuffle, out = self.net
+        for layer in upsample:
+            h = layer(h)
+        h = shuffle(pointwise_per_sub_pixel(h, out, shuffle.upscale))
+        return h.reshape(*a.shape[:-1], self.side * self.side)
 
 
-__all__ = ["ConvDecoder", "ConvEncoder", "check_kernel", "frame_side"]
+__all__ = [
+    "ConvDecoder",
+    "ConvEncoder",
+    "SubPixelConv2d",
+    "SubPixelShuffle",
+    "activation_layer",
+    "check_kernel",
+    "frame_side",
+    "pointwise_per_sub_pixel",
+]

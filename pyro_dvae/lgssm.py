@@ -53,9 +53,11 @@ class LGSSM:
     def T(self) -> int:
         return self.A.shape[-3]
 
-    def at(self, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(A_t, b_t, C_t)`` of step ``t`` (0-based)."""
-        return self.A[..., t, :, :], self.b[..., t, :], self.C[..., t, :, :]
+    def steps(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``(A_t, b_t, C_t)`` of every step, in order: views by ``unbind``, whose backward
+        stacks the steps' gradients once (indexing step t fills a zero gradient of the whole
+        tensor for each t)."""
+        return list(zip(self.A.unbind(-3), self.b.unbind(-2), self.C.unbind(-3), strict=True))
 
 
 @dataclass(frozen=True)
@@ -151,16 +153,15 @@ def kalman_filter(model: LGSSM, a: torch.Tensor, observed: torch.Tensor | None =
     """Filter ``a (..., T, N)`` (``observed (..., T)`` bool marks the steps present)."""
     loc, cov = model.init_loc, model.init_cov
     fields: dict[str, list[torch.Tensor]] = {name: [] for name in Filtered.__dataclass_fields__}
-    for t in range(model.T):
-        A, b, C = model.at(t)
+    masks = [None] * model.T if observed is None else observed.unbind(-1)
+    for (A, b, C), a_t, mask in zip(model.steps(), a.unbind(-2), masks, strict=True):
         loc, cov = predict(loc, cov, A, b, model.Q)
         obs_loc, obs_scale_tril = emission(loc, cov, C, model.R)
         fields["pred_loc"].append(loc)
         fields["pred_cov"].append(cov)
         fields["obs_loc"].append(obs_loc)
         fields["obs_scale_tril"].append(obs_scale_tril)
-        mask = None if observed is None else observed[..., t]
-        loc, cov = update(loc, cov, C, obs_loc, obs_scale_tril, a[..., t, :], mask)
+        loc, cov = update(loc, cov, C, obs_loc, obs_scale_tril, a_t, mask)
         fields["loc"].append(loc)
         fields["cov"].append(cov)
     return stack_filtered(fields)
@@ -184,14 +185,15 @@ def rts_smoother(model: LGSSM, filtered: Filtered) -> tuple[torch.Tensor, torch.
     ``m_{t|T} = m_{t|t} + J_t (m_{t+1|T} − m_{t+1|t})``,
     ``P_{t|T} = P_{t|t} + J_t (P_{t+1|T} − P_{t+1|t}) J_tᵀ``.
     """
-    loc, cov = filtered.loc[..., -1, :], filtered.cov[..., -1, :, :]
+    filt_locs, filt_covs = filtered.loc.unbind(-2), filtered.cov.unbind(-3)
+    pred_locs, pred_covs = filtered.pred_loc.unbind(-2), filtered.pred_cov.unbind(-3)
+    A = model.A.unbind(-3)
+    loc, cov = filt_locs[-1], filt_covs[-1]
     locs, covs = [loc], [cov]
     for t in range(model.T - 2, -1, -1):
-        A_next = model.A[..., t + 1, :, :]
-        filt_loc, filt_cov = filtered.loc[..., t, :], filtered.cov[..., t, :, :]
-        pred_cov = filtered.pred_cov[..., t + 1, :, :]
-        gain = torch.cholesky_solve(A_next @ filt_cov, cholesky(pred_cov)).mT
-        loc = filt_loc + (gain @ (loc - filtered.pred_loc[..., t + 1, :])[..., None])[..., 0]
+        filt_cov, pred_cov = filt_covs[t], pred_covs[t + 1]
+        gain = torch.cholesky_solve(A[t + 1] @ filt_cov, cholesky(pred_cov)).mT
+        loc = filt_locs[t] + (gain @ (loc - pred_locs[t + 1])[..., None])[..., 0]
         cov = symmetrise(filt_cov + gain @ (cov - pred_cov) @ gain.mT)
         locs.append(loc)
         covs.append(cov)

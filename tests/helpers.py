@@ -5,6 +5,7 @@ import math
 from collections.abc import Iterator
 
 import torch
+from pyro.infer import TraceMeanField_ELBO
 from torch.distributions import normal
 
 
@@ -36,3 +37,21 @@ def zero_noise() -> Iterator[None]:
         yield
     finally:
         normal._standard_normal = draw
+
+
+def elbo_and_gradients(model, x: torch.Tensor, seed: int, kl_weight: float = 0.6):
+    """Pyro's TraceMeanField_ELBO loss of ``model`` on ``x`` after ``torch.manual_seed(seed)``,
+    and its gradient for every parameter (in ``model.parameters()`` order)."""
+    torch.manual_seed(seed)
+    loss = TraceMeanField_ELBO().differentiable_loss(model.model, model.guide, x, kl_weight)
+    return loss, torch.autograd.grad(loss, list(model.parameters()))
+
+
+def assert_same_elbo_and_gradients(model, got, expected, rtol: float, atol: float) -> None:
+    """``got`` and ``expected`` (:func:`elbo_and_gradients` pairs) agree; a gradient that does
+    not is named by its parameter."""
+    (loss, grads), (expected_loss, expected_grads) = got, expected
+    torch.testing.assert_close(loss, expected_loss, rtol=rtol, atol=atol)
+    names = [name for name, _ in model.named_parameters()]
+    for name, g, e in zip(names, grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e, rtol=rtol, atol=atol, msg=lambda m, n=name: f"{n}: {m}")

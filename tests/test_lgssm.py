@@ -148,3 +148,23 @@ def test_log_likelihood_equals_pyro_gaussian_hmm():
         MultivariateNormal(torch.zeros(N, dtype=torch.float64), m.R),
     )
     torch.testing.assert_close(kalman_filter(m, a).log_likelihood(a), hmm.log_prob(a))
+
+
+@pytest.mark.parametrize("observed", [ALL, GAPS], ids=["complete", "missing"])
+def test_gradients_equal_those_of_dense_conditioning(observed):
+    """d/dθ (θ = A, b, C, a) of the log-likelihood plus a random weighting of the smoothed
+    means equals the same derivative of dense conditioning: every step's matrices get their
+    share of the gradient through the filter's and the smoother's per-step views."""
+    m = random_lgssm(seed=4)
+    a = sample_a(m)
+    leaves = [x.requires_grad_() for x in (m.A, m.b, m.C, a)]
+    weights = torch.randn(B, T, Z, dtype=torch.float64)
+    log_p, means = dense_posterior(m, a, observed)[:2]
+    expected = torch.autograd.grad(log_p.sum() + (weights * means).sum(), leaves)
+    filtered = kalman_filter(m, a, observed)
+    objective = filtered.log_likelihood(a, observed).sum()
+    objective = objective + (weights * rts_smoother(m, filtered)[0]).sum()
+    # float64 on O(10) gradients from sums of a few hundred terms: rounding ~1e-13; a step
+    # whose gradient went missing or wrong is off by O(1)
+    for got, want in zip(torch.autograd.grad(objective, leaves), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)

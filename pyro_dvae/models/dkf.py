@@ -32,7 +32,6 @@ from torch import nn
 from torch.distributions import Distribution
 from torch.nn import functional as F
 
-from pyro_dvae.activations import use_fast_tanh
 from pyro_dvae.distributions import (
     IndependentTrajectory,
     Step,
@@ -269,4 +268,3 @@ class DKF(LatentDecoderDVAE):
             iaf_hidden=iaf_hidden,
         )
         check_guide_steps(self.inference, x_dim, self.guide_name)
-        use_fast_tanh(self)

@@ -30,8 +30,9 @@ trainer's KL) stay the true ones.
 Speed: everything is one RNN call over time except sampling z from the LSTM prior in
 :meth:`DSAE.generate`; the prior scores a given z with one LSTM call over shift(z). Both
 bi-LSTMs of the guide read φ (bi-LSTM_gxv through [φ_t, v] when MLP_xvgxv is empty): their four
-input projections of φ are one matrix product over all frames, and the v part of bi-LSTM_gxv's,
-W^v v, is computed once per sequence and broadcast over time (:meth:`DSAEInference.phi_gates`).
+input projections share one time-major copy of φ, each one product over all frames, and the v
+part of bi-LSTM_gxv's, W^v v, is computed once per sequence and broadcast over time
+(:meth:`DSAEInference.phi_gates`).
 Both then run through the whole-sequence scans of :mod:`pyro_dvae.scan`, which skip the
 gradient of φ = x that oneDNN's LSTM would compute. The RNNs over z keep ``nn.LSTM`` and
 ``nn.RNN``: on inputs of width 16 oneDNN is faster than the scans.
@@ -137,9 +138,10 @@ class DSAEInference(nn.Module):
 
     def phi_gates(self, phi: torch.Tensor) -> PhiGates | None:
         """The input gates of both directions of bi-LSTM_gv and of the φ part of bi-LSTM_gxv's,
-        from one product over all frames (:func:`~pyro_dvae.scan.input_gates`), each
-        ``(T, B, 4H)``; None where they cannot be shared (padded batch, or MLP_xvgxv between
-        [φ, v] and bi-LSTM_gxv): :meth:`static` and :meth:`dynamic` then run the RNNs alone."""
+        each one product over all frames of one time-major copy of φ
+        (:func:`~pyro_dvae.scan.input_gates`), each ``(T, B, 4H)``; None where they cannot be
+        shared (padded batch, or MLP_xvgxv between [φ, v] and bi-LSTM_gxv): :meth:`static` and
+        :meth:`dynamic` then run the RNNs alone."""
         rnns = (self.rnn_gv, self.rnn_gxv)
         if len(self.mlp_xv_gxv) or not all(map(is_scannable, rnns)):
             return None

@@ -28,7 +28,8 @@ no gradient, which oneDNN's LSTM would compute anyway), and the decoder one ``nn
 Sampling z steps LSTM_gz one frame at a time (g^z_t needs the freshly sampled z_{t−1}); scoring a
 given z runs it once over shift(z). The first layer after the concatenation is split,
 ``W [g^x_t, g^z_t] + b = (W^x g^x_t + b) + W^z g^z_t``, and its x part computed for every frame
-before the loop (:meth:`RVAEInference.x_part`).
+before the loop (:meth:`RVAEInference.x_part`), whose frames and W^z are taken apart once
+(:meth:`RVAEInference.sampler`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Distribution
 
-from pyro_dvae.distributions import Trajectory, diag_normal
+from pyro_dvae.distributions import Step, Trajectory, diag_normal
 from pyro_dvae.likelihoods import Likelihood
 from pyro_dvae.models.base import LatentDecoderDVAE
 from pyro_dvae.models.priors import StandardNormal
@@ -99,10 +100,17 @@ class RVAEInference(nn.Module):
         layer = self.first_layer()
         return F.linear(gx, layer.weight[:, : self.gx_dim], layer.bias)
 
+    def z_weight(self) -> torch.Tensor:
+        """W^z, the columns of :meth:`first_layer`'s weight that read g^z_t: ``(·, H_z)``."""
+        return self.first_layer().weight[:, self.gx_dim :]
+
     def posterior_from_parts(self, ax: torch.Tensor, gz: torch.Tensor) -> Distribution:
         """q(z_t | ·) from the x part ``ax`` of the first layer and g^z_t; any leading dims.
         Equals :meth:`posterior` of (g^x, g^z) for ``ax = x_part(g^x)``."""
-        pre = ax + F.linear(gz, self.first_layer().weight[:, self.gx_dim :])
+        return self.posterior_from_first(ax + F.linear(gz, self.z_weight()))
+
+    def posterior_from_first(self, pre: torch.Tensor) -> Distribution:
+        """q(z_t | ·) from the output ``pre`` of :meth:`first_layer` (before its activation)."""
         if len(self.mlp_g_z):  # the rest of MLP_gz (its first activation on), then the head
             for layer in list(self.mlp_g_z)[1:]:
                 pre = layer(pre)
@@ -116,25 +124,33 @@ class RVAEInference(nn.Module):
         """q(z_t | ·) from [g^x_t, g^z_t]; any leading dims."""
         return diag_normal(*self.head(self.mlp_g_z(torch.cat([gx, gz], dim=-1))))
 
-    def step(
-        self, ax_t: torch.Tensor, z_prev: torch.Tensor, state: LSTMState | None
-    ) -> tuple[Distribution, LSTMState]:
-        """One frame: advance LSTM_gz on z_{t−1} (B, L), then (q(z_t | ·), state); ``ax_t``
-        (B, ·) is frame t of :meth:`x_part`."""
-        state = lstm_step(self.rnn_gz, self.mlp_z_gz(z_prev), state)
-        return self.posterior_from_parts(ax_t, state[0]), state
+    def sampler(self, gx: torch.Tensor) -> Step:
+        """The sampling step along g^x (B, T, ·): advance LSTM_gz on z_{t−1} (B, L), then
+        q(z_t | ·) from ``a^x_t + W^z g^z_t``, with ``a^x = x_part(g^x)`` one product over all t.
+        Its frames are taken apart once (``unbind``) and W^z sliced and transposed once: a slice
+        per step would fill a zero (B, T, ·) tensor, or a zero weight, in the backward pass and
+        add it. Same parameters and values as :meth:`posterior` of [g^x_t, g^z_t]."""
+        ax_frames, w_z_t = self.x_part(gx).unbind(1), self.z_weight().t()
 
-    def parallel(self, ax: torch.Tensor, z: torch.Tensor) -> Distribution:
+        def step(
+            t: int, z_prev: torch.Tensor, state: LSTMState | None
+        ) -> tuple[Distribution, LSTMState]:
+            state = lstm_step(self.rnn_gz, self.mlp_z_gz(z_prev), state)
+            return self.posterior_from_first(torch.addmm(ax_frames[t], state[0], w_z_t)), state
+
+        return step
+
+    def parallel(self, gx: torch.Tensor, z: torch.Tensor) -> Distribution:
         """All frames' q(z_t | ·) along a given z (B, T, L): LSTM_gz in one call."""
         gz = run_rnn(self.rnn_gz, self.mlp_z_gz(shift(z)))
-        return self.posterior_from_parts(ax, gz)
+        return self.posterior_from_parts(self.x_part(gx), gz)
 
     def forward(self, x: torch.Tensor) -> Trajectory:
-        ax = self.x_part(self.summary(x))
+        gx = self.summary(x)
         B, T, _ = x.shape
         return Trajectory(
-            step=lambda t, z_prev, state: self.step(ax[:, t], z_prev, state),
-            parallel=lambda z: self.parallel(ax, z),
+            step=self.sampler(gx),
+            parallel=lambda z: self.parallel(gx, z),
             batch_size=B,
             T=T,
             L=self.z_dim,

@@ -36,7 +36,6 @@ from torch import nn
 from torch.distributions import Distribution
 from torch.nn import functional as F
 
-from pyro_dvae.activations import use_fast_tanh
 from pyro_dvae.distributions import Step, Trajectory, diag_normal
 from pyro_dvae.feedback import Feedback, FreeRunning
 from pyro_dvae.likelihoods import Likelihood
@@ -187,7 +186,6 @@ class SRNN(DVAE):
         self.inference = SRNNInference(
             x_dim, dim_rnn_h, z_dim, dense_hx_g, dim_rnn_g, dense_gz_z, smoother, activation
         )
-        use_fast_tanh(self)
 
     def deterministic(self, x: torch.Tensor) -> torch.Tensor:
         """h (B, T, H_h): h_t from x_{1:t−1}, one LSTM call over the shifted sequence."""

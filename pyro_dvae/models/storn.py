@@ -23,7 +23,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from pyro_dvae.activations import use_fast_tanh
 from pyro_dvae.distributions import IndependentTrajectory, diag_normal
 from pyro_dvae.feedback import Feedback
 from pyro_dvae.likelihoods import Likelihood
@@ -69,7 +68,6 @@ class STORN(DVAE):
         self.rnn_h = lstm(self.mlp_z_h.out_dim + self.mlp_xtm1_h.out_dim, dim_rnn_h)
         mlp_h_x = MLP(dim_rnn_h, dense_h_x, activation)
         self.decoder = nn.Sequential(mlp_h_x, nn.Linear(mlp_h_x.out_dim, x_dim))
-        use_fast_tanh(self)
 
     def posterior(self, x: torch.Tensor) -> IndependentTrajectory:
         """q(z_t | x_{1:t}) for every t from one forward LSTM call over x (B, T, D)."""

@@ -32,7 +32,6 @@ from torch import nn
 from torch.distributions import Distribution
 from torch.nn import functional as F
 
-from pyro_dvae.activations import use_fast_tanh
 from pyro_dvae.distributions import Parallel, Step, Trajectory, diag_normal
 from pyro_dvae.feedback import Feedback, FreeRunning
 from pyro_dvae.likelihoods import Likelihood
@@ -92,7 +91,6 @@ class VRNN(DVAE):
         self.encoder = _head(GaussianHead, fx + dim_rnn, dense_hx_z, z_dim, activation)
         self.decoder = _head(nn.Linear, fz + dim_rnn, dense_hz_x, x_dim, activation)
         self.prior_net = _head(GaussianHead, dim_rnn, dense_h_z, z_dim, activation)
-        use_fast_tanh(self)
 
     def hidden(self, features_x: torch.Tensor, features_z: torch.Tensor) -> torch.Tensor:
         """h (B, T, H) along a trajectory from φx(x), φz(z) in one LSTM call: h_1 = 0 and

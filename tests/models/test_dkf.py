@@ -9,7 +9,13 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro_dvae.likelihoods import ExponentialPower, build_likelihood
 from pyro_dvae.models import build_model
 from pyro_dvae.nn import shift
-from tests.helpers import exponential_nll, gaussian_kl, gaussian_log_density
+from tests.helpers import (
+    assert_same_elbo_and_gradients,
+    elbo_and_gradients,
+    exponential_nll,
+    gaussian_kl,
+    gaussian_log_density,
+)
 
 SPEECH = dict(
     z_dim=16,
@@ -106,12 +112,6 @@ def test_trace_elbo_is_log_ratio_of_the_sampled_trajectory():
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
 
 
-def _elbo_and_gradients(model, x, seed):
-    torch.manual_seed(seed)
-    loss = TraceMeanField_ELBO().differentiable_loss(model.model, model.guide, x, 0.6)
-    return loss, torch.autograd.grad(loss, list(model.parameters()))
-
-
 @pytest.mark.parametrize(
     "guide,dense_g_z", [("dks", [5]), ("st_lr", [5]), ("dks", []), ("iaf", [5])]
 )
@@ -129,15 +129,10 @@ def test_split_combiner_step_equals_the_averaged_summary(guide, dense_g_z):
     model = model.double()
     inf = model.inference
     x = torch.rand(4, 6, 10, dtype=torch.float64)
-    loss, grads = _elbo_and_gradients(model, x, seed=9)
+    got = elbo_and_gradients(model, x, seed=9)
     inf.sampler = lambda gx: lambda t, z_prev, state: (inf.combine(z_prev, gx[:, t]), None)
-    expected_loss, expected_grads = _elbo_and_gradients(model, x, seed=9)
-    torch.testing.assert_close(loss, expected_loss, rtol=1e-10, atol=1e-12)
-    names = [name for name, _ in model.named_parameters()]
-    for name, got, expected in zip(names, grads, expected_grads, strict=True):
-        torch.testing.assert_close(
-            got, expected, rtol=1e-10, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}"
-        )
+    expected = elbo_and_gradients(model, x, seed=9)
+    assert_same_elbo_and_gradients(model, got, expected, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("prior", ["gated", "linear"])

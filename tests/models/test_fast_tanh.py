@@ -1,5 +1,5 @@
-"""DKF, STORN, SRNN and VRNN run their tanh layers through pyro_dvae.activations.Tanh: the
-loss and every gradient equal those of the same model with torch.tanh (float64)."""
+"""Every model runs its MLPs' tanh layers through pyro_dvae.activations.Tanh: the loss and every
+gradient equal those of the same model with torch.tanh (float64)."""
 
 import pytest
 import torch
@@ -10,10 +10,11 @@ from pyro_dvae import activations
 from pyro_dvae.activations import Tanh
 from pyro_dvae.likelihoods import ExponentialPower
 from pyro_dvae.models import build_model
-from tests.models import test_dkf, test_srnn, test_storn, test_vrnn
+from tests.models import test_dkf, test_dsae, test_rvae, test_srnn, test_storn, test_vrnn
 
 SIZES = {"dkf": test_dkf.TINY, "storn": test_storn.TINY, "srnn": test_srnn.TINY}
-SIZES["vrnn"] = test_vrnn.TINY
+SIZES |= {"vrnn": test_vrnn.TINY, "rvae_causal": test_rvae.TINY, "dsae": test_dsae.TINY}
+SIZES["vae"] = dict(z_dim=3, dense_x_z=[5, 4])
 B, T, D = 4, 6, 10
 # float64: each tanh differs from torch.tanh by a few ulp of 1 (~1e-15, tests/test_activations.py);
 # through ~10 layers and T = 6 recurrent steps of weights below 1 in size the loss and its
