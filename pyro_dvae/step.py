@@ -177,17 +177,12 @@ def compile_networks(model: torch.nn.Module) -> int:
     returns how many. Pyro's handlers are left out: compiling through them recompiles on
     their Python-float guards and runs slower than eager."""
     compiled = 0
-
-    def visit(module: torch.nn.Module) -> None:
-        nonlocal compiled
-        for child in module.children():
-            if isinstance(child, NETWORKS):
-                child.compile()
-                compiled += 1
-            else:
-                visit(child)
-
-    visit(model)
+    for child in model.children():
+        if isinstance(child, NETWORKS):
+            child.compile()
+            compiled += 1
+        else:
+            compiled += compile_networks(child)
     return compiled
 
 
