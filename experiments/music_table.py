@@ -27,6 +27,7 @@ from pathlib import Path
 
 import long_run
 import torch
+from doc_sections import write_section
 from omegaconf import OmegaConf
 
 from pyro_dvae.data import build_task
@@ -226,18 +227,6 @@ def evaluate(run_dir: Path, iwae_samples: int) -> None:
     )
 
 
-def write_section(text: str, path: Path) -> None:
-    """Replace the text between the markers in ``path``, or append it with the markers."""
-    doc = path.read_text() if path.is_file() else ""
-    block = f"{MARKERS[0]}\n{text}\n{MARKERS[1]}"
-    if MARKERS[0] in doc and MARKERS[1] in doc:
-        head, rest = doc.split(MARKERS[0], 1)
-        doc = head + block + rest.split(MARKERS[1], 1)[1]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(doc)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     names = [recipe.run for recipe in RECIPES]
@@ -266,7 +255,7 @@ def main() -> None:
             evaluate(run_dir, opts.iwae_samples)
     text = table([(recipe, opts.root / recipe.run) for recipe in RECIPES], marginal_nll())
     print(text)
-    write_section(text, opts.doc)
+    write_section(text, opts.doc, MARKERS)
 
 
 if __name__ == "__main__":

@@ -135,10 +135,10 @@ def test_the_forecast_table(tmp_path):
 def test_the_section_replaces_its_own_block_only(tmp_path):
     doc = tmp_path / "results.md"
     doc.write_text("# Results\n\n## Speech\n\ntext\n")
-    motion_table.write_section("## Motion\n\nold", doc)
-    motion_table.write_section("## Motion\n\nnew", doc)
+    motion_table.write_section("## Motion\n\nold", doc, motion_table.MARKERS)
+    motion_table.write_section("## Motion\n\nnew", doc, motion_table.MARKERS)
     doc.write_text(doc.read_text() + "\n## Music\n")
-    motion_table.write_section("## Motion\n\nnewer", doc)
+    motion_table.write_section("## Motion\n\nnewer", doc, motion_table.MARKERS)
     start, end = motion_table.MARKERS
     assert doc.read_text() == (
         f"# Results\n\n## Speech\n\ntext\n\n{start}\n## Motion\n\nnewer\n{end}\n\n## Music\n"

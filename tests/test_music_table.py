@@ -111,5 +111,5 @@ def test_write_section_replaces_only_the_text_between_the_markers(tmp_path):
     doc = tmp_path / "results.md"
     start, end = music_table.MARKERS
     doc.write_text(f"before\n{start}\nold\n{end}\nafter\n")
-    music_table.write_section("new", doc)
+    music_table.write_section("new", doc, music_table.MARKERS)
     assert doc.read_text() == f"before\n{start}\nnew\n{end}\nafter\n"

@@ -82,16 +82,21 @@ def test_frozen_parameters_get_no_update_and_no_share_of_the_clipped_norm():
     assert moved == pytest.approx(1e-3 * norm / (norm + 1e-6), rel=1e-12)
 
 
-def test_a_nan_loss_in_an_epochs_last_step_stops_before_its_checkpoint(tmp_path):
-    """One batch per epoch: the non-finite loss is seen only at the epoch's all-reduce, which
-    must stop the run before the epoch's writes."""
+def _after_one_epoch(tmp_path, batch_size: int):
+    """A tiny DKF trainer on 8 sequences after one epoch in ``tmp_path``, and its ``last.pt``."""
     torch.manual_seed(0)
     model = build_model("dkf", 10, ExponentialPower(), **TINY)
     data = list(torch.rand(8, 6, 10, generator=torch.Generator().manual_seed(0)) + 0.01)
-    cfg = TrainConfig(epochs=1, batch_size=8, warmup_every=0, progress=False)
+    cfg = TrainConfig(epochs=1, batch_size=batch_size, warmup_every=0, progress=False)
     trainer = Trainer(model, data, data, cfg, tmp_path, torch.device("cpu"))
     trainer.fit()
-    before = load_checkpoint(tmp_path / "last.pt")
+    return trainer, load_checkpoint(tmp_path / "last.pt")
+
+
+def test_a_nan_loss_in_an_epochs_last_step_stops_before_its_checkpoint(tmp_path):
+    """One batch per epoch: the non-finite loss is seen only at the epoch's all-reduce, which
+    must stop the run before the epoch's writes."""
+    trainer, before = _after_one_epoch(tmp_path, batch_size=8)
     loss = trainer.loss
     trainer.loss = lambda x, mask, weight: loss(x, mask, weight) * math.nan
     trainer.cfg.epochs = 2
@@ -262,13 +267,7 @@ def test_a_capturable_optimiser_keeps_its_lr_on_the_device_and_saves_it_portably
 def test_a_nan_loss_early_in_an_epoch_stops_at_its_end_before_its_checkpoint(tmp_path):
     """The losses are read once an epoch: a NaN in the first of two steps still stops the run
     before the epoch's writes, and last.pt holds the previous epoch."""
-    torch.manual_seed(0)
-    model = build_model("dkf", 10, ExponentialPower(), **TINY)
-    data = list(torch.rand(8, 6, 10, generator=torch.Generator().manual_seed(0)) + 0.01)
-    cfg = TrainConfig(epochs=1, batch_size=4, warmup_every=0, progress=False)
-    trainer = Trainer(model, data, data, cfg, tmp_path, torch.device("cpu"))
-    trainer.fit()
-    before = load_checkpoint(tmp_path / "last.pt")
+    trainer, before = _after_one_epoch(tmp_path, batch_size=4)
     loss, calls = trainer.loss, []
 
     def first_step_nan(x, mask, weight):
