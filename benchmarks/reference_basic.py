@@ -3,8 +3,9 @@
 Each function computes the same per-frame loss as the Pyro model/guide pair under
 ``TraceMeanField_ELBO`` (Exponential NLL + analytic KL given the sampled past, / (B·T)),
 with the model's own networks and no Pyro, as a hand-written implementation would: RNNs are
-``nn.LSTM``/``nn.RNN`` calls, and the step runs under :func:`torch_tanh`, so tanh layers are
-``torch.tanh`` as in the original, not the models' :class:`~pyro_dvae.activations.Tanh`.
+``nn.LSTM``/``nn.RNN`` calls, and the step runs under :func:`original_layers`, so tanh layers
+are ``torch.tanh`` and output layers ``nn.Linear`` as in the original, not the models' CPU
+forms (:class:`~pyro_dvae.activations.Tanh`, :class:`~pyro_dvae.nn.OutputLinear`).
 """
 
 import contextlib
@@ -16,7 +17,7 @@ from torch import nn
 from pyro_dvae.activations import Tanh
 from pyro_dvae.models.dkf import DKF
 from pyro_dvae.models.vae import VAE
-from pyro_dvae.nn import LOGVAR_BOUND, run_rnn, shift
+from pyro_dvae.nn import LOGVAR_BOUND, OutputLinear, run_rnn, shift
 
 _FORMULAS = {"original": False}
 
@@ -34,22 +35,43 @@ def original_formulas() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def torch_tanh(model: nn.Module) -> Iterator[None]:
-    """Inside this block every :class:`~pyro_dvae.activations.Tanh` of ``model`` is a plain
-    ``nn.Tanh`` (``torch.tanh``), as in the original implementation; restored afterwards."""
+def original_layers(model: nn.Module) -> Iterator[None]:
+    """Inside this block ``model`` runs its layers as the original implementation does: every
+    :class:`~pyro_dvae.activations.Tanh` is a plain ``nn.Tanh`` (``torch.tanh``) and every
+    :class:`~pyro_dvae.nn.OutputLinear` a plain ``nn.Linear`` with the same parameters;
+    restored afterwards."""
     swapped = [
         (parent, name, child)
         for parent in model.modules()
         for name, child in parent.named_children()
-        if isinstance(child, Tanh)
+        if isinstance(child, Tanh | OutputLinear)
     ]
-    for parent, name, _ in swapped:
-        setattr(parent, name, nn.Tanh())
+    for parent, name, child in swapped:
+        setattr(parent, name, _plain(child))
     try:
         yield
     finally:
         for parent, name, child in swapped:
             setattr(parent, name, child)
+
+
+def _plain(layer: nn.Module) -> nn.Module:
+    """``nn.Tanh`` for a Tanh; an ``nn.Linear`` holding an OutputLinear's own parameters."""
+    if isinstance(layer, Tanh):
+        return nn.Tanh()
+    plain = nn.Linear(layer.in_features, layer.out_features, bias=False, device="meta")
+    plain.weight, plain.bias = layer.weight, layer.bias
+    return plain
+
+
+def lstm_step(rnn: nn.LSTM, x_t: torch.Tensor, state: tuple | None) -> tuple:
+    """One step of ``rnn`` as the original runs its per-step LSTMs: torch's own cell
+    (``torch.lstm_cell``), not the models' :func:`~pyro_dvae.nn.lstm_step`."""
+    if state is None:
+        zeros = x_t.new_zeros(x_t.shape[0], rnn.hidden_size)
+        state = (zeros, zeros)
+    weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+    return torch.lstm_cell(x_t, state, *weights)
 
 
 def exponential_nll(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -10,11 +10,11 @@ Pyro guides draw it (RVAE: z; DSAE: v, then z), so a fixed seed gives the same l
 
 import torch
 
-from benchmarks.reference_basic import exponential_nll, gaussian_kl, noise
+from benchmarks.reference_basic import exponential_nll, gaussian_kl, lstm_step, noise
 from pyro_dvae.distributions import normal_kl
 from pyro_dvae.models.dsae import DSAE, over_time
 from pyro_dvae.models.rvae import RVAE
-from pyro_dvae.nn import lstm_step, run_rnn, shift
+from pyro_dvae.nn import run_rnn, shift
 
 
 def rvae_loss(model: RVAE, x: torch.Tensor) -> torch.Tensor:

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.reference_basic import exponential_nll, gaussian_kl, noise
+from benchmarks.reference_basic import exponential_nll, gaussian_kl, lstm_step, noise
 from pyro_dvae.models.srnn import SRNN
 from pyro_dvae.models.storn import STORN
 from pyro_dvae.models.vrnn import VRNN
-from pyro_dvae.nn import lstm_step, run_rnn, shift
+from pyro_dvae.nn import run_rnn, shift
 
 
 def _per_frame(x: torch.Tensor, y: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:

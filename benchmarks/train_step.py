@@ -185,8 +185,8 @@ def pyro_step(model, x: torch.Tensor, kind: str) -> tuple[Callable[[], object], 
 def reference_steps(model, x: torch.Tensor, name: str) -> dict[str, Callable[[], float]]:
     """``{"reference": step, "original_style": step}``: eager steps of ``model`` on ``x`` with
     an Adam of their own, each returning its seconds; the networks as the original runs them
-    (:func:`torch_tanh`, swapped in outside the timed part)."""
-    from benchmarks.reference_basic import original_formulas, torch_tanh
+    (:func:`original_layers`, swapped in outside the timed part)."""
+    from benchmarks.reference_basic import original_formulas, original_layers
 
     reference = references()[name]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -200,7 +200,7 @@ def reference_steps(model, x: torch.Tensor, name: str) -> dict[str, Callable[[],
             optimizer.step()
 
         def run() -> float:
-            with torch_tanh(model):
+            with original_layers(model):
                 return timed(step, x.device)()
 
         return run

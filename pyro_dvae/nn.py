@@ -15,6 +15,7 @@ from contextvars import ContextVar
 import torch
 from pyro.poutine.util import is_validation_enabled
 from torch import nn
+from torch.autograd.function import FunctionCtx, once_differentiable
 
 from pyro_dvae.activations import Tanh
 
@@ -74,6 +75,57 @@ def initialise(module: nn.Module, scheme: str) -> None:
             nn.init.zeros_(layer.bias)
 
 
+ROW_ALIGNMENT = 16
+"""Floats per 64-byte cache line: the row stride :class:`OutputLinear` pads its output to."""
+MIN_ROWS = 1024
+"""Fewer rows (a single step's batch) take ``F.linear``: there the saving is below the extra
+autograd node's overhead."""
+
+
+class _PaddedRowsLinear(torch.autograd.Function):
+    """``apply(h (N, K), weight (M, K), bias (M,)) -> h Wᵀ + b (N, M)``, a view of an
+    ``(N, M')`` buffer with M' the next multiple of :data:`ROW_ALIGNMENT`; backward as
+    ``F.linear``'s."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
+        rows, width = h.shape[0], weight.shape[0]
+        buffer = h.new_empty(rows, -(-width // ROW_ALIGNMENT) * ROW_ALIGNMENT)
+        ctx.save_for_backward(h, weight)
+        return torch.addmm(bias, h, weight.t(), out=buffer[:, :width])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: torch.Tensor):
+        h, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        return (
+            grad @ weight if needs[0] else None,
+            grad.t() @ h if needs[1] else None,
+            grad.sum(0) if needs[2] else None,
+        )
+
+
+class OutputLinear(nn.Linear):
+    """``nn.Linear`` (same parameters and state-dict keys) for layers with a wide output of
+    odd width, such as the 513 frequency bins of a speech decoder's last layer.
+
+    On the CPU, MKL's product is ~1.6× slower when the output's rows are 513 floats apart than
+    when they are 528 apart (6400 × 256 @ 256 × 513: 31 against 18 ms at one thread, 16
+    against 10 at two; ``benchmarks/README.md``), so for at least :data:`MIN_ROWS` rows whose
+    width is not a multiple of :data:`ROW_ALIGNMENT` the output is written into a buffer with
+    padded rows and returned as a view of it: ``(..., in) -> (..., out)``, equal to
+    ``F.linear`` up to the summation order of the product."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        rows = h.numel() // max(h.shape[-1], 1)
+        padded = h.device.type == "cpu" and self.out_features % ROW_ALIGNMENT and rows >= MIN_ROWS
+        if not padded or self.bias is None:
+            return super().forward(h)
+        y = _PaddedRowsLinear.apply(h.reshape(rows, h.shape[-1]), self.weight, self.bias)
+        return y.view(*h.shape[:-1], self.out_features)
+
+
 class GaussianHead(nn.Module):
     """Affine map to the mean and log-variance of a diagonal Gaussian.
 
@@ -83,7 +135,7 @@ class GaussianHead(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
-        self.linear = nn.Linear(in_dim, 2 * out_dim)
+        self.linear = OutputLinear(in_dim, 2 * out_dim)
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loc, logvar = self.linear(h).chunk(2, dim=-1)
@@ -237,14 +289,68 @@ def recurrent(kind: str, in_dim: int, hidden: int, bidirectional: bool = False) 
 LSTMState = tuple[torch.Tensor, torch.Tensor]
 
 
+class _LSTMCell(torch.autograd.Function):
+    """``apply(gates (B, 4H), c (B, H)) -> (h (B, H), c' (B, H))``: PyTorch's LSTM cell from its
+    gates' pre-activations (order i, f, g, o), as one autograd node with a hand-written backward.
+
+    c' = σ(f)·c + σ(i)·tanh(g), h = σ(o)·tanh(c'), with tanh(u) = 2σ(2u) − 1, so one sigmoid
+    pass serves all four gates. On the CPU this replaces the ~15 autograd nodes of
+    ``torch.lstm_cell`` and its unvectorised tanh in the per-step loops over z."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, gates: torch.Tensor, c: torch.Tensor):
+        H = c.shape[-1]
+        acts = gates.clone()
+        acts[:, 2 * H : 3 * H].mul_(2)
+        i, f, g, o = acts.sigmoid_().unflatten(-1, (4, H)).unbind(-2)
+        g.mul_(2).sub_(1)
+        c_next = torch.addcmul(f * c, i, g)
+        tc = torch.sigmoid(c_next * 2).mul_(2).sub_(1)
+        ctx.save_for_backward(acts, c, tc)
+        return o * tc, c_next
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, d_h: torch.Tensor | None, d_c: torch.Tensor | None):
+        acts, c, tc = ctx.saved_tensors
+        H = c.shape[-1]
+        i, f, g, o = acts.unflatten(-1, (4, H)).unbind(-2)
+        d_h = torch.zeros_like(c) if d_h is None else d_h
+        d_c = torch.addcmul(torch.zeros_like(c) if d_c is None else d_c, d_h * o, 1 - tc * tc)
+        d_gates = torch.empty_like(acts)
+        d_i, d_f, d_g, d_o = d_gates.unflatten(-1, (4, H)).unbind(-2)
+        torch.mul(d_c * g, i * (1 - i), out=d_i)
+        torch.mul(d_c * c, f * (1 - f), out=d_f)
+        torch.mul(d_c * i, 1 - g * g, out=d_g)
+        torch.mul(d_h * tc, o * (1 - o), out=d_o)
+        return d_gates, d_c * f
+
+
+def lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> LSTMState:
+    """PyTorch's LSTM cell from its gates' pre-activations ``(B, 4H)`` (order i, f, g, o; input
+    and recurrent products and both biases added) and c_{t−1} ``(B, H)``: ``(h_t, c_t)``. One
+    autograd node on the CPU (:class:`_LSTMCell`); elsewhere torch's operations."""
+    if gates.device.type == "cpu":
+        return _LSTMCell.apply(gates, c)
+    i, f, g, o = gates.chunk(4, dim=-1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
 def lstm_step(rnn: nn.LSTM, x_t: torch.Tensor, state: LSTMState | None) -> LSTMState:
     """One step of a one-layer ``nn.LSTM`` with its own weights: ``x_t (B, D) -> (h_t, c_t)``.
 
-    Uses the fused cell kernel, so a Python loop over time costs one call per step.
-    """
+    On the CPU the gates are two products and the cell one autograd node (:func:`lstm_cell`);
+    elsewhere torch's fused cell kernel. Either way a Python loop over time costs a few calls
+    per step."""
+    if x_t.device.type != "cpu":
+        if state is None:
+            zeros = x_t.new_zeros(x_t.shape[0], rnn.hidden_size)
+            state = (zeros, zeros)
+        return torch.lstm_cell(
+            x_t, state, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0
+        )
+    gates = torch.addmm(rnn.bias_ih_l0 + rnn.bias_hh_l0, x_t, rnn.weight_ih_l0.t())
     if state is None:
-        zeros = x_t.new_zeros(x_t.shape[0], rnn.hidden_size)
-        state = (zeros, zeros)
-    return torch.lstm_cell(
-        x_t, state, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0
-    )
+        return lstm_cell(gates, x_t.new_zeros(x_t.shape[0], rnn.hidden_size))
+    return lstm_cell(torch.addmm(gates, state[0], rnn.weight_hh_l0.t()), state[1])

@@ -7,11 +7,14 @@ from torch import nn
 from pyro_dvae.likelihoods import build_likelihood
 from pyro_dvae.models import build_model
 from pyro_dvae.nn import (
+    MIN_ROWS,
     MLP,
     GaussianHead,
+    OutputLinear,
     final_state,
     initialise,
     lstm,
+    lstm_step,
     run_rnn,
     sequence_lengths,
 )
@@ -100,3 +103,52 @@ def test_lengths_for_another_batch_name_both_shapes():
     with sequence_lengths(torch.ones(2, 4, dtype=torch.bool)):
         with pytest.raises(ValueError, match=r"2 sequences of up to 4 steps.*\(3, 4, 3\)"):
             run_rnn(lstm(3, 4), torch.randn(3, 4, 3))
+
+
+def test_output_linear_pads_its_rows_and_equals_linear_in_value_and_gradient():
+    torch.manual_seed(0)
+    layer = OutputLinear(7, 21).double()
+    h = torch.randn(4, MIN_ROWS // 4, 7, dtype=torch.float64, requires_grad=True)
+    y = layer(h)
+    assert y.shape == (4, MIN_ROWS // 4, 21) and y.stride() == (MIN_ROWS // 4 * 32, 32, 1)
+    expected = nn.functional.linear(h, layer.weight, layer.bias)
+    # float64 sums of 7 products in another order: within a few ulp of values of size ~3
+    torch.testing.assert_close(y, expected, rtol=0, atol=1e-14)
+    dy = torch.randn_like(y)
+    inputs = (h, layer.weight, layer.bias)
+    got = torch.autograd.grad(y, inputs, dy)
+    for g, e in zip(got, torch.autograd.grad(expected, inputs, dy), strict=True):
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-12)  # sums of up to 1,024 terms
+
+
+def test_output_linear_stays_plain_where_padding_does_not_pay():
+    layer = OutputLinear(7, 21)
+    few_rows = layer(torch.randn(MIN_ROWS - 1, 7))
+    aligned = OutputLinear(7, 32)(torch.randn(MIN_ROWS, 7))
+    assert few_rows.is_contiguous() and aligned.is_contiguous()
+
+
+@pytest.mark.parametrize("first_step", [False, True])
+def test_lstm_step_equals_torchs_lstm_cell_in_value_and_gradient(first_step):
+    torch.manual_seed(0)
+    rnn = lstm(5, 4).double()
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    state = None if first_step else tuple(torch.randn(2, 3, 4, dtype=torch.float64))
+    h, c = lstm_step(rnn, x, state)
+    assert h.grad_fn.name().endswith("LSTMCellBackward")
+    zeros = torch.zeros(3, 4, dtype=torch.float64)
+    weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+    h_ref, c_ref = torch.lstm_cell(x, state or (zeros, zeros), *weights)
+    # float64: tanh as 2σ(2u) − 1 is within a few ulp of 1 of torch's tanh; the gradients pass
+    # through two such factors and sums of ≤ 16 terms of size ~1: 1e-13 leaves a margin.
+    torch.testing.assert_close((h, c), (h_ref, c_ref), rtol=0, atol=1e-14)
+    d_h, d_c = torch.randn(2, 3, 4, dtype=torch.float64)
+    for outputs in ((h, c), (h,), (c,)):  # both gradients, or one of them None
+        ref = (h_ref, c_ref)[: len(outputs)] if outputs[0] is h else (c_ref,)
+        seeds = (d_h, d_c)[: len(outputs)] if outputs[0] is h else (d_c,)
+        got = torch.autograd.grad(
+            outputs, (x, *weights), seeds, retain_graph=True, materialize_grads=True
+        )  # W_hh unused at the first step: a zero gradient
+        expected = torch.autograd.grad(ref, (x, *weights), seeds, retain_graph=True)
+        for g, e in zip(got, expected, strict=True):
+            torch.testing.assert_close(g, e, rtol=0, atol=1e-13)

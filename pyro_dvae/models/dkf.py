@@ -46,6 +46,7 @@ from pyro_dvae.nn import (
     ACTIVATIONS,
     MLP,
     GaussianHead,
+    OutputLinear,
     recurrent,
     run_rnn,
     scale_from_logvar,
@@ -254,7 +255,7 @@ class DKF(LatentDecoderDVAE):
                 f"{list(ACTIVATIONS)}"
             )
         mlp_z_x = MLP(z_dim, dense_z_x, decoder_activation)
-        self.decoder = nn.Sequential(mlp_z_x, nn.Linear(mlp_z_x.out_dim, x_dim))
+        self.decoder = nn.Sequential(mlp_z_x, OutputLinear(mlp_z_x.out_dim, x_dim))
         self.inference = inference(
             x_dim=x_dim,
             z_dim=z_dim,

@@ -56,6 +56,7 @@ from pyro_dvae.nn import (
     MLP,
     GaussianHead,
     LSTMState,
+    OutputLinear,
     _active_lengths,
     final_state,
     lstm,
@@ -198,7 +199,7 @@ class DSAEDecoder(nn.Module):
     ) -> None:
         super().__init__()
         self.mlp_vz_x = MLP(v_dim + z_dim, dense_vz_x, activation)
-        self.gen_out = nn.Linear(self.mlp_vz_x.out_dim, x_dim)
+        self.gen_out = OutputLinear(self.mlp_vz_x.out_dim, x_dim)
 
     def forward(self, v: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.gen_out(self.mlp_vz_x(torch.cat([over_time(v, z.shape[1]), z], dim=-1)))

@@ -51,7 +51,7 @@ from pyro_dvae.distributions import IndependentTrajectory, Trajectory, diag_norm
 from pyro_dvae.lgssm import LGSSM, Filtered, emission, kalman_filter, predict, rts_smoother, update
 from pyro_dvae.likelihoods import Likelihood
 from pyro_dvae.models.base import DVAE
-from pyro_dvae.nn import MLP, GaussianHead, LSTMState, lstm, lstm_step, shift
+from pyro_dvae.nn import MLP, GaussianHead, LSTMState, OutputLinear, lstm, lstm_step, shift
 
 CONTROLS = ("previous", "none")
 """``control``: u_t = a_{t−1} (the paper's choice), or no control input."""
@@ -308,7 +308,7 @@ class KVAE(DVAE):
         else:
             hidden = list(reversed(dense_x_a)) if dense_a_x is None else dense_a_x
             mlp_a_x = MLP(a_dim, hidden, activation)
-            self.decoder = nn.Sequential(mlp_a_x, nn.Linear(mlp_a_x.out_dim, x_dim))
+            self.decoder = nn.Sequential(mlp_a_x, OutputLinear(mlp_a_x.out_dim, x_dim))
         self.dynamics = LGSSMPrior(
             a_dim,
             z_dim,

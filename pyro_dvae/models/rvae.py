@@ -50,6 +50,7 @@ from pyro_dvae.nn import (
     MLP,
     GaussianHead,
     LSTMState,
+    OutputLinear,
     lstm,
     lstm_step,
     run_rnn,
@@ -175,7 +176,7 @@ class RVAEDecoder(nn.Module):
         self.mlp_z_h = MLP(z_dim, dense_z_h, activation)
         self.rnn_h = lstm(self.mlp_z_h.out_dim, dim_rnn_h, bidir_h)
         self.mlp_h_x = MLP(dim_rnn_h * (2 if bidir_h else 1), dense_h_x, activation)
-        self.gen_out = nn.Linear(self.mlp_h_x.out_dim, x_dim)
+        self.gen_out = OutputLinear(self.mlp_h_x.out_dim, x_dim)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.gen_out(self.mlp_h_x(run_rnn(self.rnn_h, self.mlp_z_h(z))))

@@ -41,7 +41,7 @@ from pyro_dvae.feedback import Feedback, FreeRunning
 from pyro_dvae.likelihoods import Likelihood
 from pyro_dvae.models.base import DVAE
 from pyro_dvae.models.handoff import Handoff
-from pyro_dvae.nn import MLP, GaussianHead, LSTMState, lstm, lstm_step, run_rnn, shift
+from pyro_dvae.nn import MLP, GaussianHead, LSTMState, OutputLinear, lstm, lstm_step, run_rnn, shift
 
 
 class Combiner(nn.Module):
@@ -182,7 +182,7 @@ class SRNN(DVAE):
         self.rnn_h = lstm(self.mlp_x_h.out_dim, dim_rnn_h)
         self.prior = SRNNPrior(dim_rnn_h, z_dim, dense_hz_z, activation)
         mlp_hz_x = MLP(dim_rnn_h + z_dim, dense_hz_x, activation)
-        self.decoder = nn.Sequential(mlp_hz_x, nn.Linear(mlp_hz_x.out_dim, x_dim))
+        self.decoder = nn.Sequential(mlp_hz_x, OutputLinear(mlp_hz_x.out_dim, x_dim))
         self.inference = SRNNInference(
             x_dim, dim_rnn_h, z_dim, dense_hx_g, dim_rnn_g, dense_gz_z, smoother, activation
         )

@@ -28,7 +28,7 @@ from pyro_dvae.feedback import Feedback
 from pyro_dvae.likelihoods import Likelihood
 from pyro_dvae.models.base import DVAE
 from pyro_dvae.models.priors import StandardNormal
-from pyro_dvae.nn import MLP, GaussianHead, lstm, lstm_step, run_rnn, shift
+from pyro_dvae.nn import MLP, GaussianHead, OutputLinear, lstm, lstm_step, run_rnn, shift
 
 
 class STORN(DVAE):
@@ -67,7 +67,7 @@ class STORN(DVAE):
         self.mlp_xtm1_h = MLP(x_dim, dense_xtm1_h, activation)
         self.rnn_h = lstm(self.mlp_z_h.out_dim + self.mlp_xtm1_h.out_dim, dim_rnn_h)
         mlp_h_x = MLP(dim_rnn_h, dense_h_x, activation)
-        self.decoder = nn.Sequential(mlp_h_x, nn.Linear(mlp_h_x.out_dim, x_dim))
+        self.decoder = nn.Sequential(mlp_h_x, OutputLinear(mlp_h_x.out_dim, x_dim))
 
     def posterior(self, x: torch.Tensor) -> IndependentTrajectory:
         """q(z_t | x_{1:t}) for every t from one forward LSTM call over x (B, T, D)."""

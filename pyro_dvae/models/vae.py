@@ -19,7 +19,7 @@ from pyro_dvae.distributions import IndependentTrajectory, diag_normal
 from pyro_dvae.likelihoods import Likelihood
 from pyro_dvae.models.base import LatentDecoderDVAE
 from pyro_dvae.models.priors import StandardNormal
-from pyro_dvae.nn import MLP, GaussianHead
+from pyro_dvae.nn import MLP, GaussianHead, OutputLinear
 
 
 class VAE(LatentDecoderDVAE):
@@ -44,7 +44,7 @@ class VAE(LatentDecoderDVAE):
         mlp_x_z = MLP(x_dim, dense_x_z, activation)
         self.encoder = nn.Sequential(mlp_x_z, GaussianHead(mlp_x_z.out_dim, z_dim))
         mlp_z_x = MLP(z_dim, list(reversed(dense_x_z)), activation)
-        self.decoder = nn.Sequential(mlp_z_x, nn.Linear(mlp_z_x.out_dim, x_dim))
+        self.decoder = nn.Sequential(mlp_z_x, OutputLinear(mlp_z_x.out_dim, x_dim))
 
     def inference(self, x: torch.Tensor) -> IndependentTrajectory:
         """q(z | x) = ∏_t N(z_t; μ(x_t), σ(x_t)²)."""

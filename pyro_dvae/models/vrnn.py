@@ -41,7 +41,9 @@ from pyro_dvae.nn import (
     MLP,
     GaussianHead,
     LSTMState,
+    OutputLinear,
     lstm,
+    lstm_cell,
     lstm_step,
     run_rnn,
     scale_from_logvar,
@@ -89,7 +91,7 @@ class VRNN(DVAE):
         fx, fz = self.phi_x.out_dim, self.phi_z.out_dim
         self.rnn = lstm(fx + fz, dim_rnn)
         self.encoder = _head(GaussianHead, fx + dim_rnn, dense_hx_z, z_dim, activation)
-        self.decoder = _head(nn.Linear, fz + dim_rnn, dense_hz_x, x_dim, activation)
+        self.decoder = _head(OutputLinear, fz + dim_rnn, dense_hz_x, x_dim, activation)
         self.prior_net = _head(GaussianHead, dim_rnn, dense_h_z, z_dim, activation)
 
     def hidden(self, features_x: torch.Tensor, features_z: torch.Tensor) -> torch.Tensor:
@@ -128,9 +130,10 @@ class VRNN(DVAE):
         concatenation split by columns. Their φx shares are one product each over all t:
         W^x_ih φx(x_t) + b_ih + b_hh of the LSTM's gates (B, T − 1, 4H; h_{T+1} is not needed)
         and W^x φx(x_t) + b of the encoder's first affine layer (B, T, ·). A step adds
-        W^z_ih φz(z_{t−1}) + W_hh h_{t−1}, runs PyTorch's LSTM cell on the gates, and adds
-        W^h h_t. Same parameters and values, and no concatenation or slice of φx(x) (whose
-        backward fills a (B, T, F_x) tensor) per step."""
+        W^z_ih φz(z_{t−1}) + W_hh h_{t−1}, runs the LSTM cell on the gates
+        (:func:`~pyro_dvae.nn.lstm_cell`), and adds W^h h_t. Same parameters and values, and
+        no concatenation or slice of φx(x) (whose backward fills a (B, T, F_x) tensor) per
+        step."""
         fx, rnn, first = self.phi_x.out_dim, self.rnn, _first_linear(self.encoder)
         w_ih_x, w_ih_z = rnn.weight_ih_l0.split([fx, rnn.input_size - fx], dim=1)
         w_q_x, w_q_h = first.weight.split([fx, first.in_features - fx], dim=1)
@@ -143,7 +146,7 @@ class VRNN(DVAE):
                 state = self.advance(None, None, z_prev)
             else:
                 gates = torch.addmm(rnn_x[t - 1], self.phi_z(z_prev), w_ih_z)
-                state = _lstm_cell(torch.addmm(gates, state[0], w_hh), state[1])
+                state = lstm_cell(torch.addmm(gates, state[0], w_hh), state[1])
             pre = torch.addmm(q_x[t], state[0], w_q_h)
             return diag_normal(*_after_first_linear(self.encoder, pre)), state
 
@@ -247,14 +250,6 @@ def _after_first_linear(
     for layer in list(mlp)[1:]:
         pre = layer(pre)
     return out(pre)
-
-
-def _lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> LSTMState:
-    """PyTorch's LSTM cell from its gates' pre-activations ``(B, 4H)`` (order i, f, g, o) and
-    c_{t−1} ``(B, H)``: ``(h_t, c_t)``."""
-    i, f, g, o = gates.chunk(4, dim=-1)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(c), c
 
 
 def _trajectory(step: Step, parallel: Parallel, like: torch.Tensor, z_dim: int) -> Trajectory:

@@ -1,24 +1,28 @@
-"""Every model runs its MLPs' tanh layers through pyro_dvae.activations.Tanh: the loss and every
-gradient equal those of the same model with torch.tanh (float64)."""
+"""Every model runs its MLPs' tanh layers through pyro_dvae.activations.Tanh and its output layer
+through pyro_dvae.nn.OutputLinear: the loss and every gradient equal those of the same model
+with torch.tanh and nn.Linear (float64)."""
 
 import pytest
 import torch
 from pyro.infer import TraceMeanField_ELBO
 
-from benchmarks.reference_basic import torch_tanh
+from benchmarks.reference_basic import original_layers
 from pyro_dvae import activations
+from pyro_dvae import nn as dvae_nn
 from pyro_dvae.activations import Tanh
 from pyro_dvae.likelihoods import ExponentialPower
 from pyro_dvae.models import build_model
+from pyro_dvae.nn import OutputLinear
 from tests.models import test_dkf, test_dsae, test_rvae, test_srnn, test_storn, test_vrnn
 
 SIZES = {"dkf": test_dkf.TINY, "storn": test_storn.TINY, "srnn": test_srnn.TINY}
 SIZES |= {"vrnn": test_vrnn.TINY, "rvae_causal": test_rvae.TINY, "dsae": test_dsae.TINY}
 SIZES["vae"] = dict(z_dim=3, dense_x_z=[5, 4])
-B, T, D = 4, 6, 10
+B, T, D = 4, 6, 10  # D = 10: not a multiple of 16, so the output layer pads its rows
 # float64: each tanh differs from torch.tanh by a few ulp of 1 (~1e-15, tests/test_activations.py);
 # through ~10 layers and T = 6 recurrent steps of weights below 1 in size the loss and its
-# gradients move by well under 1e-13; 1e-12 leaves an order of magnitude.
+# gradients move by well under 1e-13; 1e-12 leaves an order of magnitude. The padded output
+# layer is the same product, summed in MKL's order for another row stride (~1e-16 relative).
 TOL = dict(rtol=1e-12, atol=1e-12)
 
 
@@ -29,8 +33,9 @@ def _loss_and_grads(model, x):
 
 
 @pytest.mark.parametrize("name", sorted(SIZES))
-def test_loss_and_gradients_equal_the_torch_tanh_model(name, monkeypatch):
-    monkeypatch.setattr(activations, "MIN_ELEMENTS", 0)  # tiny tensors take the fast path too
+def test_loss_and_gradients_equal_the_plain_layers_model(name, monkeypatch):
+    monkeypatch.setattr(activations, "MIN_ELEMENTS", 0)  # tiny tensors take the fast paths too
+    monkeypatch.setattr(dvae_nn, "MIN_ROWS", 0)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
@@ -38,9 +43,10 @@ def test_loss_and_gradients_equal_the_torch_tanh_model(name, monkeypatch):
         model = build_model(name, D, ExponentialPower(), **SIZES[name])
         x = torch.rand(B, T, D)
         assert any(isinstance(m, Tanh) for m in model.modules())
+        assert any(isinstance(m, OutputLinear) and m.out_features == D for m in model.modules())
         loss, grads = _loss_and_grads(model, x)
-        with torch_tanh(model):
-            assert not any(isinstance(m, Tanh) for m in model.modules())
+        with original_layers(model):
+            assert not any(isinstance(m, Tanh | OutputLinear) for m in model.modules())
             expected_loss, expected_grads = _loss_and_grads(model, x)
     finally:
         torch.set_default_dtype(previous)
