@@ -132,6 +132,7 @@ train_and_evaluate() { # MODEL TRAIN_LIMIT_S: one 500-epoch run, then its evalua
 }
 
 train_both() { # LIMIT_S: DKF and SRNN at once, each its own process and timeout
+  rm -rf "$WORK/runs" # a rerun on a still-warm machine trains afresh, not into the old runs
   mkdir -p "$WORK/runs"
   train_and_evaluate dkf "$1" &
   train_and_evaluate srnn "$1" &
