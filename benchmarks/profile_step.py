@@ -57,9 +57,10 @@ def measure(name: str, threads: int, steps: int, warmup: int) -> dict:
     model, x = setup({**args, "threads": threads, "device": "cpu", "sites": "trajectory"})
     ours = pyro_step(model, x, "eager")[0]
     reference = reference_steps(model, x, name)["reference"]  # returns its seconds
-    times: dict[str, list[float]] = {"pyro": [], "reference": []}
+    timed_steps = {"pyro": timed(ours, x.device), "reference": reference}
+    times: dict[str, list[float]] = {key: [] for key in timed_steps}
     for i in range(warmup + steps):
-        for key, step in (("pyro", timed(ours, x.device)), ("reference", reference)):
+        for key, step in timed_steps.items():
             elapsed = step()
             if i >= warmup:
                 times[key].append(elapsed)

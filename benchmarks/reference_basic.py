@@ -64,16 +64,6 @@ def _plain(layer: nn.Module) -> nn.Module:
     return plain
 
 
-def lstm_step(rnn: nn.LSTM, x_t: torch.Tensor, state: tuple | None) -> tuple:
-    """One step of ``rnn`` as the original runs its per-step LSTMs: torch's own cell
-    (``torch.lstm_cell``), not the models' :func:`~pyro_dvae.nn.lstm_step`."""
-    if state is None:
-        zeros = x_t.new_zeros(x_t.shape[0], rnn.hidden_size)
-        state = (zeros, zeros)
-    weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
-    return torch.lstm_cell(x_t, state, *weights)
-
-
 def exponential_nll(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Σ y + x e^{−y} with the log-variance y guarded against overflow, as in the likelihood."""
     if _FORMULAS["original"]:

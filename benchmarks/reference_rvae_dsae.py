@@ -10,11 +10,11 @@ Pyro guides draw it (RVAE: z; DSAE: v, then z), so a fixed seed gives the same l
 
 import torch
 
-from benchmarks.reference_basic import exponential_nll, gaussian_kl, lstm_step, noise
+from benchmarks.reference_basic import exponential_nll, gaussian_kl, noise
 from pyro_dvae.distributions import normal_kl
 from pyro_dvae.models.dsae import DSAE, over_time
 from pyro_dvae.models.rvae import RVAE
-from pyro_dvae.nn import run_rnn, shift
+from pyro_dvae.nn import run_rnn, shift, torch_lstm_step
 
 
 def rvae_loss(model: RVAE, x: torch.Tensor) -> torch.Tensor:
@@ -27,7 +27,7 @@ def rvae_loss(model: RVAE, x: torch.Tensor) -> torch.Tensor:
     z_prev, state = x.new_zeros(B, model.z_dim), None
     zs, locs, scales = [], [], []
     for t in range(T):
-        state = lstm_step(inference.rnn_gz, inference.mlp_z_gz(z_prev), state)
+        state = torch_lstm_step(inference.rnn_gz, inference.mlp_z_gz(z_prev), state)
         loc, scale = inference.head(inference.mlp_g_z(torch.cat([gx[:, t], state[0]], -1)))
         z_prev = loc + scale * noise(x, B, model.z_dim)
         zs.append(z_prev)

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.reference_basic import exponential_nll, gaussian_kl, lstm_step, noise
+from benchmarks.reference_basic import exponential_nll, gaussian_kl, noise
 from pyro_dvae.models.srnn import SRNN
 from pyro_dvae.models.storn import STORN
 from pyro_dvae.models.vrnn import VRNN
-from pyro_dvae.nn import run_rnn, shift
+from pyro_dvae.nn import run_rnn, shift, torch_lstm_step
 
 
 def _per_frame(x: torch.Tensor, y: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
@@ -50,7 +50,7 @@ def reference_loss_vrnn(model: VRNN, x: torch.Tensor) -> torch.Tensor:
         mqs.append(mq)
         sqs.append(sq)
         if t < T - 1:
-            h, c = lstm_step(model.rnn, torch.cat([fx[:, t], fz], dim=-1), (h, c))
+            h, c = torch_lstm_step(model.rnn, torch.cat([fx[:, t], fz], dim=-1), (h, c))
     mp, sp = model.prior_net(torch.stack(hs, dim=1))
     kl = gaussian_kl(torch.stack(mqs, dim=1), torch.stack(sqs, dim=1), mp, sp)
     return _per_frame(x, torch.stack(ys, dim=1), kl)

@@ -344,13 +344,18 @@ def lstm_step(rnn: nn.LSTM, x_t: torch.Tensor, state: LSTMState | None) -> LSTMS
     elsewhere torch's fused cell kernel. Either way a Python loop over time costs a few calls
     per step."""
     if x_t.device.type != "cpu":
-        if state is None:
-            zeros = x_t.new_zeros(x_t.shape[0], rnn.hidden_size)
-            state = (zeros, zeros)
-        return torch.lstm_cell(
-            x_t, state, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0
-        )
+        return torch_lstm_step(rnn, x_t, state)
     gates = torch.addmm(rnn.bias_ih_l0 + rnn.bias_hh_l0, x_t, rnn.weight_ih_l0.t())
     if state is None:
         return lstm_cell(gates, x_t.new_zeros(x_t.shape[0], rnn.hidden_size))
     return lstm_cell(torch.addmm(gates, state[0], rnn.weight_hh_l0.t()), state[1])
+
+
+def torch_lstm_step(rnn: nn.LSTM, x_t: torch.Tensor, state: LSTMState | None) -> LSTMState:
+    """:func:`lstm_step` through torch's own cell (``torch.lstm_cell``): the fused kernel on a
+    GPU, and the original implementation's per-step LSTM (the benchmarks' reference step)."""
+    if state is None:
+        zeros = x_t.new_zeros(x_t.shape[0], rnn.hidden_size)
+        state = (zeros, zeros)
+    weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+    return torch.lstm_cell(x_t, state, *weights)

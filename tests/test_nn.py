@@ -143,9 +143,10 @@ def test_lstm_step_equals_torchs_lstm_cell_in_value_and_gradient(first_step):
     # through two such factors and sums of ≤ 16 terms of size ~1: 1e-13 leaves a margin.
     torch.testing.assert_close((h, c), (h_ref, c_ref), rtol=0, atol=1e-14)
     d_h, d_c = torch.randn(2, 3, 4, dtype=torch.float64)
-    for outputs in ((h, c), (h,), (c,)):  # both gradients, or one of them None
-        ref = (h_ref, c_ref)[: len(outputs)] if outputs[0] is h else (c_ref,)
-        seeds = (d_h, d_c)[: len(outputs)] if outputs[0] is h else (d_c,)
+    for kept in ((0, 1), (0,), (1,)):  # both gradients, or one of them None
+        outputs, ref, seeds = (
+            [pair[k] for k in kept] for pair in ((h, c), (h_ref, c_ref), (d_h, d_c))
+        )
         got = torch.autograd.grad(
             outputs, (x, *weights), seeds, retain_graph=True, materialize_grads=True
         )  # W_hh unused at the first step: a zero gradient
