@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: make `benchmarks` importable
 
 from benchmarks.train_step import SHAPES, build, data  # noqa: E402
-from pyro_dvae.distributed import Cluster  # noqa: E402
+from pyro_dvae.distributed import Cluster, stop  # noqa: E402
 from pyro_dvae.train import ELBOLoss  # noqa: E402
 
 
@@ -76,7 +76,7 @@ def _rank(rank: int, world: int, port: int, opts: dict, out: Path) -> None:
             times.append(time.perf_counter() - start)
     if rank == 0:
         out.write_text(json.dumps(statistics.median(times)))
-    dist.destroy_process_group()
+    stop(cluster)  # together: no rank tears gloo down under a peer still in a collective
 
 
 def measure(processes: int, threads: int, opts: argparse.Namespace, out: Path) -> dict:
