@@ -19,7 +19,9 @@ implementation, which cannot run here: the reference step with the original's lo
 switched on for every step (spec §10.1). In a fresh process, every requested Pyro step (each on
 its own copy of the same initial weights, with its own Adam), the reference and the
 original-style step (on the initial model, always eager, with one Adam of their own) alternate
-step by step; each variant's peak memory is measured in a process of its own.
+step by step; each variant's peak memory is measured in a process of its own. Every timing
+process uses the CPU allocator ``--allocator`` (``train.cpu_allocator``: ``keep``, the trainer's
+default, or ``system``) for all of its steps.
 
     python benchmarks/train_step.py --models all --shape speech --B 128 --json out.json
     python benchmarks/train_step.py --sites markov ...   # the per-step (pyro.markov) site form
@@ -27,6 +29,7 @@ step by step; each variant's peak memory is measured in a process of its own.
 
 Prints a table and writes a JSON list of objects, one per model and step, with the keys
 ``model``, ``step``, ``compile_seconds`` (null for ``eager``), ``shape``, ``device``, ``sites``,
+``allocator``,
 ``ms_per_step``, ``ms_per_step_reference``, ``ratio_pyro_to_reference``,
 ``ms_per_step_original_style``, ``ratio_pyro_to_original_style``, ``peak_mem_mb`` (Pyro step),
 ``peak_mem_mb_reference`` (both null with ``--no-memory``), ``seq_per_s``, ``B``, ``T``, and the
@@ -69,7 +72,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: make `benchmarks` and `pyro_dvae` importable
-from pyro_dvae.step import ELBOLoss, GraphStep, capturable, compile_networks, train_step  # noqa: E402
+from pyro_dvae.step import (  # noqa: E402
+    ALLOCATORS,
+    ELBOLoss,
+    GraphStep,
+    capturable,
+    compile_networks,
+    keep_freed_memory,
+    train_step,
+)
 
 CONFIGS = ROOT / "configs" / "model"
 SHAPES = {"speech": 513, "motion": 96}
@@ -216,7 +227,10 @@ def reference_steps(model, x: torch.Tensor, name: str) -> dict[str, Callable[[],
 
 
 def setup(args: dict) -> tuple[torch.nn.Module, torch.Tensor]:
-    """The model of ``args`` (seed 0) on its device and its batch ``x (B, T, D)``."""
+    """The model of ``args`` (seed 0) on its device and its batch ``x (B, T, D)``, in a process
+    whose CPU allocator is ``args["allocator"]`` (``train.cpu_allocator``; default ``system``)."""
+    if args.get("allocator") == "keep" and keep_freed_memory():
+        fail(f"--allocator keep: {keep_freed_memory()}")
     torch.set_num_threads(args["threads"])
     device = torch.device(args["device"])
     torch.manual_seed(0)
@@ -291,6 +305,7 @@ def compare(name: str, kinds: list[str], opts: argparse.Namespace) -> dict:
         "warmup": opts.warmup,
         "threads": opts.threads,
         "sites": opts.sites,
+        "allocator": opts.allocator,
     }
     rounds = [in_child(time_all, args) for _ in range(opts.rounds)]
     result = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
@@ -325,6 +340,7 @@ def row(name: str, kind: str, measured: dict, opts: argparse.Namespace) -> dict:
         "shape": opts.shape,
         "device": opts.device,
         "sites": opts.sites,
+        "allocator": opts.allocator,
         "B": opts.B,
         "T": opts.T,
         "ms_per_step": round(ms, 2),
@@ -398,6 +414,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         default="trajectory",
         choices=["trajectory", "markov"],
         help="latent sample sites of the Pyro step (model.sites)",
+    )
+    parser.add_argument(
+        "--allocator",
+        default="keep",
+        choices=list(ALLOCATORS),
+        help="the CPU allocator of the timing processes (train.cpu_allocator), for every step",
     )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)

@@ -86,6 +86,7 @@ from pyro_dvae.records import (
     write_metrics,
 )
 from pyro_dvae.step import (
+    ALLOCATORS,
     ELBOS,
     STEPS,
     ELBOLoss,
@@ -93,6 +94,7 @@ from pyro_dvae.step import (
     capturable,
     choose_step,
     compile_networks,
+    keep_freed_memory,
     loss_terms,
     portable,
     set_lr,
@@ -140,6 +142,7 @@ class TrainConfig:
     freeze: tuple[str, ...] = ()
     freeze_epochs: int = 0
     step: str = "auto"
+    cpu_allocator: str = "keep"
 
     def __post_init__(self) -> None:
         for key, low in (
@@ -155,6 +158,8 @@ class TrainConfig:
         _require("warmup_start", self.warmup_start, start_ok, "a number in [0, 1]")
         _require("elbo", self.elbo, self.elbo in ELBOS, f"one of {sorted(ELBOS)}")
         _require("step", self.step, self.step in STEPS, f"one of {STEPS}")
+        allocator_ok = self.cpu_allocator in ALLOCATORS
+        _require("cpu_allocator", self.cpu_allocator, allocator_ok, f"one of {ALLOCATORS}")
         _require("progress", self.progress, isinstance(self.progress, bool), "true or false")
         _require("optimizer", self.optimizer, self.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}")
         clip_ok = self.clip_norm is None or _is_positive(self.clip_norm)
@@ -401,12 +406,24 @@ class Trainer:
         why; returns the captured step where it is ``graph``."""
         kind, why = choose_step(self.cfg.step, self.device, self.cfg.optimizer, processes)
         self.books.info(f"training step: {kind} ({why})")
+        if self.device.type == "cpu":
+            self.books.info(f"CPU allocator: {self._set_allocator()}")
         if kind == "compile":
             compile_networks(self.model)
         if kind != "graph":
             return None
         capturable(self.optimizer)
         return GraphStep(self.loss, self.optimizer, self.clip_norm)
+
+    def _set_allocator(self) -> str:
+        """Apply ``train.cpu_allocator`` (:func:`~pyro_dvae.step.keep_freed_memory`); says what
+        is in use, and why, for the log."""
+        if self.cfg.cpu_allocator == "system":
+            return "system (train.cpu_allocator=system)"
+        problem = keep_freed_memory()
+        if problem:
+            return f"system ({problem}; train.cpu_allocator=keep has no effect)"
+        return "keep (freed memory stays for the next step; train.cpu_allocator=system to opt out)"
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         """This rank's share of each batch (:func:`~pyro_dvae.distributed.batch_sampler`),

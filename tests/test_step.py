@@ -4,9 +4,13 @@ compiled, captured) and how the loop around it reacts to its non-finite losses."
 import contextlib
 import copy
 import csv
+import ctypes
 import logging
 import math
+import subprocess
+import sys
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pyro
 import pytest
@@ -240,8 +244,57 @@ def test_the_trainer_says_which_step_runs(tmp_path, caplog):
     data = list(torch.rand(4, 6, 10, generator=torch.Generator().manual_seed(0)) + 0.01)
     cfg = TrainConfig(epochs=1, batch_size=4, warmup_every=0, progress=False)
     with caplog.at_level(logging.INFO, logger="pyro_dvae.train"):
-        Trainer(model, data, data, cfg, tmp_path, torch.device("cpu"))
+        cpu = torch.device("cpu")
+        Trainer(model, data, data, cfg, tmp_path, cpu)
+        Trainer(model, data, data, replace(cfg, cpu_allocator="system"), tmp_path, cpu)
     assert "training step: eager (train.step=auto on the CPU" in caplog.text
+    kept = "CPU allocator: keep (freed memory stays for the next step" in caplog.text
+    assert kept or "CPU allocator: system (the C library" in caplog.text
+    assert "CPU allocator: system (train.cpu_allocator=system)" in caplog.text
+    with pytest.raises(ValueError, match="train.cpu_allocator='jemalloc': expected one of"):
+        TrainConfig(cpu_allocator="jemalloc")
+
+
+MALLINFO = """
+import ctypes, sys
+import torch
+from pyro_dvae.step import keep_freed_memory
+
+class Info(ctypes.Structure):  # glibc's struct mallinfo2
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks",
+                "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+if sys.argv[1] == "keep":
+    assert keep_freed_memory() is None
+before = libc.mallinfo2()
+x = torch.ones(2**24)  # 64 MiB
+during = libc.mallinfo2()
+del x
+after = libc.mallinfo2()
+print(during.hblkhd - before.hblkhd, after.fordblks - before.fordblks)
+"""
+"""Prints, in bytes, how much a 64 MiB tensor added to the mapped chunks, and to the heap's
+free memory once freed (glibc's ``mallinfo2``, 2.33 and later)."""
+
+
+def _mapped_and_kept(allocator: str) -> tuple[int, int]:
+    out = subprocess.run([sys.executable, "-c", MALLINFO, allocator], capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    mapped, kept = out.stdout.split()
+    return int(mapped), int(kept)
+
+
+def test_the_kept_allocator_serves_a_large_tensor_from_the_heap_and_keeps_it_freed():
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "mallinfo2"):
+        pytest.skip("needs glibc 2.33 or later")
+    size = 2**26
+    mapped, kept = _mapped_and_kept("system")  # glibc maps it and unmaps it at free
+    assert mapped >= size and kept < size / 2
+    mapped, kept = _mapped_and_kept("keep")  # from the heap, and kept there (less what small
+    assert mapped < size / 2 and kept > size / 2  # allocations took from the heap's free memory)
 
 
 def test_a_capturable_optimiser_keeps_its_lr_on_the_device_and_saves_it_portably():

@@ -17,6 +17,7 @@ KEYS = {
     "shape",
     "device",
     "sites",
+    "allocator",
     "ms_per_step",
     "ms_per_step_reference",
     "ratio_pyro_to_reference",
@@ -52,6 +53,7 @@ def test_benchmark_smoke_json(tmp_path):
         assert KEYS <= set(row)
         assert (row["step"], row["compile_seconds"]) == ("eager", None)
         assert (row["shape"], row["device"], row["sites"]) == ("speech", "cpu", "markov")
+        assert row["allocator"] == "keep"  # the trainer's default
         assert row["ms_per_step"] > 0 and row["ms_per_step_reference"] > 0
         ratio = row["ms_per_step"] / row["ms_per_step_reference"]
         assert abs(row["ratio_pyro_to_reference"] - ratio) < 0.01 * ratio + 1e-3
@@ -74,11 +76,11 @@ def test_compile_step_runs_and_reports_its_keys(tmp_path):
     out = tmp_path / "compile.json"
     done = benchmark(
         "--models", "dkf", "--step", "compile", *TINY, "--rounds", "1", "--no-memory",
-        "--json", str(out),
+        "--allocator", "system", "--json", str(out),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     (row,) = json.loads(out.read_text())
-    assert KEYS <= set(row)
+    assert KEYS <= set(row) and row["allocator"] == "system"
     assert (row["model"], row["step"], row["device"]) == ("dkf", "compile", "cpu")
     assert row["compile_seconds"] > row["ms_per_step"] / 1000 > 0
     assert row["peak_mem_mb"] is None and row["peak_mem_mb_reference"] is None
@@ -198,3 +200,20 @@ def test_flop_count_of_one_lstm_layer_and_a_linear_layer_by_hand():
     x = torch.randn(B, T, D, requires_grad=True)
     assert count_flops(lambda: rnn(x)[0].sum()) == 3 * 2 * T * B * 4 * H * (D + H)
     assert count_flops(lambda: linear(x.detach()).sum()) == 2 * 2 * (T * B) * D * H
+
+
+def test_allocator_benchmark_smoke_json(tmp_path):
+    """``benchmarks/allocator.py``: both settings timed for each model, and the savings are
+    1 − keep / system of the medians it reports (rounded to 3 decimals each)."""
+    out = tmp_path / "allocator.json"
+    script = str(ROOT / "benchmarks" / "allocator.py")
+    command = [sys.executable, script, "--models", "vae", *TINY, "--rounds", "1"]
+    command += ["--json", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(out.read_text())
+    assert (row["model"], row["B"], row["T"], row["rounds"]) == ("vae", 2, 4, 1)
+    for step in ("pyro", "reference"):
+        system, keep = row[f"{step}_ms_system"], row[f"{step}_ms_keep"]
+        assert system > 0 and keep > 0
+        assert abs(row[f"{step}_saving"] - (1 - keep / system)) <= 1e-3 * (1 + keep / system)
