@@ -91,10 +91,11 @@ class Trajectory(TorchDistribution):
     """A trajectory ``z (B, T, L)`` from its step conditionals; batch ``(B,)``, event ``(T, L)``.
 
     Args:
-        step: see :data:`Step`; called for t = 0..T−1 with ``z_prev`` = z_{t−1} (z_0 = 0).
+        step: see :data:`Step`; called for t = 0..T−1 with ``z_prev`` = z_{t−1}.
         parallel: see :data:`Parallel`; must describe the same conditionals as ``step``.
         batch_size, T, L: shape of the trajectory.
         like: a tensor giving the device and dtype.
+        z_0: the initial state ``(L,)`` of every sequence (a learned one), or None for 0.
 
     The last trajectory drawn or scored is cached with its conditionals, so that an ELBO that
     scores the guide's draw under q (and its KL) computes them once. Diagonal-Gaussian steps
@@ -109,10 +110,17 @@ class Trajectory(TorchDistribution):
     """``(B, T)`` bool, False on padded steps, whose log-densities and KLs are dropped."""
 
     def __init__(
-        self, step: Step, parallel: Parallel, batch_size: int, T: int, L: int, like: torch.Tensor
+        self,
+        step: Step,
+        parallel: Parallel,
+        batch_size: int,
+        T: int,
+        L: int,
+        like: torch.Tensor,
+        z_0: torch.Tensor | None = None,
     ) -> None:
         super().__init__(torch.Size([batch_size]), torch.Size([T, L]), validate_args=False)
-        self.step, self.parallel, self._like = step, parallel, like
+        self.step, self.parallel, self._like, self.z_0 = step, parallel, like, z_0
         self._last: tuple[torch.Tensor, Distribution | None] | None = None
 
     @property
@@ -120,8 +128,9 @@ class Trajectory(TorchDistribution):
         return self.event_shape[0]
 
     def initial(self) -> torch.Tensor:
-        """z_0 = 0, ``(B, L)``."""
-        return self._like.new_zeros(self.batch_shape[0], self.event_shape[1])
+        """z_0 ``(B, L)``: 0, or the initial state given."""
+        B, L = self.batch_shape[0], self.event_shape[1]
+        return self._like.new_zeros(B, L) if self.z_0 is None else self.z_0.expand(B, L)
 
     def walk(self, choose: Callable[[Distribution], torch.Tensor]) -> torch.Tensor:
         """Walk the steps, z_t = ``choose(d_t)``; returns z (B, T, L) and caches it with its

@@ -16,6 +16,7 @@ import torch
 from pyro.poutine.util import is_validation_enabled
 from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.nn import functional as F
 
 from pyro_dvae.activations import Tanh
 
@@ -126,20 +127,36 @@ class OutputLinear(nn.Linear):
         return y.view(*h.shape[:-1], self.out_features)
 
 
-class GaussianHead(nn.Module):
-    """Affine map to the mean and log-variance of a diagonal Gaussian.
+HEAD_SCALES = ("exp", "softplus")
+"""How a :class:`GaussianHead` makes σ from its second half ``s``: ``exp`` (σ = exp(½ s), s the
+log-variance, clamped to ±:data:`LOGVAR_BOUND`; the DVAE papers') or ``softplus`` (σ = softplus(s)
++ 1e-10; Pyro's DMM)."""
 
-    One ``Linear(in_dim → 2·out_dim)``: the same parameters as the paper's two heads.
+
+class GaussianHead(nn.Module):
+    """Affine map to the mean and scale of a diagonal Gaussian.
+
+    One ``Linear(in_dim → 2·out_dim)``: the same parameters as the paper's two heads; σ from
+    the second half as ``scale`` says (:data:`HEAD_SCALES`).
     ``forward(h (..., in_dim)) -> (loc (..., out_dim), scale (..., out_dim))``.
     """
 
-    def __init__(self, in_dim: int, out_dim: int) -> None:
+    def __init__(self, in_dim: int, out_dim: int, scale: str = "exp") -> None:
         super().__init__()
+        if scale not in HEAD_SCALES:
+            raise ValueError(f"scale={scale!r}: expected one of {list(HEAD_SCALES)}")
         self.linear = OutputLinear(in_dim, 2 * out_dim)
+        self.scale = scale
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loc, logvar = self.linear(h).chunk(2, dim=-1)
-        return loc, scale_from_logvar(logvar)
+        return self.split(self.linear(h))
+
+    def split(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loc, scale)`` from the linear layer's output ``(..., 2·out_dim)``."""
+        loc, s = out.chunk(2, dim=-1)
+        if self.scale == "softplus":
+            return loc, F.softplus(s) + 1e-10
+        return loc, scale_from_logvar(s)
 
 
 def scale_from_logvar(logvar: torch.Tensor) -> torch.Tensor:
@@ -147,9 +164,11 @@ def scale_from_logvar(logvar: torch.Tensor) -> torch.Tensor:
     return torch.exp(0.5 * logvar.clamp(-LOGVAR_BOUND, LOGVAR_BOUND))
 
 
-def shift(z: torch.Tensor) -> torch.Tensor:
-    """The previous step of a sequence: ``(B, T, D) -> (B, T, D)`` holding ``z_{t−1}``, z_0 = 0."""
-    return torch.cat([torch.zeros_like(z[:, :1]), z[:, :-1]], dim=1)
+def shift(z: torch.Tensor, first: torch.Tensor | None = None) -> torch.Tensor:
+    """The previous step of a sequence: ``(B, T, D) -> (B, T, D)`` holding ``z_{t−1}``, with
+    z_0 = ``first`` ``(D,)`` (a learned initial state), or 0 where it is None."""
+    start = torch.zeros_like(z[:, :1]) if first is None else first.expand_as(z[:, :1])
+    return torch.cat([start, z[:, :-1]], dim=1)
 
 
 _LENGTHS: ContextVar[tuple[torch.Tensor, int] | None] = ContextVar("sequence_lengths", default=None)
@@ -235,13 +254,20 @@ def _last_valid(output: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return output[torch.arange(output.shape[0], device=output.device), lengths - 1]
 
 
-def run_rnn(rnn: nn.RNNBase, x: torch.Tensor, backward: bool = False) -> torch.Tensor:
-    """Run a batch-first RNN over ``x (B, T, D)`` from zero state; ``backward`` runs it on the
-    time-reversed input and re-reverses the output, so step t summarises ``x_{t:T}``.
+def run_rnn(
+    rnn: nn.RNNBase, x: torch.Tensor, backward: bool = False, h_0: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Run a batch-first RNN over ``x (B, T, D)`` from zero state, or from the hidden state
+    ``h_0 (H,)`` for every sequence (a learned initial state; an LSTM's cell state stays 0);
+    ``backward`` runs it on the time-reversed input and re-reverses the output, so step t
+    summarises ``x_{t:T}``.
 
     Under :func:`sequence_lengths`, sequence b ends at its length L_b: a backward run starts at
-    x_{L_b}, and a bidirectional one runs its backward direction over x_{L_b}, …, x_1 (each
-    sequence reversed within its length). Outputs at padded steps are unspecified (finite)."""
+    x_{L_b} (from h_0), and a bidirectional one runs its backward direction over x_{L_b}, …, x_1
+    (each sequence reversed within its length). Outputs at padded steps are unspecified
+    (finite)."""
+    if h_0 is not None and rnn.bidirectional:
+        raise ValueError("a learned initial state h_0 is for one-directional RNNs")
     lengths = _active_lengths(x)
     if backward:
         x = reverse_within(x, lengths)
@@ -249,8 +275,16 @@ def run_rnn(rnn: nn.RNNBase, x: torch.Tensor, backward: bool = False) -> torch.T
         ahead = reverse_within(_direction(rnn, reverse_within(x, lengths), 1), lengths)
         output = torch.cat([_direction(rnn, x, 0), ahead], dim=-1)
     else:  # a forward pass over valid steps never reads the padding after them
-        output = rnn(x)[0]
+        output = rnn(x, _initial_state(rnn, h_0, x.shape[0]))[0]
     return reverse_within(output, lengths) if backward else output
+
+
+def _initial_state(rnn: nn.RNNBase, h_0: torch.Tensor | None, B: int):
+    """``rnn``'s initial state with ``h_0 (H,)`` for every one of the B sequences (None: 0)."""
+    if h_0 is None:
+        return None
+    h = h_0.expand(1, B, h_0.shape[-1]).contiguous()
+    return (h, torch.zeros_like(h)) if isinstance(rnn, nn.LSTM) else h
 
 
 def final_state(rnn: nn.RNNBase, x: torch.Tensor) -> torch.Tensor:

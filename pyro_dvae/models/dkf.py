@@ -6,6 +6,9 @@ that the inference network feeds to its combiner, y_t (B, T, D) decoder output.
     p(x, z) = ∏_t p(x_t | z_t) p(z_t | z_{t−1}),            z_0 = 0
     q(z | x) = ∏_t q(z_t | z_{t−1}, g_t)
 
+``learn_initial=true`` makes the initial states parameters, as in Pyro's DMM: z_0 of the prior,
+z_0 of the guide (Pyro's z_q_0) and h_0 of the guide's RNN over x (zero at the start).
+
 The transition p(z_t | z_{t−1}) is a prior component (``prior=gated`` by default, or any
 registered :class:`~pyro_dvae.models.priors.Transition`). The inference network is swappable
 (``guide=``, any class registered with :func:`register_guide`):
@@ -44,12 +47,12 @@ from pyro_dvae.models.base import LatentDecoderDVAE
 from pyro_dvae.models.priors import build_transition
 from pyro_dvae.nn import (
     ACTIVATIONS,
+    HEAD_SCALES,
     MLP,
     GaussianHead,
     OutputLinear,
     recurrent,
     run_rnn,
-    scale_from_logvar,
     shift,
 )
 from pyro_dvae.registry import Registry
@@ -59,8 +62,8 @@ GUIDES: Registry[Callable[..., nn.Module]] = Registry(
 )
 """Guide name → inference-network class. Each is built with the model's inference sizes
 (``x_dim, z_dim, dense_x_gx, dim_rnn_gx, dense_ztm1_g, dense_g_z, activation, rnn, iaf_flows,
-iaf_hidden``; a guide ignores those it has no use for) and maps ``x (B, T, D)`` to a
-:class:`~pyro_dvae.distributions.Trajectory` over z (B, T, L)."""
+iaf_hidden, learn_initial, guide_scale``; a guide ignores those it has no use for) and maps
+``x (B, T, D)`` to a :class:`~pyro_dvae.distributions.Trajectory` over z (B, T, L)."""
 
 
 def register_guide(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -83,6 +86,9 @@ class DKFInference(nn.Module):
 
     ``forward(x (B, T, D)) -> Trajectory`` over z (B, T, L): drawn with :meth:`sampler`, scored
     with :meth:`combine`. A subclass changes the step's distribution in :meth:`conditional`.
+    ``guide_scale``: how the combiner's head makes σ (``pyro_dvae.nn.HEAD_SCALES``: ``exp`` of
+    half a log-variance, or ``softplus`` as Pyro's DMM). ``learn_initial``: z_0 (``z_q_0``) and
+    the RNN's h_0 (``h_0``) are parameters; not with the bidirectional RNN of ST-LR.
     """
 
     def __init__(
@@ -96,6 +102,8 @@ class DKFInference(nn.Module):
         bidirectional: bool,
         activation: str = "tanh",
         rnn: str = "lstm",
+        learn_initial: bool = False,
+        guide_scale: str = "exp",
         **_,
     ) -> None:
         super().__init__()
@@ -105,14 +113,22 @@ class DKFInference(nn.Module):
         self.rnn_gx = recurrent(rnn, self.mlp_x_gx.out_dim, dim_rnn_gx, bidirectional)
         self.mlp_ztm1_g = MLP(z_dim, [*dense_ztm1_g, dim_rnn_gx], activation)
         self.mlp_g_z = MLP(dim_rnn_gx, dense_g_z, activation)
-        self.head = GaussianHead(self.mlp_g_z.out_dim, z_dim)
+        self.head = GaussianHead(self.mlp_g_z.out_dim, z_dim, guide_scale)
+        if learn_initial and bidirectional:
+            raise ValueError(
+                "model.<modality>.learn_initial=true: not with a bidirectional guide RNN (st_lr)"
+            )
+        for name, size in (("z_q_0", z_dim), ("h_0", dim_rnn_gx)):
+            self.register_parameter(
+                name, nn.Parameter(torch.zeros(size)) if learn_initial else None
+            )
 
     def summary(self, x: torch.Tensor) -> torch.Tensor:
         """Σ of the RNN outputs g^x (B, T, H): backward (DKS), or forward + backward (ST-LR)."""
         h = self.mlp_x_gx(x)
         if self.bidirectional:
             return run_rnn(self.rnn_gx, h).unflatten(-1, (2, -1)).sum(-2)
-        return run_rnn(self.rnn_gx, h, backward=True)
+        return run_rnn(self.rnn_gx, h, backward=True, h_0=self.h_0)
 
     def combine(self, z_prev: torch.Tensor, gx: torch.Tensor) -> Distribution:
         """q(z_t | z_{t−1}, g^x_t) from z_{t−1} and g^x_t; any leading dims."""
@@ -136,8 +152,7 @@ class DKFInference(nn.Module):
         def step(t: int, z_prev: torch.Tensor, state: None):
             pre = torch.addmm(gx_part[t], self.mlp_ztm1_g(z_prev), w_t)
             if len(self.mlp_g_z) == 0:  # the layer is the head's
-                loc, logvar = pre.chunk(2, dim=-1)
-                return self.conditional(loc, scale_from_logvar(logvar)), None
+                return self.conditional(*self.head.split(pre)), None
             for layer in rest:
                 pre = layer(pre)
             return self.conditional(*self.head(pre)), None
@@ -149,11 +164,12 @@ class DKFInference(nn.Module):
         B, T, _ = x.shape
         return Trajectory(
             step=self.sampler(gx),
-            parallel=lambda z: self.combine(shift(z), gx),
+            parallel=lambda z: self.combine(shift(z, self.z_q_0), gx),
             batch_size=B,
             T=T,
             L=self.z_dim,
             like=x,
+            z_0=self.z_q_0,
         )
 
 
@@ -223,6 +239,10 @@ class DKF(LatentDecoderDVAE):
         decoder_activation: of the decoder MLP (None: ``activation``). Pyro's DMM: ``relu``
             decoder, ``tanh`` combiner.
         iaf_flows, iaf_hidden: flows and MADE width of ``guide=iaf``.
+        learn_initial: the prior's z_0, the guide's z_0 and its RNN's h_0 are parameters
+            (Pyro's DMM), not 0.
+        guide_scale: σ of the guide's combiner, ``exp`` (of half a log-variance) or
+            ``softplus`` (Pyro's DMM).
         prior_options: options of the transition (``prior.options``, e.g. ``hidden``).
     """
 
@@ -243,11 +263,21 @@ class DKF(LatentDecoderDVAE):
         decoder_activation: str | None = None,
         iaf_flows: int = 2,
         iaf_hidden: int = 100,
+        learn_initial: bool = False,
+        guide_scale: str = "exp",
         prior_options: dict | None = None,
     ) -> None:
         super().__init__(x_dim, z_dim, likelihood)
         inference = self.choose_guide(guide, GUIDES, default="dks")
         self.prior = build_transition(prior or "gated", z_dim, **(prior_options or {}))
+        if not isinstance(learn_initial, bool):
+            raise ValueError(f"model.<modality>.learn_initial={learn_initial!r}: expected a bool")
+        if guide_scale not in HEAD_SCALES:
+            raise ValueError(
+                f"model.<modality>.guide_scale={guide_scale!r}: expected one of {list(HEAD_SCALES)}"
+            )
+        if learn_initial:
+            self.prior.learn_initial_state(z_dim)
         decoder_activation = decoder_activation or activation
         if decoder_activation not in ACTIVATIONS:
             raise ValueError(
@@ -267,5 +297,7 @@ class DKF(LatentDecoderDVAE):
             rnn=rnn,
             iaf_flows=iaf_flows,
             iaf_hidden=iaf_hidden,
+            learn_initial=learn_initial,
+            guide_scale=guide_scale,
         )
         check_guide_steps(self.inference, x_dim, self.guide_name)

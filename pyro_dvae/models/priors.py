@@ -78,17 +78,27 @@ class StandardNormal(nn.Module):
 
 class Transition(nn.Module):
     """``forward(z_prev (..., L)) -> p(z_t | z_{t−1})``, a distribution with event (L,) and the
-    leading dims of z_prev."""
+    leading dims of z_prev. The chain starts from z_0 = 0, or from a learned z_0 (L,) after
+    :meth:`learn_initial_state`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_parameter("z_0", None)
+
+    def learn_initial_state(self, z_dim: int) -> None:
+        """Make z_0 a parameter (L,), zero at the start, as Pyro's DMM does."""
+        self.z_0 = nn.Parameter(torch.zeros(z_dim))
 
     def trajectory(self, B: int, T: int, L: int, like: torch.Tensor) -> Trajectory:
-        """The Markov chain over T steps from z_0 = 0: sampled step by step, scored in parallel."""
+        """The Markov chain over T steps from z_0: sampled step by step, scored in parallel."""
         return Trajectory(
             step=lambda t, z_prev, state: (self(z_prev), None),
-            parallel=lambda z: self(shift(z)),
+            parallel=lambda z: self(shift(z, self.z_0)),
             batch_size=B,
             T=T,
             L=L,
             like=like,
+            z_0=self.z_0,
         )
 
 

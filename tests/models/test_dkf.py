@@ -53,8 +53,17 @@ def _transition_by_hand(tr, z_prev):
     return loc, torch.nn.functional.softplus(tr.var_linear(torch.relu(prop))).sqrt()
 
 
+def _initial_state(rnn, h_0, B):
+    """The guide RNN's initial state: 0, or h_0 (H,) for every sequence (an LSTM's c_0 = 0)."""
+    if h_0 is None:
+        return None
+    h = h_0.expand(1, B, -1).contiguous()
+    return (h, torch.zeros_like(h)) if isinstance(rnn, torch.nn.LSTM) else h
+
+
 def _by_hand(model, x, z):
-    """Networks' outputs along the sampled trajectory, step by step as on paper."""
+    """Networks' outputs along the sampled trajectory, step by step as on paper, from the
+    initial states z_0 (prior), z_q_0 and h_0 (guide): 0, or the learned ones."""
     inf = model.inference
     h = inf.mlp_x_gx(x)
     if inf.bidirectional:
@@ -62,25 +71,34 @@ def _by_hand(model, x, z):
         H = out.shape[-1] // 2
         gx, n_terms = out[..., :H] + out[..., H:], 3
     else:
-        gx, n_terms = inf.rnn_gx(h.flip(1))[0].flip(1), 2
+        state = _initial_state(inf.rnn_gx, inf.h_0, x.shape[0])
+        gx, n_terms = inf.rnn_gx(h.flip(1), state)[0].flip(1), 2
     mq, sq, mp, sp = [], [], [], []
-    z_prev = torch.zeros_like(z[:, 0])
+    zero = torch.zeros_like(z[:, 0])
+    q_prev = zero if inf.z_q_0 is None else inf.z_q_0.expand_as(zero)
+    p_prev = zero if model.prior.z_0 is None else model.prior.z_0.expand_as(zero)
     for t in range(x.shape[1]):
-        g = (inf.mlp_ztm1_g(z_prev) + gx[:, t]) / n_terms
-        loc, logvar = inf.head.linear(inf.mlp_g_z(g)).chunk(2, -1)
+        g = (inf.mlp_ztm1_g(q_prev) + gx[:, t]) / n_terms
+        loc, s = inf.head.linear(inf.mlp_g_z(g)).chunk(2, -1)
         mq.append(loc)
-        sq.append(torch.exp(0.5 * logvar))
-        ploc, pscale = _transition_by_hand(model.prior, z_prev)
+        softplus = inf.head.scale == "softplus"
+        sq.append(torch.nn.functional.softplus(s) if softplus else torch.exp(0.5 * s))
+        ploc, pscale = _transition_by_hand(model.prior, p_prev)
         mp.append(ploc)
         sp.append(pscale)
-        z_prev = z[:, t]
+        q_prev = p_prev = z[:, t]
     return [torch.stack(v, 1) for v in (mq, sq, mp, sp)], model.decoder(z)
 
 
 def _mean_field_loss_by_hand(**choices):
     """TraceMeanField_ELBO loss (KL weight 0.6) of a tiny DKF on x (4, 6, 10), with the guide's
-    draw z and the hand-written step outputs along it."""
+    draw z and the hand-written step outputs along it. Learned initial states are drawn at
+    random (they start at 0, where a missing one would go unnoticed)."""
     model = build_model("dkf", 10, ExponentialPower(), **choices, **TINY)
+    with torch.no_grad():
+        for initial in (model.prior.z_0, model.inference.z_q_0, model.inference.h_0):
+            if initial is not None:
+                initial.normal_()
     x = torch.rand(4, 6, 10)
     torch.manual_seed(3)
     loss = TraceMeanField_ELBO().differentiable_loss(model.model, model.guide, x, 0.6)
@@ -98,6 +116,23 @@ def test_mean_field_loss_is_recon_plus_stepwise_kl(guide, prior):
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("rnn", ["lstm", "relu"])
+@pytest.mark.parametrize("prior", ["gated", "linear"])
+def test_pyros_learned_initial_states_and_softplus_scale(rnn, prior):
+    """learn_initial=true, guide_scale=softplus (Pyro's DMM): the loss is the hand-written one
+    with p(z_1 | z_0), q(z_1 | z_q_0, g^x_1), the backward RNN started from h_0 (each drawn at
+    random) and σ_q = softplus; the gradient reaches all three initial states."""
+    B, T = 4, 6
+    options = dict(rnn=rnn, prior=prior, learn_initial=True, guide_scale="softplus")
+    loss, x, z, (mq, sq, mp, sp), y = _mean_field_loss_by_hand(**options)
+    expected = (exponential_nll(x, y) + 0.6 * gaussian_kl(mq, sq, mp, sp)) / (B * T)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    model = build_model("dkf", 10, ExponentialPower(), **options, **TINY)
+    TraceMeanField_ELBO().differentiable_loss(model.model, model.guide, x).backward()
+    for initial in (model.prior.z_0, model.inference.z_q_0, model.inference.h_0):
+        assert initial.grad is not None and initial.grad.abs().sum() > 0
+
+
 def test_trace_elbo_is_log_ratio_of_the_sampled_trajectory():
     x_dim, B, T = 10, 4, 6
     model = build_model("dkf", x_dim, ExponentialPower(), **TINY)
@@ -113,20 +148,29 @@ def test_trace_elbo_is_log_ratio_of_the_sampled_trajectory():
 
 
 @pytest.mark.parametrize(
-    "guide,dense_g_z", [("dks", [5]), ("st_lr", [5]), ("dks", []), ("iaf", [5])]
+    "guide,dense_g_z,options",
+    [
+        ("dks", [5], {}),
+        ("st_lr", [5], {}),
+        ("dks", [], {}),
+        ("iaf", [5], {}),
+        ("dks", [], {"guide_scale": "softplus", "learn_initial": True}),
+    ],
 )
-def test_split_combiner_step_equals_the_averaged_summary(guide, dense_g_z):
+def test_split_combiner_step_equals_the_averaged_summary(guide, dense_g_z, options):
     """The guide's step with the layer after the average split, (W/n) MLP(z_{t−1}) + ((W/n) g^x_t
     + b) with the g^x share computed for all t (DKFInference.sampler), gives the loss and every
     parameter's gradient of the step on the average (MLP(z_{t−1}) + g^x_t) / n, in float64: the
     same products and sums in another order differ by rounding, ~1e-16 relative per operation
     over a few hundred operations; 1e-10 leaves ample room, while a wrong n or a lost bias moves
-    them by ~1e-2. ``dense_g_z=[]``: the split layer is the Gaussian head's; ``iaf``: the step's
-    Gaussian goes through the flows."""
+    them by ~1e-2. ``dense_g_z=[]``: the split layer is the Gaussian head's (its σ exp or
+    softplus); ``iaf``: the step's Gaussian goes through the flows."""
     model = build_model(
-        "dkf", 10, ExponentialPower(), guide=guide, **{**TINY, "dense_g_z": dense_g_z}
+        "dkf", 10, ExponentialPower(), guide=guide, **{**TINY, "dense_g_z": dense_g_z, **options}
     )
     model = model.double()
+    if model.inference.z_q_0 is not None:
+        torch.nn.init.normal_(model.inference.z_q_0)
     inf = model.inference
     x = torch.rand(4, 6, 10, dtype=torch.float64)
     got = elbo_and_gradients(model, x, seed=9)
@@ -159,13 +203,16 @@ def test_posterior_mean_path(guide):
     torch.testing.assert_close(model.reconstruct(x), _by_hand(model, x, z)[1])
 
 
-def test_generation_is_ancestral_sampling_by_hand():
-    """z_t = μ(z_{t−1}) + σ(z_{t−1}) ε_t with ε_t drawn one step at a time; x̂ = exp(decoder(z))."""
-    model = build_model("dkf", 10, ExponentialPower(), **TINY)
+@pytest.mark.parametrize("learn_initial", [False, True])
+def test_generation_is_ancestral_sampling_by_hand(learn_initial):
+    """z_t = μ(z_{t−1}) + σ(z_{t−1}) ε_t with ε_t drawn one step at a time, from z_0 = 0 or the
+    learned z_0 (drawn at random); x̂ = exp(decoder(z))."""
+    model = build_model("dkf", 10, ExponentialPower(), learn_initial=learn_initial, **TINY)
+    z_0 = torch.zeros(3) if not learn_initial else torch.nn.init.normal_(model.prior.z_0)
     torch.manual_seed(11)
     generated = model.generate(3, 8)
     torch.manual_seed(11)
-    z_prev, zs = torch.zeros(3, 3), []
+    z_prev, zs = z_0.expand(3, 3), []
     for _ in range(8):
         loc, scale = _transition_by_hand(model.prior, z_prev)
         z_prev = loc + scale * torch.randn(3, 3)
@@ -211,11 +258,18 @@ def float64():
     torch.set_default_dtype(previous)
 
 
-def test_relu_rnn_guide_runs_the_elman_recursion_backward_within_each_sequence(float64):
-    """rnn=relu: g^x_t = relu(W_ih u_t + b_ih + W_hh g^x_{t+1} + b_hh), g^x_{L_b+1} = 0, with
-    u = MLP(x), from each sequence's own last step in a padded batch (padding set to 50)."""
-    model = build_model("dkf", 10, ExponentialPower(), rnn="relu", **TINY)
+@pytest.mark.parametrize("learn_initial", [False, True])
+def test_relu_rnn_guide_runs_the_elman_recursion_backward_within_each_sequence(
+    float64, learn_initial
+):
+    """rnn=relu: g^x_t = relu(W_ih u_t + b_ih + W_hh g^x_{t+1} + b_hh), g^x_{L_b+1} = 0 (or the
+    learned h_0, drawn at random), with u = MLP(x), from each sequence's own last step in a
+    padded batch (padding set to 50)."""
+    model = build_model(
+        "dkf", 10, ExponentialPower(), rnn="relu", learn_initial=learn_initial, **TINY
+    )
     inference, lengths = model.inference, [5, 2, 4]
+    h_0 = torch.zeros(6) if inference.h_0 is None else torch.nn.init.normal_(inference.h_0)
     rnn = inference.rnn_gx
     x = torch.rand(3, 5, 10)
     mask = torch.arange(5) < torch.tensor(lengths)[:, None]
@@ -223,7 +277,7 @@ def test_relu_rnn_guide_runs_the_elman_recursion_backward_within_each_sequence(f
     with model.step_mask(mask):
         gx = inference.summary(x)
     for b, length in enumerate(lengths):
-        u, h = inference.mlp_x_gx(x[b, :length]), torch.zeros(6)
+        u, h = inference.mlp_x_gx(x[b, :length]), h_0
         for t in reversed(range(length)):
             h = torch.relu(
                 rnn.weight_ih_l0 @ u[t] + rnn.bias_ih_l0 + rnn.weight_hh_l0 @ h + rnn.bias_hh_l0
@@ -272,6 +326,9 @@ def test_gated_transition_with_pyros_dmm_options(float64):
         (dict(rnn="gru"), r"model.<modality>.rnn='gru': expected one of \['lstm', 'relu'"),
         (dict(decoder_activation="elu"), "model.<modality>.decoder_activation='elu'"),
         (dict(guide="iaf", iaf_flows=0), "model.<modality>.iaf_flows=0: expected an integer"),
+        (dict(learn_initial="yes"), "model.<modality>.learn_initial='yes': expected a bool"),
+        (dict(guide_scale="abs"), r"model.<modality>.guide_scale='abs': expected one of \['exp'"),
+        (dict(guide="st_lr", learn_initial=True), "learn_initial=true: not with a bidirectional"),
     ],
 )
 def test_bad_dmm_options_name_their_key(options, message):
