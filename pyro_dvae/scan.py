@@ -90,6 +90,10 @@ class LSTMScan(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, d_hs: torch.Tensor):
+        """Through time with dh_t = ∂/∂h_t + W_hhᵀ d_a_{t+1} and dc_t = dc_{t+1}·f_{t+1} +
+        dh_t·o_t·(1 − tanh²c_t); the gates' pre-activation derivatives are dh_t or dc_t times
+        a factor that does not depend on the recursion, computed for all steps at once
+        (σ' = σ(1 − σ); the doubled g's: (1 − g²)/2), so a step is five operations."""
         w_hh, acts, c_buffer, tcs, h_buffer = ctx.saved_tensors
         T, B, G = acts.shape
         H = G // 4
@@ -97,23 +101,29 @@ class LSTMScan(torch.autograd.Function):
         c_prev = c_buffer[1:] if reverse else c_buffer[:T]
         h_prev = h_buffer[1:] if reverse else h_buffer[:T]
         i, f, g, o = acts.unflatten(-1, (4, H)).unbind(-2)
+        to_c = o * (1 - tcs * tcs)  # dc_t += dh_t · to_c_t
+        to_o = tcs * o * (1 - o)  # d_o = dh · to_o
+        to_ifg = torch.stack(  # (d_i, d_f, d_g) = dc · to_ifg
+            [
+                g * i * (1 - i),
+                c_prev * f * (1 - f),
+                i * (1 - g * g) / 2,
+            ],
+            dim=-2,
+        )
         d_a = acts.new_empty(T, B, G)
+        d_ifg = d_a[..., : 3 * H].unflatten(-1, (3, H))
+        d_o = d_a[..., 3 * H :]
         t_next = None
-        for t in _order(T, not reverse):  # pre-activation derivatives, σ' = σ(1 − σ)
+        for t in _order(T, not reverse):
             if t_next is None:
-                dh, dc = d_hs[t], torch.zeros_like(d_hs[t])
+                dh = d_hs[t]
+                dc = dh * to_c[t]
             else:
                 dh = torch.addmm(d_hs[t], d_a[t_next], w_hh)
-                dc = dc * f[t_next]
-            ds = acts[t] * (1 - acts[t])
-            tc, d_i, d_f, d_g, d_o = tcs[t], *d_a[t].unflatten(-1, (4, H)).unbind(-2)
-            dc = dc.addcmul_(dh * o[t], 1 - tc * tc)
-            torch.mul(dh * tc, ds[:, 3 * H :], out=d_o)
-            torch.mul(dc * g[t], ds[:, :H], out=d_i)
-            torch.mul(dc * c_prev[t], ds[:, H : 2 * H], out=d_f)
-            torch.mul(
-                dc * i[t], torch.addcmul(torch.full_like(tc, 0.5), g[t], g[t], value=-0.5), out=d_g
-            )
+                dc = (dc * f[t_next]).addcmul_(dh, to_c[t])
+            torch.mul(dh, to_o[t], out=d_o[t])
+            torch.mul(dc.unsqueeze(-2), to_ifg[t], out=d_ifg[t])
             t_next = t
         d_w = d_a.view(-1, G).t() @ h_prev.reshape(-1, H)
         return d_a, d_w, None
@@ -143,11 +153,11 @@ class TanhScan(torch.autograd.Function):
         reverse = ctx.reverse
         hs, h_prev = (h_buffer[:T], h_buffer[1:]) if reverse else (h_buffer[1:], h_buffer[:T])
         d_a = hs.new_empty(T, B, H)
-        half = hs.new_full((B, H), 0.5)
+        slope = (1 - hs * hs) / 2  # d_a_t = dh_t · (1 − h_t²)/2: h = 2σ(·) − 1
         t_next = None
-        for t in _order(T, not reverse):  # dh_t · (1 − h_t²)/2: h = 2σ(·) − 1
+        for t in _order(T, not reverse):
             dh = d_hs[t] if t_next is None else torch.addmm(d_hs[t], d_a[t_next], w_hh)
-            torch.mul(dh, torch.addcmul(half, hs[t], hs[t], value=-0.5), out=d_a[t])
+            torch.mul(dh, slope[t], out=d_a[t])
             t_next = t
         d_w = d_a.view(-1, H).t() @ h_prev.reshape(-1, H)
         return d_a, d_w, None
