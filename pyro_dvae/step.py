@@ -212,7 +212,7 @@ def keep_freed_memory() -> str | None:
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # no mallopt (macOS); no CDLL(None) (Windows)
         return "the C library has no mallopt"
     if not (mallopt(M_MMAP_THRESHOLD, KEEP_BYTES) and mallopt(M_TRIM_THRESHOLD, KEEP_BYTES)):
         return "the C library's mallopt refused the thresholds"
