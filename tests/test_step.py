@@ -7,6 +7,7 @@ import csv
 import ctypes
 import logging
 import math
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -280,8 +281,9 @@ free memory once freed (glibc's ``mallinfo2``, 2.33 and later)."""
 
 
 def _mapped_and_kept(allocator: str) -> tuple[int, int]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # glibc's own
     out = subprocess.run([sys.executable, "-c", MALLINFO, allocator], capture_output=True,
-                         text=True, check=True)  # fmt: skip
+                         text=True, check=True, env=env)  # fmt: skip
     mapped, kept = out.stdout.split()
     return int(mapped), int(kept)
 
