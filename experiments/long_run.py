@@ -6,13 +6,15 @@ Starts ``experiments/run.py`` with the overrides after ``--`` and ``hydra.run.di
 (``resume=true`` when ``RUN_DIR/last.pt`` exists), and stops it with SIGTERM after ``--minutes``
 (the trainer stops between two epochs' writes, so ``last.pt`` holds the last completed epoch).
 The wall time of every session is added to ``RUN_DIR/wall.json`` (seconds, sessions), so a
-table can report the total time a result took.
+table can report the total time a result took; also when this process is itself stopped (SIGTERM,
+as at the end of a working session, or Ctrl-C): it stops the trainer first, then records.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -23,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def train(run_dir: Path, minutes: float, overrides: list[str]) -> bool:
     """Train (or resume) in ``run_dir`` for at most ``minutes``; adds the session's wall time
-    to ``wall.json``. Returns whether an epoch was added."""
+    to ``wall.json``, also when a SIGTERM or Ctrl-C stops this process (which then exits after
+    the trainer has stopped). Returns whether an epoch was added."""
     wall_file = run_dir / "wall.json"
     wall = json.loads(wall_file.read_text()) if wall_file.is_file() else {"seconds": 0.0}
     before = epochs_done(run_dir)
@@ -34,16 +37,25 @@ def train(run_dir: Path, minutes: float, overrides: list[str]) -> bool:
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "experiments" / "run.py"), *args], cwd=ROOT
     )
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         process.wait(timeout=minutes * 60)
-    except subprocess.TimeoutExpired:  # the trainer stops between two epochs' writes
-        process.terminate()
-        process.wait()
-    wall["seconds"] += time.monotonic() - start
-    wall["sessions"] = wall.get("sessions", 0) + 1
-    run_dir.mkdir(parents=True, exist_ok=True)
-    wall_file.write_text(json.dumps(wall))
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        if process.poll() is None:  # the trainer stops between two epochs' writes
+            process.terminate()
+            process.wait()
+        signal.signal(signal.SIGTERM, previous)
+        wall["seconds"] += time.monotonic() - start
+        wall["sessions"] = wall.get("sessions", 0) + 1
+        run_dir.mkdir(parents=True, exist_ok=True)
+        wall_file.write_text(json.dumps(wall))
     return epochs_done(run_dir) > before
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def epochs_done(run_dir: Path) -> int:
