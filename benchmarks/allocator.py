@@ -16,17 +16,18 @@ setting; the original code runs under ``system``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.train_step import (  # noqa: E402
+    alternated_ms,
     in_child,
+    model_names,
     pyro_step,
     reference_steps,
-    references,
+    report,
     setup,
     timed,
 )
@@ -39,13 +40,7 @@ def times(args: dict) -> dict[str, float]:
         "pyro": timed(pyro_step(model, x, "eager")[0], x.device),
         "reference": reference_steps(model, x, args["model"])["reference"],
     }
-    elapsed: dict[str, list[float]] = {key: [] for key in steps}
-    for i in range(args["warmup"] + args["steps"]):
-        for key, step in steps.items():
-            seconds = step()
-            if i >= args["warmup"]:
-                elapsed[key].append(seconds)
-    return {key: 1000 * statistics.median(v) for key, v in elapsed.items()}
+    return alternated_ms(steps, args["warmup"], args["steps"])
 
 
 def measure(name: str, opts: argparse.Namespace) -> dict:
@@ -79,20 +74,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
     opts = parser.parse_args(argv)
-    names = sorted(references()) if opts.models == "all" else opts.models.split(",")
-    rows = []
-    for name in names:
-        rows.append(measure(name, opts))
-        r = rows[-1]
-        print(
-            f"{name:15s} pyro {r['pyro_ms_system']:6.1f} -> {r['pyro_ms_keep']:6.1f} ms "
+
+    def line(r: dict) -> str:
+        return (
+            f"pyro {r['pyro_ms_system']:6.1f} -> {r['pyro_ms_keep']:6.1f} ms "
             f"({r['pyro_saving']:+.1%})  reference {r['reference_ms_system']:6.1f} -> "
-            f"{r['reference_ms_keep']:6.1f} ms ({r['reference_saving']:+.1%})",
-            flush=True,
+            f"{r['reference_ms_keep']:6.1f} ms ({r['reference_saving']:+.1%})"
         )
-    if opts.json:
-        opts.json.write_text(json.dumps(rows, indent=2))
-    return rows
+
+    return report(model_names(opts.models), lambda name: measure(name, opts), line, opts.json)
 
 
 if __name__ == "__main__":

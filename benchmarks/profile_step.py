@@ -21,15 +21,21 @@ per-operation overhead. Printed and saved per model:
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
 from pathlib import Path
 
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.train_step import pyro_step, reference_steps, references, setup, timed  # noqa: E402
+from benchmarks.train_step import (  # noqa: E402
+    alternated_ms,
+    model_names,
+    pyro_step,
+    reference_steps,
+    report,
+    setup,
+    timed,
+)
 
 PRODUCTS = {
     "aten::mm",
@@ -58,14 +64,8 @@ def measure(name: str, threads: int, steps: int, warmup: int) -> dict:
     ours = pyro_step(model, x, "eager")[0]
     reference = reference_steps(model, x, name)["reference"]  # returns its seconds
     timed_steps = {"pyro": timed(ours, x.device), "reference": reference}
-    times: dict[str, list[float]] = {key: [] for key in timed_steps}
-    for i in range(warmup + steps):
-        for key, step in timed_steps.items():
-            elapsed = step()
-            if i >= warmup:
-                times[key].append(elapsed)
     row = {"model": name, "threads": threads}
-    row |= {f"{k}_ms": 1000 * statistics.median(v) for k, v in times.items()}
+    row |= {f"{k}_ms": ms for k, ms in alternated_ms(timed_steps, warmup, steps).items()}
     row["ratio"] = row["pyro_ms"] / row["reference_ms"]
     row["pyro_products_ms"] = products_ms(ours, 3)
     row["reference_products_ms"] = products_ms(reference, 3)
@@ -81,20 +81,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
     opts = parser.parse_args(argv)
-    names = sorted(references()) if opts.models == "all" else opts.models.split(",")
-    rows = []
-    for name in names:
-        rows.append(measure(name, opts.threads, opts.steps, opts.warmup))
-        r = rows[-1]
-        print(
-            f"{name:15s} pyro {r['pyro_ms']:6.1f} ms  reference {r['reference_ms']:6.1f} ms  "
+
+    def line(r: dict) -> str:
+        return (
+            f"pyro {r['pyro_ms']:6.1f} ms  reference {r['reference_ms']:6.1f} ms  "
             f"ratio {r['ratio']:.3f}  products {r['pyro_products_ms']:6.1f} / "
-            f"{r['reference_products_ms']:6.1f} ms  bound {r['ratio_bound']:.3f}",
-            flush=True,
+            f"{r['reference_products_ms']:6.1f} ms  bound {r['ratio_bound']:.3f}"
         )
-    if opts.json:
-        opts.json.write_text(json.dumps(rows, indent=2))
-    return rows
+
+    def row(name: str) -> dict:
+        return measure(name, opts.threads, opts.steps, opts.warmup)
+
+    return report(model_names(opts.models), row, line, opts.json)
 
 
 if __name__ == "__main__":

@@ -240,6 +240,18 @@ def setup(args: dict) -> tuple[torch.nn.Module, torch.Tensor]:
     return model, data(args["shape"], args["B"], args["T"], x_dim, device)
 
 
+def alternated_ms(steps: dict[str, Callable[[], float]], warmup: int, n: int) -> dict[str, float]:
+    """``{name: median ms}`` of steps that each return their seconds, called in turn, one of
+    each per round (so load changes hit them alike), over ``n`` rounds after ``warmup``."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for i in range(warmup + n):
+        for name, step in steps.items():
+            elapsed = step()
+            if i >= warmup:
+                times[name].append(elapsed)
+    return {name: 1000 * statistics.median(v) for name, v in times.items()}
+
+
 def time_all(args: dict) -> dict:
     """Child process: every Pyro step of ``args["kinds"]`` (``"pyro:<kind>"``, each on its own
     copy of the initial model), the reference and original-style steps and the GEMM alternate
@@ -256,13 +268,7 @@ def time_all(args: dict) -> dict:
         steps[f"pyro:{kind}"] = timed(step, x.device)
     steps.update(reference_steps(model, x, args["model"]))
     steps["gemm"], gemm_flops = gemm_step(args["B"] * args["T"], args["x_dim"] or 513, x.device)
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for i in range(args["warmup"] + args["steps"]):
-        for variant, step in steps.items():
-            elapsed = step()
-            if i >= args["warmup"]:
-                times[variant].append(elapsed)
-    result.update({k: 1000 * statistics.median(v) for k, v in times.items()})
+    result.update(alternated_ms(steps, args["warmup"], args["steps"]))
     result["gemm_gflop_per_s"] = gemm_flops / 1e9 / (result["gemm"] / 1000)
     return result
 
@@ -378,14 +384,35 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def checked(opts: argparse.Namespace) -> tuple[list[str], list[str]]:
-    """The models and step kinds that ``opts`` asks for; a one-line error for any it cannot
-    run."""
+def model_names(models: str) -> list[str]:
+    """The models of ``--models`` (a comma list, or ``all``); a one-line error for any without
+    a reference step."""
     available = references()
-    names = sorted(available) if opts.models == "all" else opts.models.split(",")
+    names = sorted(available) if models == "all" else models.split(",")
     unknown = [n for n in names if n not in available]
     if unknown:
         fail(f"--models: no reference step for {unknown}; known: {sorted(available)}")
+    return names
+
+
+def report(
+    names: list[str], measure: Callable[[str], dict], line: Callable[[dict], str], out: Path | None
+) -> list[dict]:
+    """``measure`` each model in turn, print ``line`` of its row as it comes, and write the rows
+    as a JSON list to ``out`` (None: not written); returns the rows."""
+    rows = []
+    for name in names:
+        rows.append(measure(name))
+        print(f"{name:15s} {line(rows[-1])}", flush=True)
+    if out:
+        out.write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+def checked(opts: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The models and step kinds that ``opts`` asks for; a one-line error for any it cannot
+    run."""
+    names = model_names(opts.models)
     kinds = opts.step.split(",")
     if any(kind not in STEPS for kind in kinds) or len(set(kinds)) < len(kinds):
         fail(f"--step {opts.step}: expected a comma list of distinct {'|'.join(STEPS)}")
