@@ -19,6 +19,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from torch.nn import functional as F
 
 from pyro_dvae.activations import Tanh
+from pyro_dvae.scan import direction_weights, input_gates, is_scannable, scan, scan_directions
 
 ACTIVATIONS = {"tanh": Tanh, "relu": nn.ReLU}
 """The hidden layers' nonlinearities; tanh is :class:`~pyro_dvae.activations.Tanh` (``nn.Tanh``,
@@ -275,8 +276,33 @@ def run_rnn(
         ahead = reverse_within(_direction(rnn, reverse_within(x, lengths), 1), lengths)
         output = torch.cat([_direction(rnn, x, 0), ahead], dim=-1)
     else:  # a forward pass over valid steps never reads the padding after them
-        output = rnn(x, _initial_state(rnn, h_0, x.shape[0]))[0]
+        output = _forward(rnn, x, h_0)
     return reverse_within(output, lengths) if backward else output
+
+
+def _forward(rnn: nn.RNNBase, x: torch.Tensor, h_0: torch.Tensor | None) -> torch.Tensor:
+    """Outputs ``(B, T, H or 2H)`` of ``rnn`` run over ``x (B, T, D)`` from ``h_0 (H,)`` (None:
+    0). A one-directional Elman RNN on the CPU runs as one scan (:mod:`pyro_dvae.scan`: W_hh's
+    gradient is one product, not one per step); an LSTM, or any RNN elsewhere, through torch's
+    own kernel (oneDNN's LSTM is as fast as the scan when x needs its gradient)."""
+    fused = isinstance(rnn, nn.LSTM) or rnn.bidirectional or x.device.type != "cpu"
+    if fused or not is_scannable(rnn):
+        return rnn(x, _initial_state(rnn, h_0, x.shape[0]))[0]
+    w_ih, _, bias = direction_weights(rnn, 0)
+    h = None if h_0 is None else h_0.expand(x.shape[0], -1)
+    return scan(rnn, input_gates(x, [w_ih], [bias])[0], 0, False, h).transpose(0, 1)
+
+
+def run_rnn_fast(rnn: nn.RNNBase, x: torch.Tensor, backward: bool = False) -> torch.Tensor:
+    """:func:`run_rnn` with the scans of :mod:`pyro_dvae.scan` for LSTMs too, and for
+    bidirectional RNNs: same outputs ``(B, T, ·)`` from ``x (B, T, D)``, faster where nothing
+    upstream needs x's gradient. Padded batches and other RNN kinds go to ``run_rnn``."""
+    if not is_scannable(rnn) or _active_lengths(x) is not None:
+        return run_rnn(rnn, x, backward)
+    directions = range(2 if rnn.bidirectional else 1)
+    weights = [direction_weights(rnn, k) for k in directions]
+    a = input_gates(x, [w[0] for w in weights], [w[2] for w in weights])
+    return scan_directions(rnn, a, backward)
 
 
 def _initial_state(rnn: nn.RNNBase, h_0: torch.Tensor | None, B: int):

@@ -1,30 +1,32 @@
 """Recurrences over whole sequences with one autograd node each: the CPU fast path of RNNs.
 
-A one-layer LSTM or tanh RNN splits into an input part that is known for every step at once
-and a recurrence that is not::
+A one-layer LSTM or Elman RNN (tanh or ReLU) splits into an input part that is known for every
+step at once and a recurrence that is not::
 
     a_t = W_ih u_t + b_ih + b_hh                  (all t: one matrix product, :func:`input_gates`)
     LSTM:  [i, f, g, o]_t = a_t + W_hh h_{t−1},  c_t = σ(f)·c_{t−1} + σ(i)·tanh(g),
            h_t = σ(o)·tanh(c_t)                   (:class:`LSTMScan`)
-    tanh:  h_t = tanh(a_t + W_hh h_{t−1})         (:class:`TanhScan`)
+    Elman: h_t = f(a_t + W_hh h_{t−1}), f = tanh or max(·, 0)   (:class:`ElmanScan`)
 
-with h_0 = c_0 = 0, PyTorch's gate order and weights (``nn.LSTM``/``nn.RNN`` parameters are
-used as they are, so checkpoints do not change). Against ``nn.LSTM`` this saves, on the CPU:
+with c_0 = 0 and h_0 = 0 (an Elman RNN's h_0 may be given), PyTorch's gate order and weights
+(``nn.LSTM``/``nn.RNN`` parameters are used as they are, so checkpoints do not change). Against
+torch's own RNNs this saves, on the CPU:
 
 * the gradient of the input when nothing upstream needs it (x itself): oneDNN's LSTM
   backward always computes it, a (B·T, 4H)×(4H, D) product, as large as the forward's input
   projection for D = 513;
 * autograd's per-op overhead: each scan is one node whose backward is a hand-written loop of
   a few fused operations per step, with everything that does not depend on the recursion
-  (the gate derivatives, W_hh's gradient) computed for all steps at once;
+  (the gate derivatives, W_hh's gradient) computed for all steps at once (torch's Elman RNN
+  on the CPU records every step's operations, and computes and adds W_hh's gradient at each);
 * shared inputs: several RNNs (or directions) that read the same u share its time-major copy
   (:func:`input_gates` with a list), one product per weight: one product of the concatenated
   weights, split, would cat the parts' gradients back into a (T·B × ΣG) tensor in the backward
   pass (for DSAE's four directions, 52 MB per step, page-faulted afresh).
 
 Tensors inside are time-major ``(T, B, ·)`` so that a step's slice is contiguous. Padded
-batches (:func:`~pyro_dvae.nn.sequence_lengths`) are not handled here: :func:`run_rnn_fast`
-hands them to :func:`~pyro_dvae.nn.run_rnn`.
+batches (:func:`~pyro_dvae.nn.sequence_lengths`) are handled by the callers in
+:mod:`pyro_dvae.nn` (``run_rnn``, ``run_rnn_fast``).
 """
 
 from __future__ import annotations
@@ -35,21 +37,22 @@ import torch
 from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from pyro_dvae.nn import _active_lengths, run_rnn
-
 
 def _order(T: int, reverse: bool) -> range:
     return range(T - 1, -1, -1) if reverse else range(T)
 
 
-def _padded(T: int, B: int, H: int, like: torch.Tensor, reverse: bool):
-    """A buffer ``(T + 1, B, H)`` whose extra slot, zero, is the state before the first step;
-    returns (buffer, values (T, B, ·), previous values (T, B, ·)) as views of it."""
+def _padded(
+    T: int, B: int, H: int, like: torch.Tensor, reverse: bool, initial: torch.Tensor | None = None
+):
+    """A buffer ``(T + 1, B, H)`` whose extra slot is the state before the first step,
+    ``initial (B, H)`` or zero; returns (buffer, values (T, B, ·), previous values (T, B, ·)) as
+    views of it."""
     buffer = like.new_empty(T + 1, B, H)
+    first = buffer[T] if reverse else buffer[0]
+    first.zero_() if initial is None else first.copy_(initial)
     if reverse:
-        buffer[T].zero_()
         return buffer, buffer[:T], buffer[1:]
-    buffer[0].zero_()
     return buffer, buffer[1:], buffer[:T]
 
 
@@ -129,44 +132,57 @@ class LSTMScan(torch.autograd.Function):
         return d_a, d_w, None
 
 
-class TanhScan(torch.autograd.Function):
-    """``apply(a (T, B, H), w_hh (H, H), reverse) -> h (T, B, H)``: h_t = tanh(p_t), with ``a``
-    and ``w_hh`` doubled (:func:`direction_weights`), so h_t = 2σ(a_t + W_hh h_{t−1}) − 1."""
+class ElmanScan(torch.autograd.Function):
+    """``apply(a (T, B, H), w_hh (H, H), h_0, relu, reverse) -> h (T, B, H)``: an Elman RNN,
+    h_t = f(a_t + W_hh h_{t−1}) from ``h_0 (B, H)`` (None: 0). ``relu``: f = max(·, 0);
+    otherwise tanh, with ``a`` and ``w_hh`` doubled (:func:`direction_weights`), so
+    h_t = 2σ(a_t + W_hh h_{t−1}) − 1."""
 
     @staticmethod
-    def forward(ctx: FunctionCtx, a: torch.Tensor, w_hh: torch.Tensor, reverse: bool):
+    def forward(
+        ctx: FunctionCtx,
+        a: torch.Tensor,
+        w_hh: torch.Tensor,
+        h_0: torch.Tensor | None,
+        relu: bool,
+        reverse: bool,
+    ):
         T, B, H = a.shape
-        h_buffer, hs, _ = _padded(T, B, H, a, reverse)
-        h = a.new_zeros(B, H)
+        h_buffer, hs, _ = _padded(T, B, H, a, reverse, h_0)
+        h = h_buffer[T if reverse else 0]
         w_t = w_hh.t()
         for t in _order(T, reverse):
-            h = _tanh_from_doubled(torch.sigmoid(torch.addmm(a[t], h, w_t), out=hs[t]))
+            p = torch.addmm(a[t], h, w_t, out=hs[t])
+            h = p.clamp_min_(0) if relu else _tanh_from_doubled(p.sigmoid_())
         ctx.save_for_backward(w_hh, h_buffer)
-        ctx.reverse = reverse
+        ctx.relu, ctx.reverse = relu, reverse
         return hs.clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, d_hs: torch.Tensor):
+        """d_a_t = dh_t · f'_t with dh_t = ∂/∂h_t + W_hhᵀ d_a_{t+1}; f' (relu: h_t > 0; tanh:
+        (1 − h_t²)/2) and W_hh's gradient are computed for all steps at once."""
         w_hh, h_buffer = ctx.saved_tensors
         T, B, H = d_hs.shape
         reverse = ctx.reverse
         hs, h_prev = (h_buffer[:T], h_buffer[1:]) if reverse else (h_buffer[1:], h_buffer[:T])
         d_a = hs.new_empty(T, B, H)
-        slope = (1 - hs * hs) / 2  # d_a_t = dh_t · (1 − h_t²)/2: h = 2σ(·) − 1
+        slope = (hs > 0).to(hs.dtype) if ctx.relu else (1 - hs * hs) / 2
         t_next = None
         for t in _order(T, not reverse):
             dh = d_hs[t] if t_next is None else torch.addmm(d_hs[t], d_a[t_next], w_hh)
             torch.mul(dh, slope[t], out=d_a[t])
             t_next = t
         d_w = d_a.view(-1, H).t() @ h_prev.reshape(-1, H)
-        return d_a, d_w, None
+        d_h0 = d_a[t_next] @ w_hh if ctx.needs_input_grad[2] else None
+        return d_a, d_w, d_h0, None, None
 
 
 def direction_weights(rnn: nn.RNNBase, direction: int) -> tuple[torch.Tensor, ...]:
     """``(w_ih, w_hh, b_ih + b_hh)`` of one direction (0 forward, 1 backward) of a one-layer RNN,
-    in the doubled form the scans take: an LSTM's g rows and all rows of a tanh RNN times 2
-    (differentiable: gradients reach the module's own parameters)."""
+    in the form the scans take: an LSTM's g rows and all rows of a tanh RNN doubled, a ReLU
+    RNN's as they are (differentiable: gradients reach the module's own parameters)."""
     suffix = "_reverse" if direction else ""
     w_ih, w_hh = getattr(rnn, f"weight_ih_l0{suffix}"), getattr(rnn, f"weight_hh_l0{suffix}")
     bias = getattr(rnn, f"bias_ih_l0{suffix}") + getattr(rnn, f"bias_hh_l0{suffix}")
@@ -175,6 +191,8 @@ def direction_weights(rnn: nn.RNNBase, direction: int) -> tuple[torch.Tensor, ..
         scale = bias.new_ones(4 * H)
         scale[2 * H : 3 * H] = 2
         return w_ih * scale[:, None], w_hh * scale[:, None], bias * scale
+    if rnn.nonlinearity == "relu":
+        return w_ih, w_hh, bias
     return 2 * w_ih, 2 * w_hh, 2 * bias
 
 
@@ -190,20 +208,28 @@ def input_gates(
     ]
 
 
-def scan(rnn: nn.RNNBase, a: torch.Tensor, direction: int, reverse: bool) -> torch.Tensor:
+def scan(
+    rnn: nn.RNNBase,
+    a: torch.Tensor,
+    direction: int,
+    reverse: bool,
+    h_0: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The recurrence of ``rnn``'s direction ``direction`` over input gates ``a (T, B, G)``:
-    ``(T, B, H)``; ``reverse`` runs t = T..1 (step t then summarises steps t..T)."""
+    ``(T, B, H)``; ``reverse`` runs t = T..1 (step t then summarises steps t..T). ``h_0 (B, H)``:
+    the state before the first step of an Elman RNN (None: 0; an LSTM starts from 0)."""
     w_hh = direction_weights(rnn, direction)[1]
     if isinstance(rnn, nn.LSTM):
+        if h_0 is not None:
+            raise ValueError("the LSTM scan starts from h_0 = c_0 = 0")
         return LSTMScan.apply(a, w_hh, reverse)
-    return TanhScan.apply(a, w_hh, reverse)
+    return ElmanScan.apply(a, w_hh, h_0, rnn.nonlinearity == "relu", reverse)
 
 
 def is_scannable(rnn: nn.RNNBase) -> bool:
-    """One layer, batch-first, with biases, no projections: an LSTM or a tanh ``nn.RNN``."""
+    """One layer, batch-first, with biases, no projections: an LSTM or an Elman ``nn.RNN``."""
     kind_ok = isinstance(rnn, nn.LSTM) and rnn.proj_size == 0
-    kind_ok = kind_ok or (type(rnn) is nn.RNN and rnn.nonlinearity == "tanh")
-    return kind_ok and rnn.num_layers == 1 and rnn.batch_first and rnn.bias
+    return (kind_ok or type(rnn) is nn.RNN) and rnn.num_layers == 1 and rnn.batch_first and rnn.bias
 
 
 def scan_directions(
@@ -214,14 +240,3 @@ def scan_directions(
     a bidirectional RNN's second half runs t = T..1, and ``backward`` reverses every direction."""
     out = [scan(rnn, a_k, k, reverse=backward != (k == 1)) for k, a_k in enumerate(a)]
     return (out[0] if len(out) == 1 else torch.cat(out, dim=-1)).transpose(0, 1)
-
-
-def run_rnn_fast(rnn: nn.RNNBase, x: torch.Tensor, backward: bool = False) -> torch.Tensor:
-    """:func:`~pyro_dvae.nn.run_rnn` with the scans of this module: same outputs ``(B, T, ·)``
-    from ``x (B, T, D)``. Padded batches and other RNN kinds go to ``run_rnn``."""
-    if not is_scannable(rnn) or _active_lengths(x) is not None:
-        return run_rnn(rnn, x, backward)
-    directions = range(2 if rnn.bidirectional else 1)
-    weights = [direction_weights(rnn, k) for k in directions]
-    a = input_gates(x, [w[0] for w in weights], [w[2] for w in weights])
-    return scan_directions(rnn, a, backward)

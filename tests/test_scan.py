@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyro_dvae.nn import run_rnn, sequence_lengths
-from pyro_dvae.scan import input_gates, run_rnn_fast
+from pyro_dvae.nn import run_rnn, run_rnn_fast, sequence_lengths
+from pyro_dvae.scan import input_gates
 
 # float64: both sides round at ~1e-16 per operation over T = 6 steps of width ≤ 7, and
 # tanh = 2σ(2·) − 1 costs a few ulp more; 1e-12 leaves three orders of magnitude.
@@ -15,23 +15,60 @@ TOL = dict(rtol=1e-12, atol=1e-12)
 
 def make(kind: str, bidirectional: bool) -> nn.RNNBase:
     torch.manual_seed(0)
-    cls = nn.LSTM if kind == "lstm" else nn.RNN
-    return cls(7, 5, batch_first=True, bidirectional=bidirectional).double()
+    if kind == "lstm":
+        return nn.LSTM(7, 5, batch_first=True, bidirectional=bidirectional).double()
+    return nn.RNN(7, 5, nonlinearity=kind, batch_first=True, bidirectional=bidirectional).double()
+
+
+def torchs(rnn: nn.RNNBase, x: torch.Tensor, backward: bool, h_0=None) -> torch.Tensor:
+    """``rnn``'s outputs from torch's own kernel (``backward``: on reversed x, re-reversed)."""
+    h = None if h_0 is None else h_0.expand(1, x.shape[0], -1).contiguous()
+    if backward:
+        return rnn(x.flip(1), h)[0].flip(1)
+    return rnn(x, h)[0]
 
 
 @pytest.mark.parametrize("backward", [False, True])
 @pytest.mark.parametrize("bidirectional", [False, True])
-@pytest.mark.parametrize("kind", ["lstm", "tanh"])
-def test_scan_equals_torch_rnn_values_and_gradients(kind, bidirectional, backward):
+@pytest.mark.parametrize("kind", ["lstm", "tanh", "relu"])
+@pytest.mark.parametrize("run", [run_rnn_fast, run_rnn])
+def test_scan_equals_torch_rnn_values_and_gradients(run, kind, bidirectional, backward):
     rnn = make(kind, bidirectional)
     x = torch.randn(3, 6, 7, dtype=torch.float64, requires_grad=True)
     weights = torch.randn(3, 6, rnn.hidden_size * (1 + bidirectional), dtype=torch.float64)
     inputs = [x, *rnn.parameters()]
-    expected = run_rnn(rnn, x, backward)
-    got = run_rnn_fast(rnn, x, backward)
+    expected = torchs(rnn, x, backward)
+    got = run(rnn, x, backward)
     torch.testing.assert_close(got, expected, **TOL)
     grads = torch.autograd.grad((got * weights).sum(), inputs)
     expected_grads = torch.autograd.grad((expected * weights).sum(), inputs)
+    for g, e in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e, **TOL)
+
+
+@pytest.mark.parametrize("backward", [False, True])
+@pytest.mark.parametrize("kind", ["tanh", "relu"])
+def test_elman_scan_from_a_learned_h0_over_padded_sequences_equals_torch_per_sequence(
+    kind, backward
+):
+    """run_rnn on the CPU runs a one-directional Elman RNN as a scan: from h_0 (H,), over a
+    padded batch, its outputs at the valid steps and the gradients of x, the weights and h_0
+    equal torch's RNN run on each sequence alone."""
+    rnn = make(kind, False)
+    h_0 = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 6, 7, dtype=torch.float64, requires_grad=True)
+    lengths = [6, 4, 1]
+    mask = torch.arange(6) < torch.tensor(lengths)[:, None]
+    probe = torch.randn(3, 6, 5, dtype=torch.float64) * mask[..., None]
+    inputs = [x, h_0, *rnn.parameters()]
+    with sequence_lengths(mask):
+        got = run_rnn(rnn, x, backward, h_0=h_0) * mask[..., None]
+    expected = torch.zeros_like(got)
+    for b, L in enumerate(lengths):
+        expected[b, :L] = torchs(rnn, x[b : b + 1, :L], backward, h_0)[0]
+    torch.testing.assert_close(got, expected, **TOL)
+    grads = torch.autograd.grad((got * probe).sum(), inputs)
+    expected_grads = torch.autograd.grad((expected * probe).sum(), inputs)
     for g, e in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(g, e, **TOL)
 

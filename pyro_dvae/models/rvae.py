@@ -54,10 +54,10 @@ from pyro_dvae.nn import (
     lstm,
     lstm_step,
     run_rnn,
+    run_rnn_fast,
     scale_from_logvar,
     shift,
 )
-from pyro_dvae.scan import run_rnn_fast
 
 GUIDES = {"causal": False, "noncausal": True}
 """Guide name → bidirectional LSTM over x (the spec's ``bidir_g_x``)."""
