@@ -34,16 +34,17 @@ def train(run_dir: Path, minutes: float, overrides: list[str]) -> bool:
     if (run_dir / "last.pt").is_file():
         args.append("resume=true")
     start = time.monotonic()
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "experiments" / "run.py"), *args], cwd=ROOT
-    )
-    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)  # before the trainer exists
+    process = None
     try:
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "experiments" / "run.py"), *args], cwd=ROOT
+        )
         process.wait(timeout=minutes * 60)
     except subprocess.TimeoutExpired:
         pass
     finally:
-        if process.poll() is None:  # the trainer stops between two epochs' writes
+        if process is not None and process.poll() is None:  # it stops between epochs' writes
             process.terminate()
             process.wait()
         signal.signal(signal.SIGTERM, previous)
