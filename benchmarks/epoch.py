@@ -7,7 +7,8 @@ The arguments other than this script's options are the Hydra overrides of
 progress bar reads the loss back every second). The task, the model and the trainer are built as
 for training (nothing is written: the run directory is a temporary one); then, after
 ``--warmup`` epochs, ``--epochs`` training epochs are timed, each the trainer's own
-``train_epoch`` (every step, the DataLoader included) at KL weight 1, and one validation pass.
+``train_epoch`` (every step, the DataLoader included) at KL weight 1 with Pyro's validation off
+(as ``Trainer.fit`` has it), and one validation pass.
 ``train_seconds`` is their median; ``ms_per_step`` divides it by the epoch's steps.
 
 JSON: an object with ``overrides``, ``threads``, ``device``, ``train_sequences``,
@@ -24,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyro
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
@@ -58,6 +60,7 @@ def measure(overrides: list[str], epochs: int, warmup: int) -> dict:
     task = build_task(**cfg.data)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = trainer_for(cfg, task, Path(run_dir))
+        pyro.enable_validation(False)  # as Trainer.fit: no argument checks in training
         times = [seconds(lambda e=e: trainer.train_epoch(e, 1.0)) for e in range(warmup + epochs)]
         validate = seconds(trainer.validate)
     steps = len(trainer.train_loader)
