@@ -68,6 +68,8 @@ def test_the_iaf_row_is_measured_against_pyros_two_iaf_number(tmp_path):
     [
         (5000, "", "3; 5000 done now"),  # finished, evaluated before the end
         (3, "early stopping after epoch 2 (best 1)\n", "3 (early-stopped)"),
+        # resumed with a longer patience after stopping early: training again
+        (7, "early stopping after epoch 2 (best 1)\n", "3 of 5000 (unfinished); 7 done now"),
         (7, "", "3 of 5000 (unfinished); 7 done now"),
     ],
 )
