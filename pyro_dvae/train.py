@@ -104,6 +104,9 @@ from pyro_dvae.step import (
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adam", "clipped_adam")
+VAL_NOISES = ("fresh", "fixed")
+"""``train.val_noise``: the validation ELBO's draws of z, new at every validation or the same
+ones (common random numbers, so that epochs differ by their weights, not by their luck)."""
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 PLOT_SECONDS = 30.0
 """``loss.png`` is redrawn at most this often during training (a drawing costs ~0.3 s)."""
@@ -143,6 +146,7 @@ class TrainConfig:
     freeze_epochs: int = 0
     step: str = "auto"
     cpu_allocator: str = "keep"
+    val_noise: str = "fresh"
 
     def __post_init__(self) -> None:
         for key, low in (
@@ -160,6 +164,7 @@ class TrainConfig:
         _require("step", self.step, self.step in STEPS, f"one of {STEPS}")
         allocator_ok = self.cpu_allocator in ALLOCATORS
         _require("cpu_allocator", self.cpu_allocator, allocator_ok, f"one of {ALLOCATORS}")
+        _require("val_noise", self.val_noise, self.val_noise in VAL_NOISES, f"one of {VAL_NOISES}")
         _require("progress", self.progress, isinstance(self.progress, bool), "true or false")
         _require("optimizer", self.optimizer, self.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}")
         clip_ok = self.clip_norm is None or _is_positive(self.clip_norm)
@@ -621,16 +626,31 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> tuple[float, float, int]:
         """Sums over this rank's share of the validation set (eval mode) of the per-frame
-        reconstruction and KL times the frames, and the number of frames."""
+        reconstruction and KL times the frames, and the number of frames; its draws of z as
+        ``train.val_noise`` says (:meth:`validation_noise`)."""
         self.model.eval()
         recon, kl, count = 0.0, 0.0, 0
-        for batch in self.val_loader:
-            x, mask = on_device(batch, self.device)
-            with self.model.step_mask(mask):
-                r, k = loss_terms(self.model, x)
-            n = frames(x, mask)
-            recon, kl, count = recon + r.item() * n, kl + k.item() * n, count + n
+        with self.validation_noise():
+            for batch in self.val_loader:
+                x, mask = on_device(batch, self.device)
+                with self.model.step_mask(mask):
+                    r, k = loss_terms(self.model, x)
+                n = frames(x, mask)
+                recon, kl, count = recon + r.item() * n, kl + k.item() * n, count + n
         return recon, kl, count
+
+    @contextmanager
+    def validation_noise(self) -> Iterator[None]:
+        """``fresh``: the draws continue the run's random stream. ``fixed``: every validation
+        draws from the same seed (the run's, plus the rank), in a fork of the random state, so
+        the training's stream is as if no validation had run."""
+        if self.cfg.val_noise == "fresh":
+            yield
+            return
+        devices = [torch.cuda.current_device()] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed + self.cluster.rank)
+            yield
 
     def end_epoch(self, row: dict) -> None:
         """Early-stopping decisions (on every rank, from all-reduced losses), then the epoch's
