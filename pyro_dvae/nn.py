@@ -19,7 +19,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from torch.nn import functional as F
 
 from pyro_dvae.activations import Tanh
-from pyro_dvae.scan import direction_weights, input_gates, is_scannable, scan, scan_directions
+from pyro_dvae.scan import is_scannable, scan_rnn
 
 ACTIVATIONS = {"tanh": Tanh, "relu": nn.ReLU}
 """The hidden layers' nonlinearities; tanh is :class:`~pyro_dvae.activations.Tanh` (``nn.Tanh``,
@@ -288,9 +288,7 @@ def _forward(rnn: nn.RNNBase, x: torch.Tensor, h_0: torch.Tensor | None) -> torc
     fused = isinstance(rnn, nn.LSTM) or rnn.bidirectional or x.device.type != "cpu"
     if fused or not is_scannable(rnn):
         return rnn(x, _initial_state(rnn, h_0, x.shape[0]))[0]
-    w_ih, _, bias = direction_weights(rnn, 0)
-    h = None if h_0 is None else h_0.expand(x.shape[0], -1)
-    return scan(rnn, input_gates(x, [w_ih], [bias])[0], 0, False, h).transpose(0, 1)
+    return scan_rnn(rnn, x, h_0=None if h_0 is None else h_0.expand(x.shape[0], -1))
 
 
 def run_rnn_fast(rnn: nn.RNNBase, x: torch.Tensor, backward: bool = False) -> torch.Tensor:
@@ -299,10 +297,7 @@ def run_rnn_fast(rnn: nn.RNNBase, x: torch.Tensor, backward: bool = False) -> to
     upstream needs x's gradient. Padded batches and other RNN kinds go to ``run_rnn``."""
     if not is_scannable(rnn) or _active_lengths(x) is not None:
         return run_rnn(rnn, x, backward)
-    directions = range(2 if rnn.bidirectional else 1)
-    weights = [direction_weights(rnn, k) for k in directions]
-    a = input_gates(x, [w[0] for w in weights], [w[2] for w in weights])
-    return scan_directions(rnn, a, backward)
+    return scan_rnn(rnn, x, backward)
 
 
 def _initial_state(rnn: nn.RNNBase, h_0: torch.Tensor | None, B: int):

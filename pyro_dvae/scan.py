@@ -233,10 +233,24 @@ def is_scannable(rnn: nn.RNNBase) -> bool:
 
 
 def scan_directions(
-    rnn: nn.RNNBase, a: Sequence[torch.Tensor], backward: bool = False
+    rnn: nn.RNNBase,
+    a: Sequence[torch.Tensor],
+    backward: bool = False,
+    h_0: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Outputs ``(B, T, H or 2H)`` of ``rnn`` from its input gates per direction ``a``
     (:func:`input_gates`), as :func:`~pyro_dvae.nn.run_rnn` gives them for an unpadded batch:
-    a bidirectional RNN's second half runs t = T..1, and ``backward`` reverses every direction."""
-    out = [scan(rnn, a_k, k, reverse=backward != (k == 1)) for k, a_k in enumerate(a)]
+    a bidirectional RNN's second half runs t = T..1, and ``backward`` reverses every direction.
+    ``h_0 (B, H)``: an Elman RNN's state before its first step (:func:`scan`)."""
+    out = [scan(rnn, a_k, k, backward != (k == 1), h_0) for k, a_k in enumerate(a)]
     return (out[0] if len(out) == 1 else torch.cat(out, dim=-1)).transpose(0, 1)
+
+
+def scan_rnn(
+    rnn: nn.RNNBase, x: torch.Tensor, backward: bool = False, h_0: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Outputs ``(B, T, ·)`` of the scannable ``rnn`` (:func:`is_scannable`) over the unpadded
+    ``x (B, T, D)``: its input gates for every direction, then :func:`scan_directions`."""
+    weights = [direction_weights(rnn, k) for k in range(2 if rnn.bidirectional else 1)]
+    a = input_gates(x, [w[0] for w in weights], [w[2] for w in weights])
+    return scan_directions(rnn, a, backward, h_0)
