@@ -128,10 +128,11 @@ class OutputLinear(nn.Linear):
         return y.view(*h.shape[:-1], self.out_features)
 
 
-HEAD_SCALES = ("exp", "softplus")
+HEAD_SCALES = ("exp", "softplus", "sqrt_softplus")
 """How a :class:`GaussianHead` makes σ from its second half ``s``: ``exp`` (σ = exp(½ s), s the
-log-variance, clamped to ±:data:`LOGVAR_BOUND`; the DVAE papers') or ``softplus`` (σ = softplus(s)
-+ 1e-10; Pyro's DMM)."""
+log-variance, clamped to ±:data:`LOGVAR_BOUND`; the DVAE papers'), ``softplus`` (σ = softplus(s)
++ 1e-10; Pyro's DMM) or ``sqrt_softplus`` (σ² = softplus(s) + 1e-10, the variance; the DMM
+authors' code)."""
 
 
 class GaussianHead(nn.Module):
@@ -155,9 +156,10 @@ class GaussianHead(nn.Module):
     def split(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loc, scale)`` from the linear layer's output ``(..., 2·out_dim)``."""
         loc, s = out.chunk(2, dim=-1)
-        if self.scale == "softplus":
-            return loc, F.softplus(s) + 1e-10
-        return loc, scale_from_logvar(s)
+        if self.scale == "exp":
+            return loc, scale_from_logvar(s)
+        softplus = F.softplus(s) + 1e-10
+        return loc, softplus if self.scale == "softplus" else softplus.sqrt()
 
 
 def scale_from_logvar(logvar: torch.Tensor) -> torch.Tensor:

@@ -116,6 +116,7 @@ def train_step(
     scale: float = 1.0,
     frozen: Sequence[torch.nn.Parameter] = (),
     clip_norm: float | None = None,
+    l2: float = 0.0,
 ) -> torch.Tensor:
     """One optimiser step on the batch ``x (B, T, D)`` (``mask (B, T)``: False on padding).
 
@@ -127,6 +128,8 @@ def train_step(
         frozen: parameters that get no update and no part in the clipped norm (their gradients
             are dropped).
         clip_norm: clip the global norm of the optimiser's gradients to this (None: no clip).
+        l2: add ``l2 · θ`` to every gradient before clipping: the gradient of ``l2/2 · ‖θ‖²`` in
+            the loss (an optimiser's ``weight_decay`` adds it after clipping).
 
     Returns:
         The per-frame loss ``()``, detached, still on the device (non-finite values are the
@@ -137,8 +140,12 @@ def train_step(
     (value * scale).backward()
     for p in frozen:
         p.grad = None
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if l2:
+        for p in params:
+            if p.grad is not None:
+                p.grad.add_(p.detach(), alpha=l2)
     if clip_norm is not None:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, clip_norm)
     optimizer.step()
     return value.detach()
@@ -274,7 +281,7 @@ class GraphStep:
     Args:
         loss: the objective (an :class:`ELBOLoss`, not wrapped in DDP).
         optimizer: a capturable ``torch.optim.Adam``.
-        clip_norm: as in :func:`train_step`.
+        clip_norm, l2: as in :func:`train_step`.
         warmup: eager steps of a new shape before its capture.
     """
 
@@ -283,9 +290,11 @@ class GraphStep:
         loss: ELBOLoss,
         optimizer: torch.optim.Optimizer,
         clip_norm: float | None = None,
+        l2: float = 0.0,
         warmup: int = 3,
     ) -> None:
         self.loss, self.optimizer, self.clip_norm, self.warmup = loss, optimizer, clip_norm, warmup
+        self.l2 = l2
         self.graphs: dict[tuple, tuple] = {}
         self.eager_steps: dict[tuple, int] = {}
         self.weight: torch.Tensor | None = None
@@ -324,7 +333,14 @@ class GraphStep:
 
     def _step(self, x, mask, weight, frozen) -> torch.Tensor:
         return train_step(
-            self.loss, self.optimizer, x, mask, weight, frozen=frozen, clip_norm=self.clip_norm
+            self.loss,
+            self.optimizer,
+            x,
+            mask,
+            weight,
+            frozen=frozen,
+            clip_norm=self.clip_norm,
+            l2=self.l2,
         )
 
     def _on_side_stream(self, x, mask, weight, frozen) -> torch.Tensor:

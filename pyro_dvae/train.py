@@ -19,7 +19,8 @@ computed from Pyro's traces without reading the loss back to the host
 (the default) or Pyro's ``ClippedAdam``, one optimiser over all parameters whose state is saved
 and restored exactly. ``train.step`` runs the step eagerly, with compiled networks, or as a
 replayed CUDA graph (:mod:`pyro_dvae.step`); the loop reads the device once an epoch.
-Optional global gradient-norm clipping (``clip_norm``) and a per-epoch LR decay (``lr_decay``).
+Optional global gradient-norm clipping (``clip_norm``), an L2 term ``l2 · θ`` added to the
+gradient before it (``l2``), and a per-epoch LR decay (``lr_decay``).
 
 Bookkeeping (spec §4.3–4.4, with its bugs fixed):
 
@@ -135,6 +136,7 @@ class TrainConfig:
     lr_decay_every: int = 1
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
+    l2: float = 0.0
     scheduled_sampling: bool = False
     ss_start: float = 0.1
     ss_step: float = 0.1
@@ -185,6 +187,8 @@ class TrainConfig:
         self.betas = tuple(self.betas)
         wd_ok = _is_number(self.weight_decay) and self.weight_decay >= 0
         _require("weight_decay", self.weight_decay, wd_ok, "a number >= 0 (0: none)")
+        l2_ok = _is_number(self.l2) and self.l2 >= 0
+        _require("l2", self.l2, l2_ok, "a number >= 0 (0: none)")
         for key in ("warmup_fit", "scheduled_sampling", "ss_reset_optimizer", "distributed"):
             _require(key, getattr(self, key), isinstance(getattr(self, key), bool), "true or false")
         check_schedule(self.ss_start, self.ss_step, self.ss_every)
@@ -418,7 +422,7 @@ class Trainer:
         if kind != "graph":
             return None
         capturable(self.optimizer)
-        return GraphStep(self.loss, self.optimizer, self.clip_norm)
+        return GraphStep(self.loss, self.optimizer, self.clip_norm, self.cfg.l2)
 
     def _set_allocator(self) -> str:
         """Apply ``train.cpu_allocator`` (:func:`~pyro_dvae.step.keep_freed_memory`); says what
@@ -621,7 +625,9 @@ class Trainer:
             if mask is not None:  # a few padded lengths: one capture each
                 x, mask = pad_steps(x, mask, BUCKET_STEPS)
             return self.graph(x, mask, weight, frozen)
-        return train_step(self.loss, self.optimizer, x, mask, weight, scale, frozen, self.clip_norm)
+        return train_step(
+            self.loss, self.optimizer, x, mask, weight, scale, frozen, self.clip_norm, self.cfg.l2
+        )
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float, int]:

@@ -87,6 +87,24 @@ def test_frozen_parameters_get_no_update_and_no_share_of_the_clipped_norm():
     assert moved == pytest.approx(1e-3 * norm / (norm + 1e-6), rel=1e-12)
 
 
+def test_l2_is_added_to_the_gradient_before_clipping():
+    """SGD with lr 1, float64: θ moves by g' = ∇L + λθ, then clipped to norm c: by
+    c g' / (‖g'‖ + 1e-6) (clip_grad_norm_'s factor). λθ added after clipping, or not at all,
+    moves it elsewhere."""
+    x = torch.rand(2, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    theta, phi = torch.full((4,), 2.0, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+    start = [theta.clone(), phi.clone()]
+    for p in (theta, phi):
+        p.requires_grad_(True)
+    grads = torch.autograd.grad(_quadratic(theta, phi)(x, None, 1.0), [theta, phi])
+    l2, clip = 0.7, 1e-2
+    g = torch.cat([gi + l2 * p for gi, p in zip(grads, start, strict=True)])
+    expected = torch.cat(start) - clip * g / (torch.linalg.vector_norm(g) + 1e-6)
+    opt = torch.optim.SGD([theta, phi], lr=1.0)
+    train_step(_quadratic(theta, phi), opt, x, None, 1.0, clip_norm=clip, l2=l2)
+    torch.testing.assert_close(torch.cat([theta, phi]).detach(), expected, rtol=1e-12, atol=0)
+
+
 def _after_one_epoch(tmp_path, batch_size: int):
     """A tiny DKF trainer on 8 sequences after one epoch in ``tmp_path``, and its ``last.pt``."""
     torch.manual_seed(0)

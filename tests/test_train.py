@@ -458,6 +458,7 @@ def test_betas_and_weight_decay_reach_the_optimiser(optimizer):
         (dict(betas="0.9"), r"train\.betas='0\.9': expected two numbers"),
         (dict(weight_decay=-1.0), r"train\.weight_decay=-1\.0: expected a number >= 0"),
         (dict(weight_decay=True), r"train\.weight_decay=True: expected a number >= 0"),
+        (dict(l2=-1e-4), r"train\.l2=-0\.0001: expected a number >= 0"),
     ],
 )
 def test_bad_adam_settings_name_their_key(options, message):
@@ -498,6 +499,47 @@ def test_the_dmm_recipe_is_pyros_per_frame(data_root):
         "name": "gated",
         "options": {"hidden": 200, "scale": "softplus", "loc_init": "identity"},
     }
+
+
+def test_the_dmm_authors_recipe_is_theirs_per_frame(data_root):
+    """+experiment=dmm_jsb_authors: their cost is the batch's sum of per-chorale −ELBOs plus
+    0.05 ‖θ‖², its gradient divided by the batch size, then clipped to norm 1; ours is the mean
+    per frame, so their L2 gradient (0.1 θ per batch) and their norm are divided by the batch's
+    frames (20 chorales of the training set's mean length). KL weight 0.01 + updates / 5000;
+    their guide and transition sizes; all 2,000 epochs."""
+    from hydra import compose, initialize_config_dir
+
+    from pyro_dvae.data import build_task
+    from pyro_dvae.runner import train_config
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["+experiment=dmm_jsb_authors"])
+    tcfg = train_config(cfg, "music")
+    train_set = build_task(**cfg.data).train
+    frames_per_chorale = float(train_set.lengths.sum()) / len(train_set)  # 13,807 / 229
+    steps = math.ceil(len(train_set) / tcfg.batch_size)
+    assert (tcfg.optimizer, tcfg.lr, tcfg.betas, tcfg.batch_size) == ("adam", 8e-4,
+                                                                    (0.9, 0.999), 20)  # fmt: skip
+    assert tcfg.l2 == pytest.approx(0.1 / (20 * frames_per_chorale), rel=1e-3)  # 4 digits given
+    assert tcfg.clip_norm == pytest.approx(1 / frames_per_chorale, rel=1e-4)
+    assert tcfg.weight_decay == 0 and tcfg.lr_decay == 1
+    assert tcfg.epochs == 2000 and tcfg.early_stop_patience == 2000 and not fitted_warmup(tcfg)
+    updates = [1 + e * steps for e in (0, 1, 100, 412, 413)]  # their counter starts at 1
+    expected = [min(1.0, 0.01 + u / 5000) for u in updates]
+    assert [kl_weight(e, tcfg) for e in (0, 1, 100, 412, 413)] == pytest.approx(expected, abs=3e-4)
+    music = cfg.model.music
+    assert (music.dense_x_gx, music.input_activation, music.rnn, music.dim_rnn_gx) == (
+        [600],
+        "relu",
+        "lstm",
+        600,
+    )
+    assert (music.rnn_dropout, music.dense_z_x, music.guide_scale) == (0.1, [200, 200],
+                                                                       "sqrt_softplus")  # fmt: skip
+    assert OmegaConf.to_container(cfg.prior.options) == {
+        "hidden": 400, "scale": "sqrt_softplus", "loc_init": "identity"
+    }  # fmt: skip
 
 
 def test_a_guide_without_an_analytic_kl_trains_on_the_sampled_log_ratio(tmp_path):

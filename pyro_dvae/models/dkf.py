@@ -61,9 +61,10 @@ GUIDES: Registry[Callable[..., nn.Module]] = Registry(
     "guide.name", "guide of DKF", "pyro_dvae.models.dkf.register_guide"
 )
 """Guide name → inference-network class. Each is built with the model's inference sizes
-(``x_dim, z_dim, dense_x_gx, dim_rnn_gx, dense_ztm1_g, dense_g_z, activation, rnn, iaf_flows,
-iaf_hidden, learn_initial, guide_scale``; a guide ignores those it has no use for) and maps
-``x (B, T, D)`` to a :class:`~pyro_dvae.distributions.Trajectory` over z (B, T, L)."""
+(``x_dim, z_dim, dense_x_gx, dim_rnn_gx, dense_ztm1_g, dense_g_z, activation, input_activation,
+rnn, rnn_dropout, iaf_flows, iaf_hidden, learn_initial, guide_scale``; a guide ignores those
+it has no use for) and maps ``x (B, T, D)`` to a :class:`~pyro_dvae.distributions.Trajectory`
+over z (B, T, L)."""
 
 
 def register_guide(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -87,8 +88,10 @@ class DKFInference(nn.Module):
     ``forward(x (B, T, D)) -> Trajectory`` over z (B, T, L): drawn with :meth:`sampler`, scored
     with :meth:`combine`. A subclass changes the step's distribution in :meth:`conditional`.
     ``guide_scale``: how the combiner's head makes σ (``pyro_dvae.nn.HEAD_SCALES``: ``exp`` of
-    half a log-variance, or ``softplus`` as Pyro's DMM). ``learn_initial``: z_0 (``z_q_0``) and
-    the RNN's h_0 (``h_0``) are parameters; not with the bidirectional RNN of ST-LR.
+    half a log-variance, ``softplus`` as Pyro's DMM, ``sqrt_softplus`` as the DMM authors' code).
+    ``learn_initial``: z_0 (``z_q_0``) and the RNN's h_0 (``h_0``) are parameters; not with the
+    bidirectional RNN of ST-LR. ``input_activation``: of the MLP before the RNN (None:
+    ``activation``). ``rnn_dropout``: dropout on g^x while training (the DMM authors' 0.1).
     """
 
     def __init__(
@@ -104,12 +107,18 @@ class DKFInference(nn.Module):
         rnn: str = "lstm",
         learn_initial: bool = False,
         guide_scale: str = "exp",
+        input_activation: str | None = None,
+        rnn_dropout: float = 0.0,
         **_,
     ) -> None:
         super().__init__()
-        self.z_dim, self.bidirectional = z_dim, bidirectional
+        if not (isinstance(rnn_dropout, (int, float)) and 0 <= rnn_dropout < 1):
+            raise ValueError(
+                f"model.<modality>.rnn_dropout={rnn_dropout!r}: expected a number in [0, 1)"
+            )
+        self.z_dim, self.bidirectional, self.rnn_dropout = z_dim, bidirectional, rnn_dropout
         self.n_terms = 3 if bidirectional else 2
-        self.mlp_x_gx = MLP(x_dim, dense_x_gx, activation)
+        self.mlp_x_gx = MLP(x_dim, dense_x_gx, input_activation or activation)
         self.rnn_gx = recurrent(rnn, self.mlp_x_gx.out_dim, dim_rnn_gx, bidirectional)
         self.mlp_ztm1_g = MLP(z_dim, [*dense_ztm1_g, dim_rnn_gx], activation)
         self.mlp_g_z = MLP(dim_rnn_gx, dense_g_z, activation)
@@ -124,11 +133,14 @@ class DKFInference(nn.Module):
             )
 
     def summary(self, x: torch.Tensor) -> torch.Tensor:
-        """Σ of the RNN outputs g^x (B, T, H): backward (DKS), or forward + backward (ST-LR)."""
+        """Σ of the RNN outputs g^x (B, T, H): backward (DKS), or forward + backward (ST-LR);
+        while training, with dropout ``rnn_dropout``."""
         h = self.mlp_x_gx(x)
         if self.bidirectional:
-            return run_rnn(self.rnn_gx, h).unflatten(-1, (2, -1)).sum(-2)
-        return run_rnn(self.rnn_gx, h, backward=True, h_0=self.h_0)
+            gx = run_rnn(self.rnn_gx, h).unflatten(-1, (2, -1)).sum(-2)
+        else:
+            gx = run_rnn(self.rnn_gx, h, backward=True, h_0=self.h_0)
+        return F.dropout(gx, self.rnn_dropout, self.training) if self.rnn_dropout else gx
 
     def combine(self, z_prev: torch.Tensor, gx: torch.Tensor) -> Distribution:
         """q(z_t | z_{t−1}, g^x_t) from z_{t−1} and g^x_t; any leading dims."""
@@ -235,14 +247,18 @@ class DKF(LatentDecoderDVAE):
         dense_x_gx, dim_rnn_gx, dense_ztm1_g, dense_g_z: inference-network sizes.
         dense_z_x: decoder hidden sizes.
         activation: of the inference MLPs, and of the decoder unless ``decoder_activation``.
+        input_activation: of the inference MLP before the RNN (None: ``activation``). The DMM
+            authors' code: a ``relu`` embedding, a ``tanh`` combiner.
         rnn: the inference RNN over x, ``lstm`` or an Elman RNN ``relu`` / ``tanh``.
+        rnn_dropout: dropout on the inference RNN's outputs while training (the DMM authors'
+            0.1; 0: none).
         decoder_activation: of the decoder MLP (None: ``activation``). Pyro's DMM: ``relu``
             decoder, ``tanh`` combiner.
         iaf_flows, iaf_hidden: flows and MADE width of ``guide=iaf``.
         learn_initial: the prior's z_0, the guide's z_0 and its RNN's h_0 are parameters
             (Pyro's DMM), not 0.
-        guide_scale: σ of the guide's combiner, ``exp`` (of half a log-variance) or
-            ``softplus`` (Pyro's DMM).
+        guide_scale: σ of the guide's combiner, ``exp`` (of half a log-variance), ``softplus``
+            (Pyro's DMM) or ``sqrt_softplus`` (the variance is softplus: the DMM authors').
         prior_options: options of the transition (``prior.options``, e.g. ``hidden``).
     """
 
@@ -265,6 +281,8 @@ class DKF(LatentDecoderDVAE):
         iaf_hidden: int = 100,
         learn_initial: bool = False,
         guide_scale: str = "exp",
+        input_activation: str | None = None,
+        rnn_dropout: float = 0.0,
         prior_options: dict | None = None,
     ) -> None:
         super().__init__(x_dim, z_dim, likelihood)
@@ -279,11 +297,14 @@ class DKF(LatentDecoderDVAE):
         if learn_initial:
             self.prior.learn_initial_state(z_dim)
         decoder_activation = decoder_activation or activation
-        if decoder_activation not in ACTIVATIONS:
-            raise ValueError(
-                f"model.<modality>.decoder_activation={decoder_activation!r}: expected one of "
-                f"{list(ACTIVATIONS)}"
-            )
+        for key, value in (
+            ("decoder_activation", decoder_activation),
+            ("input_activation", input_activation),
+        ):
+            if value is not None and value not in ACTIVATIONS:
+                raise ValueError(
+                    f"model.<modality>.{key}={value!r}: expected one of {list(ACTIVATIONS)}"
+                )
         mlp_z_x = MLP(z_dim, dense_z_x, decoder_activation)
         self.decoder = nn.Sequential(mlp_z_x, OutputLinear(mlp_z_x.out_dim, x_dim))
         self.inference = inference(
@@ -294,7 +315,9 @@ class DKF(LatentDecoderDVAE):
             dense_ztm1_g=dense_ztm1_g,
             dense_g_z=dense_g_z,
             activation=activation,
+            input_activation=input_activation,
             rnn=rnn,
+            rnn_dropout=rnn_dropout,
             iaf_flows=iaf_flows,
             iaf_hidden=iaf_hidden,
             learn_initial=learn_initial,

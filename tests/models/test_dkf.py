@@ -81,8 +81,9 @@ def _by_hand(model, x, z):
         g = (inf.mlp_ztm1_g(q_prev) + gx[:, t]) / n_terms
         loc, s = inf.head.linear(inf.mlp_g_z(g)).chunk(2, -1)
         mq.append(loc)
-        softplus = inf.head.scale == "softplus"
-        sq.append(torch.nn.functional.softplus(s) if softplus else torch.exp(0.5 * s))
+        softplus = torch.nn.functional.softplus(s)
+        scales = {"exp": torch.exp(0.5 * s), "softplus": softplus, "sqrt_softplus": softplus.sqrt()}
+        sq.append(scales[inf.head.scale])
         ploc, pscale = _transition_by_hand(model.prior, p_prev)
         mp.append(ploc)
         sp.append(pscale)
@@ -131,6 +132,41 @@ def test_pyros_learned_initial_states_and_softplus_scale(rnn, prior):
     TraceMeanField_ELBO().differentiable_loss(model.model, model.guide, x).backward()
     for initial in (model.prior.z_0, model.inference.z_q_0, model.inference.h_0):
         assert initial.grad is not None and initial.grad.abs().sum() > 0
+
+
+def test_the_dmm_authors_guide_options():
+    """guide_scale=sqrt_softplus (σ_q² = softplus, the DMM authors'): the loss is the
+    hand-written one; input_activation=relu makes the MLP before the RNN ReLU while the
+    combiner's stays tanh."""
+    B, T = 4, 6
+    options = dict(guide_scale="sqrt_softplus", input_activation="relu")
+    loss, x, z, (mq, sq, mp, sp), y = _mean_field_loss_by_hand(**options)
+    expected = (exponential_nll(x, y) + 0.6 * gaussian_kl(mq, sq, mp, sp)) / (B * T)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    inference = build_model("dkf", 10, ExponentialPower(), **options, **TINY).inference
+    assert (inference.mlp_x_gx.activation, inference.mlp_ztm1_g.activation) == ("relu", "tanh")
+    with pytest.raises(ValueError, match=r"model\.<modality>\.input_activation='elu'"):
+        build_model("dkf", 10, ExponentialPower(), input_activation="elu", **TINY)
+
+
+def test_rnn_dropout_acts_on_the_summary_while_training_only():
+    """rnn_dropout=0.5: in eval mode g^x is that of the same weights without dropout; in train
+    mode each element is 0 or twice that, about half of them 0 (144 elements: 5 binomial
+    standard deviations are ±0.21)."""
+    model = build_model("dkf", 10, ExponentialPower(), rnn_dropout=0.5, **TINY).eval()
+    plain = build_model("dkf", 10, ExponentialPower(), **TINY).eval()
+    plain.load_state_dict(model.state_dict())
+    x = torch.rand(4, 6, 10)
+    clean = model.inference.summary(x)
+    torch.testing.assert_close(clean, plain.inference.summary(x), rtol=0, atol=0)
+    model.train()
+    torch.manual_seed(0)
+    noisy = model.inference.summary(x)
+    kept = noisy != 0
+    torch.testing.assert_close(noisy, torch.where(kept, 2 * clean, 0.0), rtol=1e-6, atol=0)
+    assert abs(kept.double().mean().item() - 0.5) < 0.21
+    with pytest.raises(ValueError, match=r"model\.<modality>\.rnn_dropout=1\.0: expected"):
+        build_model("dkf", 10, ExponentialPower(), rnn_dropout=1.0, **TINY)
 
 
 def test_trace_elbo_is_log_ratio_of_the_sampled_trajectory():
