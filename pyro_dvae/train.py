@@ -108,6 +108,9 @@ OPTIMIZERS = ("adam", "clipped_adam")
 VAL_NOISES = ("fresh", "fixed")
 """``train.val_noise``: the validation ELBO's draws of z, new at every validation or the same
 ones (common random numbers, so that epochs differ by their weights, not by their luck)."""
+BATCHES = ("random", "sorted")
+"""``train.batches``: random training batches every epoch, or the same batches of sequences of
+near-equal length in a new order (:class:`~pyro_dvae.distributed.SortedBatches`: less padding)."""
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 PLOT_SECONDS = 30.0
 """``loss.png`` is redrawn at most this often during training (a drawing costs ~0.3 s)."""
@@ -149,6 +152,7 @@ class TrainConfig:
     step: str = "auto"
     cpu_allocator: str = "keep"
     val_noise: str = "fresh"
+    batches: str = "random"
 
     def __post_init__(self) -> None:
         for key, low in (
@@ -167,6 +171,7 @@ class TrainConfig:
         allocator_ok = self.cpu_allocator in ALLOCATORS
         _require("cpu_allocator", self.cpu_allocator, allocator_ok, f"one of {ALLOCATORS}")
         _require("val_noise", self.val_noise, self.val_noise in VAL_NOISES, f"one of {VAL_NOISES}")
+        _require("batches", self.batches, self.batches in BATCHES, f"one of {BATCHES}")
         _require("progress", self.progress, isinstance(self.progress, bool), "true or false")
         _require("optimizer", self.optimizer, self.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}")
         clip_ok = self.clip_norm is None or _is_positive(self.clip_norm)
@@ -441,7 +446,14 @@ class Trainer:
         resident = self.device.type == "cuda" and self.graph is not None
         return DataLoader(
             Batches(dataset, self.device if resident else None),
-            sampler=batch_sampler(dataset, self.cfg.batch_size, self.cluster, self.seed, shuffle),
+            sampler=batch_sampler(
+                dataset,
+                self.cfg.batch_size,
+                self.cluster,
+                self.seed,
+                shuffle,
+                by_length=self.cfg.batches == "sorted",
+            ),
             batch_size=None,
             num_workers=0 if resident else self.cfg.num_workers,
             pin_memory=self.device.type == "cuda" and not resident,
@@ -585,9 +597,10 @@ class Trainer:
             seconds spent waiting for the DataLoader.
         """
         self.model.train()
-        shuffle = self.train_loader.sampler.sampler  # the DistributedSampler
-        shuffle.seed = self.state.seed
-        shuffle.set_epoch(epoch)
+        order = self.train_loader.sampler  # SortedBatches, or a BatchSampler over the
+        order = getattr(order, "sampler", order)  # DistributedSampler that shuffles
+        order.seed = self.state.seed
+        order.set_epoch(epoch)
         frozen = self.frozen if epoch < self.cfg.freeze_epochs else ()
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         count, wait, shown = 0, 0.0, time.monotonic()

@@ -10,6 +10,7 @@ size, so torch's DistributedSampler repeats nothing.
 
 import contextlib
 import csv
+import itertools
 import os
 import signal
 import socket
@@ -97,6 +98,71 @@ def test_the_trainer_reshuffles_every_epoch(tmp_path):
     for epoch in (0, 1, 0):
         trainer.run_epoch(epoch)
     assert seen[:2] != seen[2:4] and seen[:2] == seen[4:]
+
+
+def _blocks(lengths: list[int], size: int) -> list[list[int]]:
+    """The indices sorted by length, ties in index order, in consecutive blocks of ``size``."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_sorted_batches_are_the_length_sorted_blocks_in_a_new_order_each_epoch(world):
+    """train.batches=sorted: every epoch the batches are the consecutive blocks of the
+    length-sorted set (ties broken by index) in a permuted order, a function of the seed and
+    the epoch (so a resumed run reads the same); the ranks' k-th shares make up the single
+    process's k-th batch."""
+    lengths = torch.randint(3, 9, (23,), generator=torch.Generator().manual_seed(1)).tolist()
+    data = PianoRolls([np.zeros((t, 88), dtype=np.uint8) for t in lengths])
+    blocks = _blocks(lengths, 6)
+    single = batch_sampler(data, 6, SINGLE, seed=5, shuffle=True, by_length=True)
+    shares = [
+        batch_sampler(data, 6, Cluster(r, world), seed=5, shuffle=True, by_length=True)
+        for r in range(world)
+    ]
+    orders = []
+    for epoch in (0, 1, 0):
+        for sampler in (single, *shares):
+            sampler.set_epoch(epoch)
+        batches = list(single)
+        assert sorted(batches) == sorted(blocks)
+        for whole, *parts in zip(batches, *shares, strict=True):
+            assert sorted(sum(parts, [])) == sorted(whole)
+        orders.append(batches)
+    assert orders[0] != orders[1] and orders[0] == orders[2]
+    val = [batch_sampler(data, 6, Cluster(r, world), 0, shuffle=False, by_length=True)
+           for r in range(world)]  # fmt: skip
+    assert sorted(i for share in val for b in share for i in b) == list(range(23))
+    for share in val:
+        assert all(lengths[i] <= lengths[j] for b in share for i, j in itertools.pairwise(b))
+
+
+def test_sorted_batches_need_lengths_and_a_share_for_every_rank():
+    with pytest.raises(ValueError, match=r"train.batches=sorted: the training set \(list\)"):
+        batch_sampler(list(range(20)), 10, SINGLE, seed=0, shuffle=True, by_length=True)
+    data = PianoRolls([np.zeros((3, 88), dtype=np.uint8)] * 21)  # batches of 10, 10, 1
+    with pytest.raises(ValueError, match=r"a batch of 1 sequences for 2 processes"):
+        batch_sampler(data, 10, Cluster(0, 2), seed=0, shuffle=True, by_length=True)
+
+
+def test_the_trainer_reads_sorted_batches(tmp_path):
+    """With train.batches=sorted each step's batch holds one length-sorted block, no longer
+    than its longest sequence, and the blocks come in a new order each epoch."""
+    trainer, seen = _trainer(tmp_path, SINGLE, batches="sorted"), []
+    loss = trainer.loss
+
+    def recording(x, mask, weight):
+        seen.append((x.shape[1], sorted(mask.sum(1).tolist())))
+        return loss(x, mask, weight)
+
+    trainer.loss = recording
+    for epoch in (0, 1):
+        trainer.run_epoch(epoch)
+    lengths = _rolls().lengths.tolist()
+    expected = sorted((max(lengths[i] for i in b), sorted(lengths[i] for i in b))
+                      for b in _blocks(lengths, 4))  # fmt: skip
+    assert sorted(seen[:2]) == sorted(seen[2:]) == expected
+    assert seen[:2] != seen[2:]
 
 
 def test_a_global_batch_must_split_evenly():
@@ -212,14 +278,14 @@ def _rolls(n: int = 8) -> PianoRolls:
                        for t in lengths])  # fmt: skip
 
 
-def _trainer(run_dir: Path, cluster: Cluster, epochs: int = 3) -> Trainer:
+def _trainer(run_dir: Path, cluster: Cluster, epochs: int = 3, **options) -> Trainer:
     torch.manual_seed(0)
     model = build_model(
         "dkf", 88, Bernoulli(), z_dim=3, dense_x_gx=[8], dim_rnn_gx=6, dense_ztm1_g=[4],
         dense_g_z=[5], dense_z_x=[7],
     )  # fmt: skip
     cfg = TrainConfig(epochs=epochs, batch_size=4, lr=1e-2, warmup_every=1, warmup_fit=False,
-                      progress=False)  # fmt: skip
+                      progress=False, **options)  # fmt: skip
     return Trainer(model, _rolls(), _rolls(6), cfg, run_dir, torch.device("cpu"), 0, None, cluster)
 
 

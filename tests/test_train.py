@@ -523,7 +523,7 @@ def test_the_dmm_authors_recipe_is_theirs_per_frame(data_root):
                                                                     (0.9, 0.999), 20)  # fmt: skip
     assert tcfg.l2 == pytest.approx(0.1 / (20 * frames_per_chorale), rel=1e-3)  # 4 digits given
     assert tcfg.clip_norm == pytest.approx(1 / frames_per_chorale, rel=1e-4)
-    assert tcfg.weight_decay == 0 and tcfg.lr_decay == 1
+    assert tcfg.weight_decay == 0 and tcfg.lr_decay == 1 and tcfg.batches == "sorted"
     assert tcfg.epochs == 2000 and tcfg.early_stop_patience == 2000 and not fitted_warmup(tcfg)
     updates = [1 + e * steps for e in (0, 1, 100, 412, 413)]  # their counter starts at 1
     expected = [min(1.0, 0.01 + u / 5000) for u in updates]
