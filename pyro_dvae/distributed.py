@@ -220,7 +220,7 @@ class SortedBatches:
     def __init__(self, lengths: Sequence[int], batch_size: int, cluster: Cluster, seed: int):
         order = by_length_order(lengths)
         self.batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        if any(len(batch) < cluster.world_size for batch in self.batches):
+        if self.batches and len(self.batches[-1]) < cluster.world_size:  # only the last is short
             raise ValueError(
                 f"train.batches=sorted: a batch of {len(self.batches[-1])} sequences for "
                 f"{cluster.world_size} processes; choose train.batch_size so that the last "

@@ -140,13 +140,13 @@ def train_step(
     (value * scale).backward()
     for p in frozen:
         p.grad = None
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    if l2:
-        for p in params:
-            if p.grad is not None:
+    if l2 or clip_norm is not None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if l2:
+            for p in (p for p in params if p.grad is not None):
                 p.grad.add_(p.detach(), alpha=l2)
-    if clip_norm is not None:
-        torch.nn.utils.clip_grad_norm_(params, clip_norm)
+        if clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip_norm)
     optimizer.step()
     return value.detach()
 
