@@ -20,7 +20,9 @@ Nothing here knows a model: a *pair* is any object with ``model(x)`` and ``guide
 programs whose sample sites all lie in a plate named :data:`PLATE` over the sequences of x)
 and, for padded batches, a ``step_mask(mask)`` context (every
 :class:`~pyro_dvae.models.base.DVAE` is one). The K draws are the batch repeated K times, in
-passes of at most ``max_batch`` sequences, under ``torch.no_grad``.
+passes of at most ``max_batch`` sequences, under ``torch.no_grad``; an RNN over x alone (a
+guide's summary of the sequence) runs once for the K copies
+(:func:`~pyro_dvae.nn.identical_copies`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
+
+from pyro_dvae.nn import identical_copies
 
 PLATE = "sequences"
 """The plate over the sequences of a batch (:meth:`~pyro_dvae.models.base.DVAE.sequences`)."""
@@ -99,7 +103,8 @@ def importance_log_weights(
         k = min(per_pass, num_samples - start)
         repeated = x.repeat(k, *([1] * (x.dim() - 1)))
         m = None if mask is None else mask.repeat(k, 1)
-        chunks.append(log_weights(pair, repeated, m).view(k, B))
+        with identical_copies(k):  # RNNs over x alone run once for the k copies
+            chunks.append(log_weights(pair, repeated, m).view(k, B))
     return torch.cat(chunks)
 
 

@@ -8,9 +8,10 @@ identity. Heads are plain ``Linear`` layers. Sequences are batch-first ``(B, T, 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from functools import wraps
 
 import torch
 from pyro.poutine.util import is_validation_enabled
@@ -227,6 +228,67 @@ def _active_lengths(x: torch.Tensor) -> torch.Tensor | None:
     return lengths
 
 
+_COPIES: ContextVar[int] = ContextVar("identical_copies", default=1)
+"""How many stacked copies of one batch the batch in flight may be (:func:`identical_copies`)."""
+
+
+@contextmanager
+def identical_copies(k: int) -> Iterator[None]:
+    """Within this block the batch in flight may be ``k`` stacked copies of one batch of B
+    sequences (``x.repeat(k, 1, 1)``, as the K draws of an importance-weighted bound are
+    scored: :func:`~pyro_dvae.loglik.importance_log_weights`). With gradients off,
+    :func:`run_rnn`, :func:`run_rnn_fast` and :func:`final_state` then run an RNN whose input
+    (and step mask) is k such copies over its first B sequences only, and repeat the outputs:
+    an RNN is a deterministic function of its input, so they are the same copies, computed
+    once, not k times. An input that differs between the copies (it depends on a draw of z)
+    runs as usual."""
+    token = _COPIES.set(k)
+    try:
+        yield
+    finally:
+        _COPIES.reset(token)
+
+
+def _is_stacked_copies(x: torch.Tensor, k: int) -> bool:
+    """Whether ``x (k·B, …)`` is k stacked copies of ``x[:B]``."""
+    B = x.shape[0] // k
+    return torch.equal(x.reshape(k, B, *x.shape[1:]), x[:B].expand(k, B, *x.shape[1:]))
+
+
+def _once_for_copies(batch_dim: int) -> Callable[[Callable], Callable]:
+    """Make ``fn(rnn, x (B, T, D), ...)``, whose output has the batch at ``batch_dim``, run
+    once for the k stacked copies of :func:`identical_copies`, where its input and lengths are
+    such copies, no gradient is recorded and ``rnn`` has no dropout in force."""
+
+    def decorate(fn: Callable) -> Callable:
+        @wraps(fn)
+        def run(rnn: nn.RNNBase, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+            k, active = _COPIES.get(), _LENGTHS.get()
+            once = (
+                k > 1
+                and x.shape[0] % k == 0
+                and not torch.is_grad_enabled()
+                and not (rnn.training and rnn.dropout)
+                and _is_stacked_copies(x, k)
+                and (active is None or _is_stacked_copies(active[0], k))
+            )
+            if not once:
+                return fn(rnn, x, *args, **kwargs)
+            B = x.shape[0] // k
+            copies = _COPIES.set(1)
+            lengths = _LENGTHS.set(None if active is None else (active[0][:B], active[1]))
+            try:
+                out = fn(rnn, x[:B], *args, **kwargs)
+            finally:
+                _LENGTHS.reset(lengths)
+                _COPIES.reset(copies)
+            return out.repeat(*[k if d == batch_dim else 1 for d in range(out.dim())])
+
+        return run
+
+    return decorate
+
+
 def reverse_within(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
     """``x (B, T, ·)`` with each sequence's first ``lengths[b]`` steps in reverse order (padded
     steps stay in place); every step reversed when ``lengths`` is None. Its own inverse."""
@@ -257,6 +319,7 @@ def _last_valid(output: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return output[torch.arange(output.shape[0], device=output.device), lengths - 1]
 
 
+@_once_for_copies(batch_dim=0)
 def run_rnn(
     rnn: nn.RNNBase, x: torch.Tensor, backward: bool = False, h_0: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -293,6 +356,7 @@ def _forward(rnn: nn.RNNBase, x: torch.Tensor, h_0: torch.Tensor | None) -> torc
     return scan_rnn(rnn, x, h_0=None if h_0 is None else h_0.expand(x.shape[0], -1))
 
 
+@_once_for_copies(batch_dim=0)
 def run_rnn_fast(rnn: nn.RNNBase, x: torch.Tensor, backward: bool = False) -> torch.Tensor:
     """:func:`run_rnn` with the scans of :mod:`pyro_dvae.scan` for LSTMs too, and for
     bidirectional RNNs: same outputs ``(B, T, ·)`` from ``x (B, T, D)``, faster where nothing
@@ -310,6 +374,7 @@ def _initial_state(rnn: nn.RNNBase, h_0: torch.Tensor | None, B: int):
     return (h, torch.zeros_like(h)) if isinstance(rnn, nn.LSTM) else h
 
 
+@_once_for_copies(batch_dim=1)
 def final_state(rnn: nn.RNNBase, x: torch.Tensor) -> torch.Tensor:
     """The final hidden state ``h_n (directions, B, H)`` of a one-layer batch-first RNN over
     ``x (B, T, D)`` from zero state: the forward direction's after x_T, the backward one's

@@ -1,7 +1,7 @@
 """ELBO and importance-weighted log-likelihood bounds over any model/guide pair."""
 
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -289,3 +289,32 @@ def test_the_runner_reports_all_three_estimators_with_k_2000_in_passes_of_1000()
     assert runner.IWAE_MAX_BATCH == 1000 and passes == [1000] * 12  # 6 per run: 3 chorales × 2
     for key in ("elbo_per_step", "elbo_per_sequence_step", "nll_per_step"):
         assert scores[key] == pytest.approx(alone[key], rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["dkf", "srnn", "vrnn"])
+def test_the_k_draws_share_the_guides_summary_of_x_and_score_as_without(monkeypatch, name):
+    """importance_log_weights scores the K copies under nn.identical_copies: an RNN over x
+    alone (DKF's and SRNN's summaries) runs on one copy, one over z (VRNN's) on all of them,
+    and the log-weights are those of the K copies run in full (float64: rounding only)."""
+    import pyro_dvae.loglik as loglik_module
+    from pyro_dvae.nn import identical_copies
+
+    cfg = OmegaConf.load(CONFIGS / f"{name}.yaml")
+    model = build_model(name, 4, Bernoulli(), **OmegaConf.to_container(cfg.music)).double()
+    model.eval()
+    x = (torch.rand(2, 6, 4) < 0.3).double()
+    rnn_batches = []
+    for rnn in (m for m in model.modules() if isinstance(m, torch.nn.RNNBase)):
+        rnn.register_forward_pre_hook(lambda _, args: rnn_batches.append(args[0].shape[0]))
+    weights = {}
+    for shortcut in (True, False):
+        monkeypatch.setattr(
+            loglik_module,
+            "identical_copies",
+            identical_copies if shortcut else lambda k: nullcontext(),
+        )
+        rnn_batches.clear()
+        pyro.set_rng_seed(4)
+        weights[shortcut] = importance_log_weights(model, x, 5)
+        assert (2 in rnn_batches) == (shortcut and name != "vrnn")
+    torch.testing.assert_close(weights[True], weights[False], rtol=1e-12, atol=1e-12)

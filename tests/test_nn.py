@@ -12,10 +12,13 @@ from pyro_dvae.nn import (
     GaussianHead,
     OutputLinear,
     final_state,
+    identical_copies,
     initialise,
     lstm,
     lstm_step,
+    recurrent,
     run_rnn,
+    run_rnn_fast,
     sequence_lengths,
 )
 
@@ -85,6 +88,67 @@ def test_rnn_over_padded_sequences_equals_each_sequence_alone(bidirectional, bac
         torch.testing.assert_close(padded[b : b + 1, :length], run_rnn(rnn, alone, backward))
         torch.testing.assert_close(state[:, b : b + 1], final_state(rnn, alone))
     assert padded.isfinite().all()
+
+
+@pytest.fixture
+def rnn_batches(monkeypatch):
+    """The batch sizes the RNN helpers of pyro_dvae.nn run their RNNs on, in call order."""
+    import pyro_dvae.nn as nn_module
+
+    seen, active = [], nn_module._active_lengths
+
+    def spy(x):
+        seen.append(x.shape[0])
+        return active(x)
+
+    monkeypatch.setattr(nn_module, "_active_lengths", spy)
+    return seen
+
+
+COPIES = [
+    (lambda rnn, x: run_rnn(rnn, x, backward=True), "lstm", False),
+    (lambda rnn, x: run_rnn(rnn, x, h_0=torch.ones(4, dtype=x.dtype)), "relu", False),
+    (lambda rnn, x: run_rnn_fast(rnn, x), "lstm", True),
+    (run_rnn, "tanh", True),
+    (final_state, "lstm", True),
+]
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("run,kind,bidirectional", COPIES)
+def test_an_rnn_over_k_copies_runs_once_and_repeats_its_outputs(
+    rnn_batches, run, kind, bidirectional, padded
+):
+    """identical_copies(k) without gradients: an RNN over k stacked copies of a batch (and of
+    its mask) runs on the first copy only, and its outputs are those of the whole batch."""
+    rnn = recurrent(kind, 3, 4, bidirectional).double()
+    x = torch.randn(2, 5, 3, dtype=torch.float64).repeat(3, 1, 1)
+    mask = (torch.arange(5) < torch.tensor([5, 3])[:, None]).repeat(3, 1) if padded else None
+    with torch.no_grad(), sequence_lengths(mask):
+        whole = run(rnn, x)
+        whole_batches = rnn_batches.copy()
+        with identical_copies(3):
+            once = run(rnn, x)
+    assert set(whole_batches) == {6} and set(rnn_batches[len(whole_batches) :]) == {2}
+    torch.testing.assert_close(once, whole, rtol=1e-12, atol=1e-12)  # float64: rounding only
+
+
+@pytest.mark.parametrize("case", ["different rows", "gradients", "dropout", "mask differs"])
+def test_an_rnn_runs_on_the_whole_batch_unless_it_is_copies_without_gradients(rnn_batches, case):
+    """Inputs that differ between the copies (they depend on z), a step that records gradients
+    (training), an RNN with dropout in force, or masks that are not copies: no shortcut."""
+    rnn = nn.LSTM(3, 4, num_layers=2, batch_first=True, dropout=0.5 if case == "dropout" else 0)
+    rnn.train(case == "dropout")
+    x = torch.randn(2, 5, 3).repeat(3, 1, 1)
+    mask = (torch.arange(5) < torch.tensor([5, 3])[:, None]).repeat(3, 1)
+    if case == "different rows":
+        x[4, 2, 1] += 1.0
+    if case == "mask differs":
+        mask[4, 4:] = False  # a copy of the first sequence, one step shorter
+    with torch.set_grad_enabled(case == "gradients"), identical_copies(3):
+        with sequence_lengths(mask if case == "mask differs" else None):
+            run_rnn(rnn, x) if case != "mask differs" else final_state(lstm(3, 4), x)
+    assert rnn_batches == [6]
 
 
 def test_backward_rnn_without_lengths_summarises_the_future():
