@@ -255,6 +255,12 @@ def _is_stacked_copies(x: torch.Tensor, k: int) -> bool:
     return torch.equal(x.reshape(k, B, *x.shape[1:]), x[:B].expand(k, B, *x.shape[1:]))
 
 
+def _same_copies(lengths: torch.Tensor, x: torch.Tensor, k: int) -> bool:
+    """Whether the step mask's ``lengths`` are for ``x``'s sequences and k copies as well (a
+    mask for another batch is left to the RNN helpers' own error)."""
+    return lengths.shape[0] == x.shape[0] and _is_stacked_copies(lengths, k)
+
+
 def _once_for_copies(batch_dim: int) -> Callable[[Callable], Callable]:
     """Make ``fn(rnn, x (B, T, D), ...)``, whose output has the batch at ``batch_dim``, run
     once for the k stacked copies of :func:`identical_copies`, where its input and lengths are
@@ -270,7 +276,7 @@ def _once_for_copies(batch_dim: int) -> Callable[[Callable], Callable]:
                 and not torch.is_grad_enabled()
                 and not (rnn.training and rnn.dropout)
                 and _is_stacked_copies(x, k)
-                and (active is None or _is_stacked_copies(active[0], k))
+                and (active is None or _same_copies(active[0], x, k))
             )
             if not once:
                 return fn(rnn, x, *args, **kwargs)

@@ -217,3 +217,9 @@ def test_lstm_step_equals_torchs_lstm_cell_in_value_and_gradient(first_step):
         expected = torch.autograd.grad(ref, (x, *weights), seeds, retain_graph=True)
         for g, e in zip(got, expected, strict=True):
             torch.testing.assert_close(g, e, rtol=0, atol=1e-13)
+
+
+def test_a_mask_for_another_batch_is_named_under_copies_too():
+    with torch.no_grad(), identical_copies(2), sequence_lengths(torch.ones(3, 4, dtype=torch.bool)):
+        with pytest.raises(ValueError, match=r"3 sequences of up to 4 steps.*\(4, 4, 3\)"):
+            run_rnn(lstm(3, 4), torch.randn(2, 4, 3).repeat(2, 1, 1))
