@@ -51,12 +51,26 @@ def seconds(fn) -> float:
     return time.perf_counter() - start
 
 
-def measure(overrides: list[str], epochs: int, warmup: int) -> dict:
-    """The JSON object of the module docstring for the run of ``overrides``."""
+def run_config(overrides: list[str]) -> DictConfig:
+    """The configuration ``experiments/run.py`` composes from ``overrides`` (progress bar off),
+    with torch's threads set to its ``threads``."""
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         cfg = compose("config", ["train.progress=false", *overrides])
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    return cfg
+
+
+def save_json(row: dict, path: Path | None) -> None:
+    """Write ``row`` to ``path`` (its folder made as needed); nothing when ``path`` is None."""
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(row, indent=1))
+
+
+def measure(overrides: list[str], epochs: int, warmup: int) -> dict:
+    """The JSON object of the module docstring for the run of ``overrides``."""
+    cfg = run_config(overrides)
     task = build_task(**cfg.data)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = trainer_for(cfg, task, Path(run_dir))
@@ -93,9 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"({row['steps_per_epoch']} steps, {row['ms_per_step']:.1f} ms each), "
         f"validation {row['validate_seconds']:.2f} s, {row['threads']} thread(s)"
     )
-    if opts.json:
-        opts.json.parent.mkdir(parents=True, exist_ok=True)
-        opts.json.write_text(json.dumps(row, indent=1))
+    save_json(row, opts.json)
     return row
 
 

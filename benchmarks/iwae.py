@@ -22,21 +22,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import pyro
 import torch
-from hydra import compose, initialize_config_dir
 
-from pyro_dvae import loglik
-from pyro_dvae.data import build_task
-from pyro_dvae.runner import IWAE_MAX_BATCH, build_model_for
-from pyro_dvae.train import on_device
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
+from benchmarks.epoch import run_config, save_json  # noqa: E402
+from pyro_dvae import loglik  # noqa: E402
+from pyro_dvae.data import build_task  # noqa: E402
+from pyro_dvae.runner import IWAE_MAX_BATCH, build_model_for  # noqa: E402
+from pyro_dvae.train import on_device  # noqa: E402
 
 
 def score(model, batches: list, samples: int, shared: bool) -> tuple[float, float]:
@@ -56,10 +55,7 @@ def score(model, batches: list, samples: int, shared: bool) -> tuple[float, floa
 
 def measure(overrides: list[str], samples: int, sequences: int, rounds: int) -> dict:
     """The JSON object of the module docstring for the run of ``overrides``."""
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        cfg = compose("config", overrides)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    cfg = run_config(overrides)
     task = build_task(**cfg.data)
     model = build_model_for(cfg, task).eval()
     cpu = torch.device("cpu")
@@ -99,9 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{row['shared_seconds']:.2f} s shared, {row['repeated_seconds']:.2f} s repeated "
         f"({row['speedup']:.2f}x), {row['threads']} thread(s)"
     )
-    if opts.json:
-        opts.json.parent.mkdir(parents=True, exist_ok=True)
-        opts.json.write_text(json.dumps(row, indent=1))
+    save_json(row, opts.json)
     return row
 
 
