@@ -92,6 +92,18 @@ RECIPES = (
         TARGETS,
     ),
     Recipe(
+        "dmm_jsb_authors_seed2",
+        "DKF (the DMM authors' recipe), seed 2",
+        ("+experiment=dmm_jsb_authors", "seed=2"),
+        TARGETS,
+    ),
+    Recipe(
+        "dmm_jsb_authors_init",
+        "DKF (the DMM authors' recipe), their initialisation",
+        ("+experiment=dmm_jsb_authors", "model.init=dmm_authors"),
+        TARGETS,
+    ),
+    Recipe(
         "dmm_jsb_authors_iaf",
         "DKF + 2 IAF (the DMM authors' recipe)",
         ("+experiment=dmm_jsb_authors", "guide=iaf"),

@@ -53,29 +53,61 @@ class MLP(nn.Sequential):
         self.activation = activation
 
 
-INITS = ("torch", "glorot")
+INITS = ("torch", "glorot", "dmm_authors")
 """Weight initialisations of :func:`initialise` (``model.init``)."""
+DMM_AUTHORS_RANGE = 0.1
+"""The DMM authors' ``init_weight``: weights and biases drawn from U(−0.1, 0.1)."""
 
 
 def initialise(module: nn.Module, scheme: str) -> None:
-    """Re-initialise the ``Linear`` layers of every :class:`MLP` inside ``module``.
+    """Re-initialise the layers of ``module`` by ``scheme``:
 
-    ``torch`` keeps PyTorch's default (U(±1/√fan_in), as in the paper). ``glorot`` draws
-    Glorot-uniform weights with the gain of the MLP's activation and zero biases, which keeps
-    the signal's scale through deep tanh stacks: over z ~ N(0, I), the output of the paper's
-    DKF speech decoder (four tanh layers, then the output layer) varies by 0.04 (std, in
-    log-variance units) under the default and by 0.32 under ``glorot``. Heads, output layers
-    and RNNs keep their default.
+    * ``torch`` keeps PyTorch's default (U(±1/√fan_in), as in the paper).
+    * ``glorot`` draws the ``Linear`` layers of every :class:`MLP` Glorot-uniform with the gain
+      of the MLP's activation and zero biases, which keeps the signal's scale through deep tanh
+      stacks: over z ~ N(0, I), the output of the paper's DKF speech decoder (four tanh layers,
+      then the output layer) varies by 0.04 (std, in log-variance units) under the default and
+      by 0.32 under ``glorot``. Heads, output layers and RNNs keep their default.
+    * ``dmm_authors`` is the DMM authors' scheme (clinicalml/theanomodels, ``_getWeight`` with
+      its defaults ``init_scheme=uniform``, ``init_weight=0.1``): every ``Linear`` weight and
+      bias from U(−0.1, 0.1); an LSTM's input weights the same, its recurrent weights one
+      orthogonal H × H block per gate, its bias Laplace(0, 1) (``b_ih``; ``b_hh`` = 0, as their
+      LSTM has one bias); any other RNN U(−0.1, 0.1) throughout.
+
+    A layer whose initialisation is part of its model's definition (``layer.keeps_init =
+    True``, e.g. the gated transition's W_μ = I) keeps it under every scheme.
     """
     if scheme not in INITS:
         raise ValueError(f"model.init={scheme!r} is not known; expected one of {list(INITS)}")
-    if scheme == "torch":
-        return
-    for mlp in (m for m in module.modules() if isinstance(m, MLP)):
-        gain = nn.init.calculate_gain(mlp.activation)
-        for layer in (m for m in mlp if isinstance(m, nn.Linear)):
-            nn.init.xavier_uniform_(layer.weight, gain=gain)
-            nn.init.zeros_(layer.bias)
+    if scheme == "glorot":
+        for mlp in (m for m in module.modules() if isinstance(m, MLP)):
+            gain = nn.init.calculate_gain(mlp.activation)
+            for layer in (m for m in mlp if isinstance(m, nn.Linear)):
+                nn.init.xavier_uniform_(layer.weight, gain=gain)
+                nn.init.zeros_(layer.bias)
+    elif scheme == "dmm_authors":
+        for layer in module.modules():
+            if not getattr(layer, "keeps_init", False):
+                _dmm_authors_init(layer)
+
+
+def _dmm_authors_init(layer: nn.Module) -> None:
+    """:func:`initialise`'s ``dmm_authors`` scheme on the parameters of ``layer`` itself."""
+    if isinstance(layer, nn.Linear):
+        for p in (layer.weight, layer.bias):
+            if p is not None:
+                nn.init.uniform_(p, -DMM_AUTHORS_RANGE, DMM_AUTHORS_RANGE)
+    elif isinstance(layer, nn.RNNBase):
+        for name, p in layer.named_parameters(recurse=False):
+            if isinstance(layer, nn.LSTM) and name.startswith("weight_hh"):
+                for block in p.data.chunk(4, dim=0):
+                    nn.init.orthogonal_(block)
+            elif isinstance(layer, nn.LSTM) and name.startswith("bias_ih"):
+                p.data.copy_(torch.distributions.Laplace(0.0, 1.0).sample(p.shape))
+            elif isinstance(layer, nn.LSTM) and name.startswith("bias_hh"):
+                nn.init.zeros_(p)
+            else:
+                nn.init.uniform_(p, -DMM_AUTHORS_RANGE, DMM_AUTHORS_RANGE)
 
 
 ROW_ALIGNMENT = 16

@@ -6,6 +6,7 @@ from torch import nn
 
 from pyro_dvae.likelihoods import build_likelihood
 from pyro_dvae.models import build_model
+from pyro_dvae.models.priors import GatedTransition
 from pyro_dvae.nn import (
     MIN_ROWS,
     MLP,
@@ -44,6 +45,37 @@ def test_glorot_redraws_only_mlp_layers_with_the_activation_gain():
     assert abs(layer.weight.std().item() - bound / math.sqrt(3)) < 0.01 * bound
     assert torch.count_nonzero(layer.bias) == 0
     torch.testing.assert_close(net["head"].linear.weight, head_before)
+
+
+def test_dmm_authors_init_is_their_uniform_orthogonal_and_laplace_draws():
+    torch.manual_seed(0)
+    H = 100
+    net = nn.ModuleDict(
+        {
+            "mlp": MLP(200, [300], "relu"),
+            "lstm": nn.LSTM(88, H, batch_first=True),
+            "rnn": nn.RNN(6, 5),
+            "transition": GatedTransition(4, hidden=8, loc_init="identity"),
+        }
+    )
+    initialise(net, "dmm_authors")
+    layer = net["mlp"][0]
+    for p in (layer.weight, net["lstm"].weight_ih_l0, *net["rnn"].parameters()):
+        assert p.abs().max() <= 0.1
+    # U(-0.1, 0.1): std 0.1/√3; 60,000 draws give it to well under 1 %
+    assert abs(layer.weight.std().item() - 0.1 / math.sqrt(3)) < 0.01 * 0.1
+    assert layer.bias.abs().max() <= 0.1 and torch.count_nonzero(layer.bias) == 300
+    for block in net["lstm"].weight_hh_l0.detach().double().chunk(4):
+        # float32 entries: Q Qᵀ = I to H·eps ≈ 1e-5 (a U(±0.1) block has diagonal ≈ 0.33)
+        eye = torch.eye(H, dtype=torch.float64)
+        torch.testing.assert_close(block @ block.T, eye, atol=1e-4, rtol=0)
+    # Laplace(0, 1): E|b| = 1 and sd |b| = 1, so 4H = 400 draws give the mean to ±0.05 (1 sd)
+    assert abs(net["lstm"].bias_ih_l0.abs().mean().item() - 1) < 0.25
+    assert torch.count_nonzero(net["lstm"].bias_hh_l0) == 0
+    loc = net["transition"].loc_linear  # W_μ = I belongs to the transition: kept
+    torch.testing.assert_close(loc.weight, torch.eye(4))
+    assert torch.count_nonzero(loc.bias) == 0
+    assert net["transition"].gate_hidden.weight.abs().max() <= 0.1
 
 
 def test_torch_init_is_untouched_and_unknown_scheme_names_the_key():

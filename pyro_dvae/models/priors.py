@@ -148,6 +148,7 @@ class GatedTransition(Transition):
         if loc_init == "identity":
             nn.init.eye_(self.loc_linear.weight)
             nn.init.zeros_(self.loc_linear.bias)
+            self.loc_linear.keeps_init = True
 
     def forward(self, z_prev: torch.Tensor) -> Distribution:
         return diag_normal(*self.loc_scale(z_prev))
