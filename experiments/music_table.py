@@ -98,6 +98,20 @@ RECIPES = (
         TARGETS,
     ),
     Recipe(
+        "dmm_jsb_authors_seed1_lr",
+        "DKF (the DMM authors' recipe), seed 1, then LR/10 from its best epoch (this stage's time)",
+        (
+            "+experiment=dmm_jsb_authors",
+            "seed=1",
+            "train.init_from=runs/dmm_jsb_authors_seed1",
+            "train.lr=8.0e-5",
+            "train.warmup_every=0",
+            "train.epochs=500",
+            "train.early_stop_patience=100",
+        ),
+        TARGETS,
+    ),
+    Recipe(
         "dmm_jsb_authors_init",
         "DKF (the DMM authors' recipe), their initialisation",
         ("+experiment=dmm_jsb_authors", "model.init=dmm_authors"),

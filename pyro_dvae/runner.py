@@ -83,6 +83,8 @@ def train_config(cfg: DictConfig, modality: str) -> TrainConfig:
 CONTINUATION_KEYS = (  # fmt: skip
     "train.epochs",
     "train.early_stop_patience",
+    "train.lr_drops",
+    "train.lr_drop_factor",
     "train.progress",
     "train.num_workers",
     "train.distributed",
@@ -116,7 +118,10 @@ def resumed_config(cfg: DictConfig, saved: dict, overrides: Sequence[str] | None
     new = OmegaConf.to_container(cfg, resolve=True)
     old, now = flatten(saved), flatten(new)
     given = set(now) if overrides is None else _given(overrides, new)
-    changed = sorted(k for k in given if k in old and k in now and old[k] != now[k])
+    # a continuation key newer than the run's config counts as changed when given
+    changed = sorted(
+        k for k in given if k in now and (old[k] != now[k] if k in old else k in CONTINUATION_KEYS)
+    )
     conflicts = [k for k in changed if k not in CONTINUATION_KEYS]
     if conflicts:
         listing = ", ".join(f"{k}={now[k]!r} (the run has {old[k]!r})" for k in conflicts)

@@ -250,6 +250,18 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
             group["lr"] = lr
 
 
+def reset_moments(optimizer: torch.optim.Optimizer) -> None:
+    """Put the optimiser's state back to a fresh one's: Adam's step counts and moment estimates
+    zero, written in place (so a captured CUDA graph keeps reading the same tensors). The next
+    step is then the first step of a new Adam (bias correction included)."""
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                value.zero_()
+            else:
+                state[key] = 0
+
+
 def portable(optimizer_state: dict) -> dict:
     """An optimiser ``state_dict`` that loads into any step: learning rates as floats and
     ``capturable`` off (a ``graph`` step makes its optimiser capturable again)."""

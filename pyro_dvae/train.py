@@ -29,7 +29,10 @@ Bookkeeping (spec §4.3–4.4, with its bugs fixed):
   (``warmup_fit``, the default) ramps evenly to β instead, reaching it in its last epoch, so a
   short run trains its prior too; a run that still ends with its prior untrained is warned of.
 * Validation under ``no_grad`` in eval mode, at the epoch's KL weight.
-* Early stopping on the validation loss, counted only once the warm-up is over.
+* Early stopping on the validation loss, counted only once the warm-up is over. With
+  ``lr_drops`` = n, the first n times it would stop, training goes on instead from the best
+  epoch's weights at ``lr_drop_factor`` times the LR, with fresh Adam moments (a two-stage
+  schedule in one run); the drop is redone identically by a resume from the epoch before it.
 * LR decay: ``lr · lr_decay^⌊epoch / lr_decay_every⌋``, also a pure function of the epoch
   (``lr_decay_every`` > 1: a staircase, as TensorFlow's ``exponential_decay(staircase=True)``).
 * Frozen parameters (``freeze``, ``freeze_epochs``): the parameters under the named modules get
@@ -98,6 +101,7 @@ from pyro_dvae.step import (
     keep_freed_memory,
     loss_terms,
     portable,
+    reset_moments,
     set_lr,
     train_step,
 )
@@ -130,6 +134,8 @@ class TrainConfig:
     warmup_start: float = 0.0
     warmup_fit: bool = True
     early_stop_patience: int = 50
+    lr_drops: int = 0
+    lr_drop_factor: float = 0.1
     elbo: str = "mean_field"
     num_workers: int = 0
     progress: bool = True
@@ -157,7 +163,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for key, low in (
             ("epochs", 0), ("batch_size", 1), ("warmup_every", 0), ("early_stop_patience", 0),
-            ("num_workers", 0),
+            ("num_workers", 0), ("lr_drops", 0),
         ):  # fmt: skip
             value = getattr(self, key)
             _require(key, value, _is_int(value, low), f"an integer >= {low}")
@@ -176,6 +182,8 @@ class TrainConfig:
         _require("optimizer", self.optimizer, self.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}")
         clip_ok = self.clip_norm is None or _is_positive(self.clip_norm)
         _require("clip_norm", self.clip_norm, clip_ok, "null (no clipping) or a number > 0")
+        factor_ok = _is_positive(self.lr_drop_factor) and self.lr_drop_factor < 1
+        _require("lr_drop_factor", self.lr_drop_factor, factor_ok, "a number in (0, 1)")
         decay_ok = _is_positive(self.lr_decay) and self.lr_decay <= 1
         _require("lr_decay", self.lr_decay, decay_ok, "a number in (0, 1] (1: no decay)")
         every_ok = _is_int(self.lr_decay_every, 1)
@@ -228,6 +236,7 @@ class TrainState:
     best_val: float = math.inf
     best_epoch: int = -1
     patience: int = 0
+    lr_drops: int = 0  # LR drops taken (train.lr_drops)
     history: list[dict] = field(default_factory=list)
     warmup_epochs: int | None = None  # a warm-up fitted to the run (fitted_warmup): its length
 
@@ -326,9 +335,10 @@ def feedback_probability(epoch: int, cfg: TrainConfig) -> float:
     return sampling_probability(epoch, cfg.ss_start, cfg.ss_step, cfg.ss_every)
 
 
-def learning_rate(epoch: int, cfg: TrainConfig) -> float:
-    """``lr · lr_decay^⌊epoch / lr_decay_every⌋``: the LR of every step of ``epoch``."""
-    return cfg.lr * cfg.lr_decay ** (epoch // cfg.lr_decay_every)
+def learning_rate(epoch: int, cfg: TrainConfig, drops: int = 0) -> float:
+    """``lr · lr_decay^⌊epoch / lr_decay_every⌋ · lr_drop_factor^drops``: the LR of every step
+    of ``epoch`` after ``drops`` LR drops."""
+    return cfg.lr * cfg.lr_decay ** (epoch // cfg.lr_decay_every) * cfg.lr_drop_factor**drops
 
 
 def frozen_parameters(model: torch.nn.Module, names: tuple[str, ...]) -> list[torch.nn.Parameter]:
@@ -519,16 +529,46 @@ class Trainer:
     def _epochs(self) -> None:
         cfg, state = self.cfg, self.state
         while state.epoch < cfg.epochs:
+            if self.stalled() and state.lr_drops < cfg.lr_drops:
+                self.drop_lr()
             row = self.run_epoch(state.epoch)
             with self.books.writing():
                 self.end_epoch(row)
-            if self.warm(row["epoch"]) and state.patience >= cfg.early_stop_patience:
+            if self.stalled() and state.lr_drops >= cfg.lr_drops:
                 log.info("early stopping after epoch %d (best %d)", row["epoch"], state.best_epoch)
                 return
 
     def warm(self, epoch: int) -> bool:
         """Whether ``epoch`` is past the KL warm-up (and scheduled sampling's ramp)."""
         return warmup_done(epoch, self.cfg, self.state.warmup_epochs)
+
+    def stalled(self) -> bool:
+        """Whether the validation loss has not improved for ``early_stop_patience`` epochs
+        past the warm-up, up to the last epoch run."""
+        state = self.state
+        last_warm = bool(state.history) and self.warm(state.epoch - 1)
+        return last_warm and state.patience >= self.cfg.early_stop_patience
+
+    def drop_lr(self) -> None:
+        """``train.lr_drops``: back to the weights of ``best.pt``, fresh Adam moments, the LR
+        times ``lr_drop_factor`` from the next epoch on, and patience counted anew. Run before
+        the epoch that follows the stall, so a resume from the stalled epoch's ``last.pt``
+        redoes it (``best.pt`` cannot have changed since)."""
+        state = self.state
+        best = load_checkpoint(self.run_dir / "best.pt", self.device)
+        self.model.load_state_dict(best["model"])
+        reset_moments(self.optimizer)
+        state.lr_drops, state.patience = state.lr_drops + 1, 0
+        log.info(
+            "no better validation loss for %d epochs: LR x %g (drop %d of %d) from epoch %d, "
+            "from the weights of best epoch %d",
+            self.cfg.early_stop_patience,
+            self.cfg.lr_drop_factor,
+            state.lr_drops,
+            self.cfg.lr_drops,
+            state.epoch,
+            best["epoch"],
+        )
 
     def _synchronise(self, values: list[float]) -> list[float]:
         """``values`` summed over the ranks, together with whether any rank was signalled to
@@ -560,7 +600,7 @@ class Trainer:
 
     def run_epoch(self, epoch: int) -> dict:
         weight = kl_weight(epoch, self.cfg, self.state.warmup_epochs)
-        lr = learning_rate(epoch, self.cfg)
+        lr = learning_rate(epoch, self.cfg, self.state.lr_drops)
         set_lr(self.optimizer, lr)
         p = feedback_probability(epoch, self.cfg)
         self.model.set_feedback(p)

@@ -168,6 +168,17 @@ def test_resume_refuses_to_change_the_model_data_or_training(given, message):
     assert again.resume
 
 
+def test_a_run_older_than_a_continuation_key_takes_it_when_given():
+    """A run saved before ``train.lr_drops`` existed: given on resume it applies; not given,
+    the run goes on without it (the trainer's default, 0)."""
+    saved = runner.OmegaConf.to_container(compose_config(QUICK), resolve=True)
+    del saved["train"]["lr_drops"]
+    given = ["train.lr_drops=2"]
+    resumed = runner.resumed_config(compose_config([*QUICK, *given]), saved, given)
+    assert resumed.train.lr_drops == 2
+    assert "lr_drops" not in runner.resumed_config(compose_config(QUICK), saved, []).train
+
+
 def test_evaluate_missing_run_dir_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.yaml"):
         runner.evaluate(tmp_path, runner.resolve_device("cpu"))

@@ -266,6 +266,69 @@ def test_early_stopping_waits_for_warmup(tmp_path):
     assert state.best_val == min(r["val_loss"] for r in state.history if r["epoch"] >= 2)
 
 
+def _scripted_validation(trainer, monkeypatch, losses) -> None:
+    """``trainer.validate`` returns ``losses`` in turn (sums over one frame, no KL)."""
+    scripted = iter([(v, 0.0, 1) for v in losses])
+    monkeypatch.setattr(trainer, "validate", lambda: next(scripted))
+
+
+# warm-up epochs 0-1, then best at epoch 3 (4.0), a stall of 2 (epochs 4-5), the drop, a new
+# best at epoch 6 (3.0), a stall of 2 (epochs 7-8): early stopping after epoch 8
+DROP_SCRIPT = (1.0, 1.0, 6.0, 4.0, 5.0, 7.0, 3.0, 3.5, 3.5, 9.9)
+
+
+def test_an_lr_drop_goes_on_from_the_best_weights_at_the_lower_lr(tmp_path, monkeypatch):
+    trainer = _trainer(tmp_path, 10, early_stop_patience=2, lr_drops=1, lr_drop_factor=0.1)
+    _scripted_validation(trainer, monkeypatch, DROP_SCRIPT)
+    weights, run_epoch = {}, trainer.run_epoch
+
+    def snapshot(epoch):  # the weights each epoch starts from, and the optimiser's state
+        state = trainer.optimizer.state_dict()["state"]
+        weights[epoch] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        weights[epoch, "steps"] = [float(s["step"]) for s in state.values()]
+        return run_epoch(epoch)
+
+    monkeypatch.setattr(trainer, "run_epoch", snapshot)
+    trainer.fit()
+    history = trainer.state.history
+    assert [r["epoch"] for r in history] == list(range(9))
+    assert [r["lr"] for r in history] == [1e-2] * 6 + [pytest.approx(1e-3)] * 3
+    assert [r["best_epoch"] for r in history] == [0, 1, 2, 3, 3, 3, 6, 6, 6]
+    assert (trainer.state.lr_drops, trainer.state.best_val) == (1, 3.0)
+    best_then = weights[4]  # the weights after epoch 3, the best before the drop
+    _assert_same_weights(weights[6], best_then)  # epoch 6 starts from them ...
+    assert _differ(weights[6], weights[5])  # ... not from where epoch 5 left off
+    assert weights[6, "steps"] == [0.0] * len(weights[6, "steps"])  # and a fresh Adam
+    assert max(weights[5, "steps"]) == 5 * 3  # where epoch 5 began: 5 epochs of 3 steps
+
+
+def test_a_resume_from_the_stalled_epoch_redoes_the_drop_exactly(tmp_path, monkeypatch):
+    options = dict(early_stop_patience=2, lr_drops=1)
+    full = _trainer(tmp_path / "full", 10, **options)
+    _scripted_validation(full, monkeypatch, DROP_SCRIPT)
+    full.fit()
+    part = _trainer(tmp_path / "part", 6, **options)  # stops after epoch 5, the stall
+    _scripted_validation(part, monkeypatch, DROP_SCRIPT)
+    part.fit()
+    assert part.state.lr_drops == 0 and part.state.patience == 2
+    resumed, ran = _resume_other_seed(tmp_path / "part", 10, **options)
+    _scripted_validation(resumed, monkeypatch, DROP_SCRIPT[6:])
+    resumed.fit()
+    assert ran == [6, 7, 8]
+    assert _losses(resumed.state.history) == _losses(full.state.history)
+    _assert_same_weights(full.model.state_dict(), resumed.model.state_dict())
+
+
+def test_an_early_stopped_run_resumed_with_a_drop_goes_on(tmp_path, monkeypatch):
+    done = _trainer(tmp_path, 10, early_stop_patience=2)
+    _scripted_validation(done, monkeypatch, DROP_SCRIPT)
+    assert done.fit().epoch == 6  # early-stopped after epoch 5
+    resumed, ran = _resume_other_seed(tmp_path, 10, early_stop_patience=2, lr_drops=1)
+    _scripted_validation(resumed, monkeypatch, DROP_SCRIPT[6:])
+    resumed.fit()
+    assert ran == [6, 7, 8] and resumed.state.lr_drops == 1
+
+
 def test_nan_loss_keeps_last_good_checkpoint(tmp_path):
     trainer = _trainer(tmp_path, 2)
     trainer.fit()
