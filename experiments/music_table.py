@@ -98,17 +98,15 @@ RECIPES = (
         TARGETS,
     ),
     Recipe(
-        "dmm_jsb_authors_seed1_lr",
-        "DKF (the DMM authors' recipe), seed 1, then LR/10 from its best epoch (this stage's time)",
-        (
-            "+experiment=dmm_jsb_authors",
-            "seed=1",
-            "train.init_from=runs/dmm_jsb_authors_seed1",
-            "train.lr=8.0e-5",
-            "train.warmup_every=0",
-            "train.epochs=500",
-            "train.early_stop_patience=100",
-        ),
+        "dmm_jsb_authors_drop",
+        "DKF (the DMM authors' recipe), then the LR × 0.1 from its best epoch",
+        ("+experiment=dmm_jsb_authors", "train.lr_drops=1"),
+        TARGETS,
+    ),
+    Recipe(
+        "dmm_jsb_authors_seed1_drop",
+        "DKF (the DMM authors' recipe), seed 1, then the LR × 0.1 from its best epoch",
+        ("+experiment=dmm_jsb_authors", "seed=1", "train.lr_drops=1"),
         TARGETS,
     ),
     Recipe(
