@@ -122,6 +122,12 @@ RECIPES = (
         {**TARGETS, "elbo_per_step": PYRO_DMM["2 IAF"]},
     ),
     Recipe(
+        "dmm_jsb_authors_iaf_drop",
+        "DKF + 2 IAF (the DMM authors' recipe), then the LR × 0.1 from its best epoch",
+        ("+experiment=dmm_jsb_authors", "guide=iaf", "train.lr_drops=1"),
+        {**TARGETS, "elbo_per_step": PYRO_DMM["2 IAF"]},
+    ),
+    Recipe(
         "srnn_jsb",
         "SRNN (its authors' recipe)",
         ("+experiment=srnn_jsb", "train.early_stop_patience=100"),
