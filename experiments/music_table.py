@@ -261,8 +261,9 @@ def table(runs: list[tuple[Recipe, Path]], marginal: float) -> str:
             "",
             "Made by `python experiments/music_table.py --table` from the run directories "
             "`runs/<run>` (recipes in its `RECIPES`: `+experiment=dmm_jsb`, the same with "
-            "`guide=iaf`, `+experiment=dmm_jsb_authors`, the same with `seed=1` and with "
-            "`guide=iaf`, `srnn_jsb`, `vrnn_jsb`, `storn_jsb`; "
+            "`guide=iaf`, `+experiment=dmm_jsb_authors`, the same with `seed=1` or `2`, "
+            "`model.init=dmm_authors`, `guide=iaf`, and with one LR drop, `train.lr_drops=1`; "
+            "`srnn_jsb`, `vrnn_jsb`, `storn_jsb`; "
             "the first DKF run without Pyro's learned initial states and softplus σ of q: "
             "`model.music.learn_initial=false model.music.guide_scale=exp`). "
             "Three estimators, nats per test step, with the best validation epoch's weights "

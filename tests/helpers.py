@@ -1,12 +1,25 @@
-"""Hand-written closed forms that the tests compare Pyro's numbers with."""
+"""Hand-written closed forms that the tests compare Pyro's numbers with, and the composed
+configuration of a command line."""
 
 import contextlib
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 from pyro.infer import TraceMeanField_ELBO
 from torch.distributions import normal
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def compose_config(overrides: list[str], **options) -> DictConfig:
+    """The configuration ``experiments/run.py`` composes from ``overrides`` (``options``: more
+    arguments of Hydra's ``compose``, e.g. ``return_hydra_config=True``)."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, **options)
 
 
 def exponential_nll(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

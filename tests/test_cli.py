@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from pyro_dvae import cli
 from pyro_dvae.runner import claim_run_dir
+from tests.helpers import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,8 +26,7 @@ def run_script(*args: str, **env: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def config():
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose("config", overrides=["model=dkf"])
+    return compose_config(["model=dkf"])
 
 
 @pytest.mark.parametrize(

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from pyro_dvae import collect
+from tests.helpers import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 HISTORY = [  # metrics.csv rows: the best epoch (1) is not the last one
@@ -319,8 +319,7 @@ def test_multirun_over_seeds_collects_into_one_row(data_root, tmp_path):
 
 
 def compose_hydra(launcher: str):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    cfg = compose_config([f"hydra/launcher={launcher}"], return_hydra_config=True)
     return cfg.hydra.launcher
 
 

@@ -7,8 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+
+from tests.helpers import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
@@ -20,8 +21,7 @@ ZERO_VELOCITY = {"80": 19.7, "160": 37.7, "320": 69.3, "400": 82.7, "1000": 137.
 def fake_run(run_dir: Path, model: str, epochs: int, best, lr: float, *overrides: str) -> None:
     """A run of ``model`` with the motion recipe (and ``overrides``): its config.yaml and a
     metrics.csv of ``epochs`` epochs, 12 s each, whose best epoch after epoch e is best(e)."""
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("config", [f"model={model}", "+experiment=motion", *overrides])
+    cfg = compose_config([f"model={model}", "+experiment=motion", *overrides])
     run_dir.mkdir(parents=True)
     OmegaConf.save(cfg, run_dir / "config.yaml")
     with open(run_dir / "metrics.csv", "w", newline="") as f:

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from pyro_dvae.runner import train_config
+from tests.helpers import compose_config
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 import music_table  # noqa: E402  (a script beside long_run.py, not a package module)
@@ -117,3 +120,12 @@ def test_write_section_replaces_only_the_text_between_the_markers(tmp_path):
     doc.write_text(f"before\n{start}\nold\n{end}\nafter\n")
     music_table.write_section("new", doc, music_table.MARKERS)
     assert doc.read_text() == f"before\n{start}\nnew\n{end}\nafter\n"
+
+
+@pytest.mark.parametrize("recipe", music_table.RECIPES, ids=lambda r: r.run)
+def test_every_recipe_composes_into_valid_training_settings(recipe):
+    """A recipe's overrides are what its run is started (and resumed) with: a misspelt key or a
+    bad value would only show hours into a session."""
+    cfg = compose_config([*recipe.overrides, *music_table.SETTINGS])
+    tcfg = train_config(cfg, cfg.data.modality)
+    assert cfg.data.name == "jsb_chorales" and tcfg.epochs >= 1

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from pyro.distributions import (
     Categorical,
     MixtureOfDiagNormals,
@@ -28,6 +27,7 @@ from pyro_dvae.models import CHOICES, MODELS, build_model, check_choices
 from pyro_dvae.models.dkf import GUIDES, register_guide
 from pyro_dvae.models.priors import TRANSITIONS, Transition, build_transition, register_transition
 from pyro_dvae.train import load_checkpoint
+from tests.helpers import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = [
@@ -115,11 +115,6 @@ def test_the_readme_examples_train_from_a_folder_outside_the_repository(data_roo
     assert "inference.mlp_x_gx.0.weight" not in weights  # not the default DKS guide
     assert weights["inference.rnn.weight_ih_l0"].shape[1] == 257  # FSDD's bins into the GRU
     assert (weights["inference.log_s"].abs() > 1e-3).all()  # from 0, as log_b above
-
-
-def compose_config(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 @pytest.mark.parametrize(

@@ -10,19 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 from pyro_dvae import runner
 from pyro_dvae.train import load_checkpoint
+from tests.helpers import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["train.epochs=2", "data.max_files=24", "train.progress=false", "train.batch_size=16"]
-
-
-def compose_config(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 def cli(script: str, *args: str) -> subprocess.CompletedProcess:

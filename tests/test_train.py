@@ -3,7 +3,6 @@ import math
 import os
 import random
 import signal
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +28,7 @@ from pyro_dvae.train import (
     warmup_done,
     warmup_length,
 )
+from tests.helpers import compose_config
 
 TINY = dict(z_dim=3, dense_x_gx=[8], dim_rnn_gx=6, dense_ztm1_g=[4], dense_g_z=[5], dense_z_x=[7])
 LOSS_KEYS = (
@@ -534,14 +534,10 @@ def test_the_dmm_recipe_is_pyros_per_frame(data_root):
     number of frames per training step (Pyro's loss is the sum over a batch, ours the mean per
     frame), its per-step LR decay per epoch; the KL weight rises from 0.2 to 1 at epoch 1000, and
     all 5,000 epochs are trained, as Pyro does (a patience of 5,000: no early stopping)."""
-    from hydra import compose, initialize_config_dir
-
     from pyro_dvae.data import build_task
     from pyro_dvae.runner import train_config
 
-    configs = Path(__file__).resolve().parents[1] / "configs"
-    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["+experiment=dmm_jsb"])
+    cfg = compose_config(["+experiment=dmm_jsb"])
     tcfg = train_config(cfg, "music")
     train_set = build_task(**cfg.data).train
     steps = math.ceil(len(train_set) / tcfg.batch_size)
@@ -571,14 +567,10 @@ def test_the_dmm_authors_recipe_is_theirs_per_frame(data_root):
     frames (20 chorales of the training set's mean length). KL weight 0.01 + updates / 5000;
     their guide and transition sizes; up to their 2,000 epochs, stopping after 300 without a
     better validation bound (their figures are at the epoch of best validation)."""
-    from hydra import compose, initialize_config_dir
-
     from pyro_dvae.data import build_task
     from pyro_dvae.runner import train_config
 
-    configs = Path(__file__).resolve().parents[1] / "configs"
-    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["+experiment=dmm_jsb_authors"])
+    cfg = compose_config(["+experiment=dmm_jsb_authors"])
     tcfg = train_config(cfg, "music")
     train_set = build_task(**cfg.data).train
     frames_per_chorale = float(train_set.lengths.sum()) / len(train_set)  # 13,807 / 229
