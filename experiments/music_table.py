@@ -116,6 +116,13 @@ RECIPES = (
         TARGETS,
     ),
     Recipe(
+        "dmm_jsb_authors_init_drop",
+        "DKF (the DMM authors' recipe), their initialisation, then the LR × 0.1 from its best"
+        " epoch",
+        ("+experiment=dmm_jsb_authors", "model.init=dmm_authors", "train.lr_drops=1"),
+        TARGETS,
+    ),
+    Recipe(
         "dmm_jsb_authors_iaf",
         "DKF + 2 IAF (the DMM authors' recipe)",
         ("+experiment=dmm_jsb_authors", "guide=iaf"),
