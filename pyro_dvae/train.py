@@ -605,7 +605,7 @@ class Trainer:
         p = feedback_probability(epoch, self.cfg)
         self.model.set_feedback(p)
         if self.cfg.ss_reset_optimizer and epoch and p != feedback_probability(epoch - 1, self.cfg):
-            self.optimizer.state.clear()
+            reset_moments(self.optimizer)
         start = time.perf_counter()
         (total, train_frames), wait = self.train_epoch(epoch, weight)
         seconds = time.perf_counter() - start
