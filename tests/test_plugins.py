@@ -2,11 +2,15 @@
 worked examples run from a folder outside the repository, and the checks that a guide or prior
 fits the model (before any data are read) and has ``rsample`` (when the model is built)."""
 
+import importlib
 import os
+import pkgutil
 import re
 import shlex
 import subprocess
 import sys
+import sysconfig
+import types
 from pathlib import Path
 
 import pytest
@@ -19,6 +23,7 @@ from pyro.distributions import (
 )
 from torch import nn
 
+import pyro_dvae
 from pyro_dvae import plugins, runner
 from pyro_dvae.data import TASKS
 from pyro_dvae.distributions import IndependentTrajectory
@@ -37,9 +42,20 @@ QUICK = [
 """A tiny training in which the prior is in the loss from the first step (KL weight 1)."""
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _whole_library():
+    """Every module of the library imported before any test, so that a module a test imports
+    first is user code (or an installed package): the library's own modules register their
+    models, guides and tasks once, when imported, and must stay imported."""
+    for module in pkgutil.walk_packages(pyro_dvae.__path__, "pyro_dvae."):
+        importlib.import_module(module.name)
+
+
 @pytest.fixture(autouse=True)
 def _registries():
-    """Every registry, and the modules imported, as they were before the test."""
+    """Every registry, and the modules imported, as they were before the test: the user code
+    a test imported (its plugins) is forgotten; an installed package it imported first stays
+    (numpy's C extensions, e.g., cannot be loaded twice in one process)."""
     registries = (MODELS, CHOICES, GUIDES, TRANSITIONS, LIKELIHOODS, TASKS)
     saved = [dict(r) for r in registries]
     modules, path = set(sys.modules), list(sys.path)
@@ -48,8 +64,29 @@ def _registries():
         registry.clear()
         registry.update(entries)
     for name in set(sys.modules) - modules:
-        del sys.modules[name]
+        if not _installed(sys.modules[name]):
+            del sys.modules[name]
     sys.path[:] = path
+
+
+INSTALLED = tuple(
+    {
+        Path(sysconfig.get_path(key)).resolve()
+        for key in ("stdlib", "platstdlib", "purelib", "platlib")
+    }
+)
+
+
+def _installed(module: types.ModuleType) -> bool:
+    """Whether ``module`` is built in, the standard library's or an installed package's (not a
+    plugin's file or namespace package)."""
+    file = getattr(module, "__file__", None)
+    places = [file] if file else list(getattr(module, "__path__", []))
+    if not places:
+        return True  # built into the interpreter
+    return all(
+        any(Path(place).resolve().is_relative_to(root) for root in INSTALLED) for place in places
+    )
 
 
 def extending_section() -> str:
