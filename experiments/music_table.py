@@ -219,10 +219,7 @@ def row(recipe: Recipe, run_dir: Path) -> str:
     if not (run_dir / "metrics.csv").is_file():
         return f"| {recipe.label} | not run |" + " |" * 8
     state = progress(run_dir)
-    wall_file = run_dir / "wall.json"
-    wall = (
-        f"{json.loads(wall_file.read_text())['seconds'] / 3600:.1f}" if wall_file.is_file() else "—"
-    )
+    wall = wall_cell(run_dir)
     results_file = run_dir / "results.json"
     if not results_file.is_file():
         epochs = epochs_cell(state, state.done)
@@ -241,6 +238,16 @@ def row(recipe: Recipe, run_dir: Path) -> str:
         cells[4] += f" (K = {results['iwae_samples']})"
     epochs = epochs_cell(state, results["epochs"])
     return f"| {recipe.label} | {epochs} | {results['best_epoch']} | {wall} | {' | '.join(cells)} |"
+
+
+def wall_cell(run_dir: Path) -> str:
+    """Hours of ``wall.json``, with the run's torch threads where it had more than one."""
+    wall_file = run_dir / "wall.json"
+    if not wall_file.is_file():
+        return "—"
+    hours = f"{json.loads(wall_file.read_text())['seconds'] / 3600:.1f}"
+    threads = OmegaConf.load(run_dir / "config.yaml").get("threads", 1)
+    return hours if threads == 1 else f"{hours} ({threads} threads)"
 
 
 def epochs_cell(state: Progress, evaluated: int) -> str:
@@ -292,7 +299,8 @@ def table(runs: list[tuple[Recipe, Path]], marginal: float) -> str:
             "number it is compared with, in nats: Pyro's 6.87 on (a) (6.80 for 2 IAFs), the "
             "DMM authors' 6.854 on (b) and 6.432 on (c); negative is better. Wall time: "
             "`wall.json`, the sum of the finished `long_run.py` sessions on one CPU thread of a "
-            "shared machine. Epochs: how many the run had trained when it was evaluated; an "
+            "shared machine (on two where the cell says so, the run then alone on the "
+            "machine's two cores). Epochs: how many the run had trained when it was evaluated; an "
             "unfinished run says so, and how far it has trained since.",
             "",
             "The SRNN paper's JSB figure (−4.74 nats) is not a target: it is on a time grid "

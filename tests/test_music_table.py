@@ -93,6 +93,15 @@ def test_a_k_other_than_2000_is_marked(tmp_path):
     assert cells(music_table.row(DKF, run_dir))[8] == "6.375 (K = 100)"
 
 
+def test_the_wall_time_says_when_the_run_had_more_than_one_thread(tmp_path):
+    run_dir = fake_run(tmp_path / "run")
+    config = (run_dir / "config.yaml").read_text()
+    (run_dir / "config.yaml").write_text(config + "threads: 1\n")
+    assert cells(music_table.row(DKF, run_dir))[3] == "1.5"
+    (run_dir / "config.yaml").write_text(config + "threads: 2\n")
+    assert cells(music_table.row(DKF, run_dir))[3] == "1.5 (2 threads)"
+
+
 def test_missing_and_unevaluated_runs(tmp_path):
     assert cells(music_table.row(DKF, tmp_path / "absent")) == [DKF.label, "not run"] + [""] * 8
     row = cells(music_table.row(DKF, fake_run(tmp_path / "run", 4, results=None)))
