@@ -138,8 +138,14 @@ RECIPES = (
     Recipe(
         "dmm_jsb_authors_iaf_init_drop",
         "DKF + 2 IAF (the DMM authors' recipe), their initialisation, then the LR × 0.1 from its"
-        " best epoch",
-        ("+experiment=dmm_jsb_authors", "guide=iaf", "model.init=dmm_authors", "train.lr_drops=1"),
+        " best epoch (patience 200 from epoch 1,000)",
+        (
+            "+experiment=dmm_jsb_authors",
+            "guide=iaf",
+            "model.init=dmm_authors",
+            "train.lr_drops=1",
+            "train.early_stop_patience=200",
+        ),
         {**TARGETS, "elbo_per_step": PYRO_DMM["2 IAF"]},
     ),
     Recipe(
