@@ -138,7 +138,7 @@ RECIPES = (
     Recipe(
         "dmm_jsb_authors_iaf_init_drop",
         "DKF + 2 IAF (the DMM authors' recipe), their initialisation, then the LR × 0.1 from its"
-        " best epoch (patience 200 from epoch 1,000)",
+        " best epoch (patience 200 from epoch 973)",
         (
             "+experiment=dmm_jsb_authors",
             "guide=iaf",
