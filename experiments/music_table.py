@@ -264,7 +264,7 @@ def wall_cell(run_dir: Path) -> str:
     if not wall_file.is_file():
         return "—"
     hours = f"{json.loads(wall_file.read_text())['seconds'] / 3600:.1f}"
-    threads = OmegaConf.load(run_dir / "config.yaml").get("threads", 1)
+    threads = OmegaConf.load(run_dir / "config.yaml").get("threads") or 1  # null: not set
     return hours if threads == 1 else f"{hours} ({threads} threads)"
 
 
