@@ -1,12 +1,14 @@
 """Maintain the pretrained zoo (:mod:`pyro_dvae.pretrained`).
 
-``python experiments/zoo.py add NAME RUN_DIR [--url URL] [--description TEXT]`` adds a finished
-run, evaluated from its best weights (``python experiments/evaluate.py run_dir=RUN_DIR``), as
-the entry ``NAME``: its weights (nothing but ``{"model": state_dict}``), config, results row,
-the standard errors of its sampled bounds, data checksums and SHA-256. Small weights ship in
-``pyro_dvae/zoo/``; larger ones, or any with ``--url``, are written to ``outputs/zoo/NAME.pt``
-(``--hosted-dir``) for you to upload to URL. The entry reads its data as the run did (its
-``data.root``, ``$PYRO_DVAE_DATA`` or the cache).
+``python experiments/zoo.py add NAME RUN_DIR [--url URL | --in-repository] [--description TEXT]``
+adds a finished run, evaluated from its best weights (``python experiments/evaluate.py
+run_dir=RUN_DIR``), as the entry ``NAME``: its weights (nothing but ``{"model": state_dict}``),
+config, results row, the standard errors of its sampled bounds, data checksums and SHA-256.
+Small weights ship in ``pyro_dvae/zoo/``; larger ones, or any with ``--url``, are written to
+``outputs/zoo/NAME.pt`` (``--hosted-dir``) for you to upload to URL. ``--in-repository``
+writes them to the repository's ``zoo/NAME.pt`` instead, to be committed: outside the package,
+read from a clone. The entry reads its data as the run did (its ``data.root``,
+``$PYRO_DVAE_DATA`` or the cache).
 
 ``python experiments/zoo.py list`` prints every entry: shipped or hosted, size, description.
 """
@@ -22,14 +24,17 @@ from pyro_dvae import cli, pretrained
 
 def add(opts: argparse.Namespace) -> None:
     """``zoo.py add``: add the entry and say where its weights are."""
-    item, path = pretrained.add(
-        opts.name, opts.run_dir, opts.url, opts.description, opts.hosted_dir
-    )
+    url, hosted_dir = opts.url, opts.hosted_dir
+    if opts.in_repository:
+        url, hosted_dir = f"zoo/{opts.name}.pt", pretrained.REPOSITORY / "zoo"
+    item, path = pretrained.add(opts.name, opts.run_dir, url, opts.description, hosted_dir)
     size = f"{item.weights['bytes'] / 1024:.0f} KiB"
     if item.ships:
         print(f"{item.name}: ships in the package, {path} ({size})")
+    elif item.in_repository:
+        print(f"{item.name}: in the repository; commit {path} ({size})")
     else:
-        print(f"{item.name}: hosted; upload {path} ({size}) to {opts.url}")
+        print(f"{item.name}: hosted; upload {path} ({size}) to {url}")
     check = f"python experiments/evaluate.py pretrained={item.name}"
     print(f"entry: {pretrained.ZOO / item.name}.json; check it with {check}")
 
@@ -39,6 +44,8 @@ def show(_: argparse.Namespace) -> None:
     for name in pretrained.names():
         item = pretrained.entry(name)
         where = "ships" if item.ships else f"hosted at {item.weights['url']}"
+        if item.in_repository:
+            where = f"in the repository at {item.weights['url']}"
         print(f"{name}: {where}, {item.weights['bytes'] / 1024:.0f} KiB. {item.description}")
 
 
@@ -48,7 +55,13 @@ def main(argv: list[str] | None = None) -> None:
     adding = commands.add_parser("add", help="add an evaluated run as a pretrained model")
     adding.add_argument("name", metavar="NAME", help="e.g. dkf-jsb")
     adding.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    adding.add_argument("--url", help="where the weights will be hosted (they do not ship)")
+    hosting = adding.add_mutually_exclusive_group()
+    hosting.add_argument("--url", help="where the weights will be hosted (they do not ship)")
+    hosting.add_argument(
+        "--in-repository",
+        action="store_true",
+        help="write the weights to the repository's zoo/NAME.pt, to be committed (not shipped)",
+    )
     adding.add_argument("--description", default="", help="one sentence on the model")
     adding.add_argument(
         "--hosted-dir",

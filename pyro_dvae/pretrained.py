@@ -21,8 +21,10 @@ Weights files of at most :data:`SHIP_MAX_BYTES` ship as ``pyro_dvae/zoo/<name>.p
 files together at most :data:`SHIP_TOTAL_BYTES`); larger ones are hosted: fetched on first use
 into ``$PYRO_DVAE_CACHE/zoo/<name>.pt`` (default ``~/.cache/pyro_dvae``) and verified, as the
 data are (:mod:`pyro_dvae.data.sources`). A file is checked against its SHA-256 every time it is
-loaded. The ``url`` may be ``https://``, ``file://`` or a plain path; offline, copy the file to
-the cache path.
+loaded. The ``url`` may be ``https://``, ``file://``, an absolute path, or a relative path, which
+names a file committed to the repository outside the package (``zoo/<name>.pt`` under
+:data:`REPOSITORY`): there for anyone who installed from a clone, and in no wheel. Offline, copy
+the file to the cache path.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ log = logging.getLogger(__name__)
 
 ZOO = Path(__file__).resolve().parent / "zoo"
 """The package's folder of entries (``<name>.json``) and shipped weights (``<name>.pt``)."""
+REPOSITORY = ZOO.parents[1]
+"""The folder above the package: the repository's root when the package runs from a clone
+(``pip install -e .``), against which a relative ``url`` is read."""
 SHIP_MAX_BYTES = 2**20
 """The largest weights file that ships inside the package (1 MiB)."""
 SHIP_TOTAL_BYTES = 10 * 2**20
@@ -105,6 +110,12 @@ class Entry:
     def ships(self) -> bool:
         """Whether the weights ship in the package (no ``url``)."""
         return self.weights.get("url") is None
+
+    @property
+    def in_repository(self) -> bool:
+        """Whether the weights are a file committed to the repository (a relative ``url``)."""
+        url = self.weights.get("url")
+        return url is not None and "://" not in url and not Path(url).expanduser().is_absolute()
 
     @property
     def needs_data(self) -> bool:
@@ -166,8 +177,12 @@ def weights_path(item: Entry) -> Path:
 
 
 def as_url(location: str) -> str:
-    """A URL for ``location``: itself if it has a scheme, else a ``file://`` URL of the path."""
-    return location if "://" in location else Path(location).expanduser().resolve().as_uri()
+    """A URL for ``location``: itself if it has a scheme, else a ``file://`` URL of the path,
+    a relative one read against :data:`REPOSITORY` (not the working directory)."""
+    if "://" in location:
+        return location
+    path = Path(location).expanduser()
+    return (path if path.is_absolute() else REPOSITORY / path).resolve().as_uri()
 
 
 def fetch(item: Entry, target: Path) -> None:
@@ -175,10 +190,17 @@ def fetch(item: Entry, target: Path) -> None:
     first, moved into place only once its SHA-256 is the entry's (a failure leaves nothing).
 
     Raises:
-        FileNotFoundError: the URL cannot be read (offline: copy the file to ``target``).
+        FileNotFoundError: the URL cannot be read (offline: copy the file to ``target``), or
+            names a repository file that this installation, not a clone, lacks.
         OSError: the download's SHA-256 is not the entry's (it is discarded).
     """
     url = item.weights["url"]
+    if item.in_repository and not (REPOSITORY / url).is_file():
+        raise FileNotFoundError(
+            f"pretrained '{item.name}': its weights are committed to the pyro-dvae repository as "
+            f"{url}, which is not under {REPOSITORY}: install from a clone of the repository, "
+            f"or copy that file to {target}"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         staged = Path(tmp) / target.name
