@@ -56,7 +56,9 @@ class _ExponentialNLL(torch.autograd.Function):
     One fused function instead of a chain of autograd nodes: on a (128, 50, 513) batch the
     chain and the clamp's masked backward were a fifth of a VAE training step. The gradient
     ``1 − x·e^{−y}`` is taken at the clamped ``y``, also outside the bound, where it points back
-    into range (a clamp's own gradient would be zero there and leave ``y`` stranded).
+    into range (a clamp's own gradient would be zero there and leave ``y`` stranded). When ``x``
+    needs no gradient (data), ``x·e^{−y}`` is written over ``e^{−y}``: one buffer of the batch's
+    size, not two.
     """
 
     @staticmethod
@@ -64,8 +66,12 @@ class _ExponentialNLL(torch.autograd.Function):
         neg_y = y.neg().clamp_(-LOGVAR_BOUND, LOGVAR_BOUND)
         nll = -neg_y.sum((-2, -1))
         inv_mean = neg_y.exp_()
-        ratio = x * inv_mean
-        ctx.save_for_backward(ratio, inv_mean)
+        if ctx.needs_input_grad[0]:
+            ratio = x * inv_mean
+            ctx.save_for_backward(ratio, inv_mean)
+        else:
+            ratio = inv_mean.mul_(x)
+            ctx.save_for_backward(ratio, None)
         return nll + ratio.sum((-2, -1))
 
     @staticmethod

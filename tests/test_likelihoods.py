@@ -43,6 +43,8 @@ def test_exponential_gradient_is_the_analytic_one():
     y = torch.randn(2, 3, 4, dtype=torch.double, requires_grad=True)
     lik = build_likelihood(None, "speech", 4)
     assert torch.autograd.gradcheck(lambda x, y: lik(y).log_prob(x), (x, y))
+    data = x.detach()  # the training case: x needs no gradient, e^{−y} is overwritten
+    assert torch.autograd.gradcheck(lambda y: lik(y).log_prob(data), (y,))
     # outside ±B the gradient is the one at the bound: it points back into range
     y = torch.tensor([[[-40.0, 40.0]]], requires_grad=True)
     lik(y).log_prob(torch.tensor([[[1.0, 1.0]]])).sum().backward()
