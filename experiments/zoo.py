@@ -43,9 +43,12 @@ def show(_: argparse.Namespace) -> None:
     """``zoo.py list``: one line per entry."""
     for name in pretrained.names():
         item = pretrained.entry(name)
-        where = "ships" if item.ships else f"hosted at {item.weights['url']}"
-        if item.in_repository:
+        if item.ships:
+            where = "ships"
+        elif item.in_repository:
             where = f"in the repository at {item.weights['url']}"
+        else:
+            where = f"hosted at {item.weights['url']}"
         print(f"{name}: {where}, {item.weights['bytes'] / 1024:.0f} KiB. {item.description}")
 
 

@@ -23,8 +23,8 @@ into ``$PYRO_DVAE_CACHE/zoo/<name>.pt`` (default ``~/.cache/pyro_dvae``) and ver
 data are (:mod:`pyro_dvae.data.sources`). A file is checked against its SHA-256 every time it is
 loaded. The ``url`` may be ``https://``, ``file://``, an absolute path, or a relative path, which
 names a file committed to the repository outside the package (``zoo/<name>.pt`` under
-:data:`REPOSITORY`): there for anyone who installed from a clone, and in no wheel. Offline, copy
-the file to the cache path.
+:data:`REPOSITORY`), read where it is by anyone who installed from a clone, and in no
+wheel. Offline, or outside a clone, copy the file to the cache path.
 """
 
 from __future__ import annotations
@@ -115,12 +115,19 @@ class Entry:
     def in_repository(self) -> bool:
         """Whether the weights are a file committed to the repository (a relative ``url``)."""
         url = self.weights.get("url")
-        return url is not None and "://" not in url and not Path(url).expanduser().is_absolute()
+        return url is not None and repository_file(url) is not None
 
     @property
     def needs_data(self) -> bool:
         """Whether evaluating it reads data files (a simulated data set reads none)."""
         return bool(self.data)
+
+
+def repository_file(location: str) -> Path | None:
+    """The file of the repository that a relative ``location`` names (under :data:`REPOSITORY`,
+    not the working directory); None for a URL or an absolute path."""
+    path = Path(location).expanduser()
+    return None if "://" in location or path.is_absolute() else REPOSITORY / path
 
 
 def names() -> list[str]:
@@ -151,24 +158,29 @@ def sha256_file(path: Path) -> str:
 
 
 def weights_path(item: Entry) -> Path:
-    """The verified weights file of ``item``: shipped in :data:`ZOO`, or hosted and cached in
-    ``cache_dir()/zoo`` (downloaded there first if absent, :func:`fetch`).
+    """The verified weights file of ``item``: shipped in :data:`ZOO`, committed to the
+    repository (read where it is, in a clone), or hosted and cached in ``cache_dir()/zoo``
+    (downloaded there first if absent, :func:`fetch`).
 
     Raises:
         FileNotFoundError: a shipped file missing, or a hosted one that cannot be fetched.
         ValueError: a file whose SHA-256 is not the entry's, naming it.
     """
+    cached = sources.cache_dir() / "zoo" / f"{item.name}.pt"
+    in_clone = repository_file(item.weights["url"]) if item.in_repository else None
     if item.ships:
         path = ZOO / f"{item.name}.pt"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: the weights of pretrained '{item.name}' are missing")
+    elif in_clone is not None and in_clone.is_file():
+        path = in_clone
     else:
-        path = sources.cache_dir() / "zoo" / f"{item.name}.pt"
+        path = cached
         if not path.is_file():
             fetch(item, path)
     digest = sha256_file(path)
     if digest != item.weights["sha256"]:
-        again = "" if item.ships else "; delete it to download it again"
+        again = "; delete it to download it again" if path == cached else ""
         raise ValueError(
             f"{path}: SHA-256 {digest} is not the {item.weights['sha256']} of pretrained "
             f"'{item.name}': a damaged file or other weights{again}"
@@ -177,12 +189,8 @@ def weights_path(item: Entry) -> Path:
 
 
 def as_url(location: str) -> str:
-    """A URL for ``location``: itself if it has a scheme, else a ``file://`` URL of the path,
-    a relative one read against :data:`REPOSITORY` (not the working directory)."""
-    if "://" in location:
-        return location
-    path = Path(location).expanduser()
-    return (path if path.is_absolute() else REPOSITORY / path).resolve().as_uri()
+    """A URL for ``location``: itself if it has a scheme, else a ``file://`` URL of the path."""
+    return location if "://" in location else Path(location).expanduser().resolve().as_uri()
 
 
 def fetch(item: Entry, target: Path) -> None:
@@ -195,7 +203,7 @@ def fetch(item: Entry, target: Path) -> None:
         OSError: the download's SHA-256 is not the entry's (it is discarded).
     """
     url = item.weights["url"]
-    if item.in_repository and not (REPOSITORY / url).is_file():
+    if item.in_repository:  # not in this installation: it is not a clone
         raise FileNotFoundError(
             f"pretrained '{item.name}': its weights are committed to the pyro-dvae repository as "
             f"{url}, which is not under {REPOSITORY}: install from a clone of the repository, "
