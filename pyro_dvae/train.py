@@ -97,7 +97,7 @@ from pyro_dvae.step import (
     GraphStep,
     capturable,
     choose_step,
-    compile_networks,
+    compile_model,
     keep_freed_memory,
     loss_terms,
     portable,
@@ -433,7 +433,8 @@ class Trainer:
         if self.device.type == "cpu":
             self.books.info(f"CPU allocator: {self._set_allocator()}")
         if kind == "compile":
-            compile_networks(self.model)
+            kernels, networks = compile_model(self.model, self.device)
+            self.books.info(f"compiled: {kernels} likelihood kernel(s), {networks} network(s)")
         if kind != "graph":
             return None
         capturable(self.optimizer)
