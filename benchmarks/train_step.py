@@ -5,7 +5,7 @@ A step is forward, ELBO, backward and one Adam update. The Pyro step is the trai
 :func:`~pyro_dvae.step.train_step`), run as ``train.step`` runs it (``--step``, a comma list):
 
 * ``eager``: :func:`~pyro_dvae.step.train_step` as it is;
-* ``compile``: the same after :func:`~pyro_dvae.step.compile_model`; the compilation (the
+* ``compile``: the same after :func:`~pyro_dvae.step.compile_networks`; the compilation (the
   set-up and the first step, which compiles forward and backward) is timed apart as
   ``compile_seconds`` and left out of the step times;
 * ``graph`` (CUDA only): :class:`~pyro_dvae.step.GraphStep` with a
@@ -77,7 +77,7 @@ from pyro_dvae.step import (  # noqa: E402
     ELBOLoss,
     GraphStep,
     capturable,
-    compile_model,
+    compile_networks,
     keep_freed_memory,
     train_step,
 )
@@ -179,7 +179,7 @@ def pyro_step(model, x: torch.Tensor, kind: str) -> tuple[Callable[[], object], 
 
         def prepare() -> None:
             if kind == "compile":
-                compile_model(model, x.device)
+                compile_networks(model)
                 step()
 
         return step, prepare

@@ -19,7 +19,6 @@ used for evaluation and generation.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
 from collections.abc import Callable
@@ -46,11 +45,6 @@ class Likelihood(nn.Module):
 
     def forward(self, y: torch.Tensor) -> TorchDistribution:
         raise NotImplementedError
-
-    def compile_kernel(self) -> bool:
-        """Compute the log-density with a ``torch.compile``-d kernel from now on
-        (``train.step=compile``); False where the likelihood has none."""
-        return False
 
     def mean(self, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -89,21 +83,6 @@ class _ExponentialNLL(torch.autograd.Function):
         return grad_x, grad_y
 
 
-def exponential_nll(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """What :class:`_ExponentialNLL` computes, value and gradient, in plain operations that
-    ``torch.compile`` fuses into one loop forward and one backward: ``y`` clamped in value
-    only (its gradient passes through the clamp)."""
-    y = y + (y.clamp(-LOGVAR_BOUND, LOGVAR_BOUND) - y).detach()
-    return (y + x * torch.exp(-y)).sum((-2, -1))
-
-
-@functools.cache
-def compiled_exponential_nll() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Inductor's kernel of :func:`exponential_nll`, compiled at its first call (seconds, and
-    again for each new shape until ``torch.compile`` makes the shape dynamic)."""
-    return torch.compile(exponential_nll)
-
-
 class ExponentialLogMean(TorchDistribution):
     """``x ~ Exponential(mean = exp(y))`` on every element of ``(B, T, D)``, event ``(T, D)``.
 
@@ -114,13 +93,11 @@ class ExponentialLogMean(TorchDistribution):
     arg_constraints: dict = {}
     support = constraints.independent(constraints.nonnegative, 2)
 
-    def __init__(self, y: torch.Tensor, compiled: bool = False) -> None:
-        self.y, self.compiled = y, compiled
+    def __init__(self, y: torch.Tensor) -> None:
+        self.y = y
         super().__init__(y.shape[:-2], y.shape[-2:], validate_args=False)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        if self.compiled:
-            return -compiled_exponential_nll()(x, self.y)
         return -_ExponentialNLL.apply(x, self.y)
 
     def step_log_prob(self, x: torch.Tensor) -> torch.Tensor:
@@ -151,16 +128,8 @@ def register_likelihood(name: str) -> Callable[[type[Likelihood]], type[Likeliho
 class ExponentialPower(Likelihood):
     """Power spectrogram ``x ~ Exponential(mean = exp(y))``, ``y`` the log-variance."""
 
-    def __init__(self, x_dim: int | None = None) -> None:
-        super().__init__(x_dim)
-        self.compiled = False
-
     def forward(self, y: torch.Tensor) -> TorchDistribution:
-        return ExponentialLogMean(y, self.compiled)
-
-    def compile_kernel(self) -> bool:
-        self.compiled = True
-        return True
+        return ExponentialLogMean(y)
 
     def mean(self, y: torch.Tensor) -> torch.Tensor:
         return ExponentialLogMean(y).mean

@@ -9,10 +9,9 @@ processes the only communication inside it is DDP's own gradient all-reduce duri
 :func:`loss_terms` splits the same estimator into reconstruction and KL.
 
 How a step runs is ``train.step`` (:func:`choose_step`): ``eager``; ``compile``, with the
-likelihood's kernel and, on CUDA, the pure-torch networks compiled (:func:`compile_model`);
-or ``graph``, captured once per batch shape as a CUDA graph and replayed (:class:`GraphStep`).
-On the CPU, ``train.cpu_allocator`` (:func:`keep_freed_memory`) keeps the memory a step frees
-for the next one.
+pure-torch networks compiled (:func:`compile_networks`); or ``graph``, captured once per batch
+shape as a CUDA graph and replayed (:class:`GraphStep`). On the CPU, ``train.cpu_allocator``
+(:func:`keep_freed_memory`) keeps the memory a step frees for the next one.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from torch.distributions import kl_divergence
 
-from pyro_dvae.likelihoods import Likelihood
 from pyro_dvae.models.base import DVAE
 from pyro_dvae.nn import GaussianHead
 
@@ -160,8 +158,7 @@ def choose_step(
 
     ``auto`` is the fastest step that is correct on the device: ``graph`` on CUDA (with
     ``torch.optim.Adam`` in one process: ClippedAdam and DDP are not capturable), ``eager`` on
-    the CPU, where ``compile`` is at most a few per cent faster (speech models only) and needs
-    seconds of compilation and a C++ compiler (``benchmarks/README.md``).
+    the CPU, where ``torch.compile`` made no step faster (``benchmarks/README.md``).
 
     Raises:
         ValueError: naming ``train.step``, for ``graph`` where it cannot run.
@@ -181,7 +178,7 @@ def choose_step(
     if device.type == "cuda":
         return "eager", f"train.step=auto on CUDA, not graph: {graph_problem}"
     return "eager", (
-        "train.step=auto on the CPU, where torch.compile gains at most a few per cent "
+        "train.step=auto on the CPU, where torch.compile was not faster "
         "(benchmarks/README.md); train.step=compile to try it"
     )
 
@@ -190,21 +187,6 @@ NETWORKS = (torch.nn.Sequential, GaussianHead)
 """What :func:`compile_networks` compiles: the pure-torch building blocks of ``pyro_dvae.nn``
 (MLPs, decoders, Gaussian heads); the code around them (Pyro's tracing, distributions, the
 sequential loops) stays eager."""
-
-
-def compile_model(model: torch.nn.Module, device: torch.device) -> tuple[int, int]:
-    """``train.step=compile``: compile what ``torch.compile`` makes faster on ``device``;
-    returns how many likelihood kernels and networks it compiled.
-
-    The likelihoods' element-wise kernels (``Likelihood.compile_kernel``) everywhere: on the
-    CPU the Exponential NLL's forward and backward become one loop each (3-5 ms of a DKF, VRNN
-    or VAE step at B=128, ``benchmarks/README.md``). The networks (:func:`compile_networks`)
-    only on CUDA: on the CPU their time is matrix products, which the compiled code calls as
-    eager does, and the guards and wrappers of the networks called at every time step made
-    DKF's step 14 ms slower.
-    """
-    kernels = sum(m.compile_kernel() for m in model.modules() if isinstance(m, Likelihood))
-    return kernels, compile_networks(model) if device.type == "cuda" else 0
 
 
 def compile_networks(model: torch.nn.Module) -> int:

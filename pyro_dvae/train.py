@@ -97,7 +97,7 @@ from pyro_dvae.step import (
     GraphStep,
     capturable,
     choose_step,
-    compile_model,
+    compile_networks,
     keep_freed_memory,
     loss_terms,
     portable,
@@ -433,8 +433,7 @@ class Trainer:
         if self.device.type == "cpu":
             self.books.info(f"CPU allocator: {self._set_allocator()}")
         if kind == "compile":
-            kernels, networks = compile_model(self.model, self.device)
-            self.books.info(f"compiled: {kernels} likelihood kernel(s), {networks} network(s)")
+            compile_networks(self.model)
         if kind != "graph":
             return None
         capturable(self.optimizer)

@@ -27,7 +27,6 @@ from pyro_dvae.step import (
     ELBOLoss,
     capturable,
     choose_step,
-    compile_model,
     compile_networks,
     portable,
     set_lr,
@@ -242,27 +241,6 @@ def test_compiled_networks_give_the_eager_loss_and_gradients(name):
             torch.testing.assert_close(h, g, rtol=1e-8, atol=1e-10)
 
 
-def test_compile_on_the_cpu_compiles_the_likelihood_kernel_alone():
-    """``train.step=compile`` on the CPU: the Exponential likelihood's kernel, no network (they
-    were slower compiled there), and eager's loss and gradients in float64."""
-    eager = _speech_model("dkf")
-    compiled = copy.deepcopy(eager)
-    assert compile_model(compiled, torch.device("cpu")) == (1, 0)
-    assert compiled.likelihood.compiled and not eager.likelihood.compiled
-    x, _ = _batch()
-    results = []
-    for model in (eager, compiled):
-        torch.manual_seed(3)
-        value = ELBOLoss(model, "mean_field")(x, None, 0.5)
-        results.append((value, torch.autograd.grad(value, list(model.parameters()))))
-    (a, grads_a), (b, grads_b) = results
-    assert b.item() == pytest.approx(a.item(), rel=1e-12)
-    for g, h in zip(grads_a, grads_b, strict=True):
-        torch.testing.assert_close(h, g, rtol=1e-10, atol=1e-12)
-    motion = build("dkf", "motion", 6, torch.device("cpu"))
-    assert compile_model(motion, torch.device("cpu")) == (0, 0)  # MPJPE has no kernel
-
-
 def test_auto_is_eager_on_the_cpu_and_graph_on_cuda():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert choose_step("auto", cpu, "adam", 1)[0] == "eager"
@@ -288,9 +266,7 @@ def test_the_trainer_says_which_step_runs(tmp_path, caplog):
         cpu = torch.device("cpu")
         Trainer(model, data, data, cfg, tmp_path, cpu)
         Trainer(model, data, data, replace(cfg, cpu_allocator="system"), tmp_path, cpu)
-        Trainer(copy.deepcopy(model), data, data, replace(cfg, step="compile"), tmp_path, cpu)
     assert "training step: eager (train.step=auto on the CPU" in caplog.text
-    assert "compiled: 1 likelihood kernel(s), 0 network(s)" in caplog.text
     kept = "CPU allocator: keep (freed memory stays for the next step" in caplog.text
     assert kept or "CPU allocator: system (the C library" in caplog.text
     assert "CPU allocator: system (train.cpu_allocator=system)" in caplog.text
