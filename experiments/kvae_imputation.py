@@ -80,13 +80,6 @@ AE-RNN in the consecutive panel) are read where the line segments on either side
 to about ±0.0003. The issue's readings of KVAE smoothing are these, but 0.0188 for 0.0189 at
 p = 0.9."""
 
-PAPER_LABELS = {
-    "kvae_smoothing": "paper: KVAE smoothing",
-    "kvae_filtering": "paper: KVAE filtering",
-    "ae_rnn": "paper: AE-RNN",
-    "vae_rnn": "paper: VAE-RNN",
-}
-
 BEGIN = "<!-- kvae_imputation.py: begin -->"
 END = "<!-- kvae_imputation.py: end -->"
 """The markers of the part of ``--doc`` this script writes."""
@@ -189,6 +182,8 @@ LABELS = {
     "kvae_filtering": "KVAE filtering",
     "dkf": "DKF",
     "blank": "blank frames",
+    "ae_rnn": "AE-RNN",
+    "vae_rnn": "VAE-RNN",
 }
 COLOURS = {
     "kvae_smoothing": "C0",
@@ -211,8 +206,8 @@ def plot_imputation(table: dict, path: Path) -> None:
             style = "--" if name == "blank" else "-o"
             ax.plot(settings, errors, style, color=COLOURS[name], label=LABELS[name], ms=3)
         for name, errors in PAPER[kind].items():
-            style = f"{PAPER_MARKERS[name]}:"
-            ax.plot(settings, errors, style, color=COLOURS[name], label=PAPER_LABELS[name], ms=4)
+            label, style = f"paper: {LABELS[name]}", f"{PAPER_MARKERS[name]}:"
+            ax.plot(settings, errors, style, color=COLOURS[name], label=label, ms=4)
         ax.set_xlabel(AXES[kind])
         ax.set_ylabel("fraction of wrong pixels (missing frames)")
         ax.set_title(f"{kind} missing frames")
@@ -346,7 +341,7 @@ def markdown(results: dict, figure: str) -> str:
         ]
         for name, errors in PAPER[kind].items():
             lines.append(
-                f"| {PAPER_LABELS[name]} | " + " | ".join(f"{e:.4f}" for e in errors) + " |"
+                f"| paper: {LABELS[name]} | " + " | ".join(f"{e:.4f}" for e in errors) + " |"
             )
         for name, errors in rows.items():
             paper = PAPER[kind].get(name)  # the paper's curve of the same method, if any

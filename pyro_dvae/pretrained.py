@@ -167,7 +167,7 @@ def weights_path(item: Entry) -> Path:
         ValueError: a file whose SHA-256 is not the entry's, naming it.
     """
     cached = sources.cache_dir() / "zoo" / f"{item.name}.pt"
-    in_clone = repository_file(item.weights["url"]) if item.in_repository else None
+    in_clone = None if item.ships else repository_file(item.weights["url"])
     if item.ships:
         path = ZOO / f"{item.name}.pt"
         if not path.is_file():
