@@ -10,7 +10,8 @@
 #   install   the carried wheels and sdists into /tmp/site (pesq: a NaN stand-in if it fails)
 #   versions  python, torch, CUDA, GPU, pyro, hydra, librosa, pesq
 #   tests     tests/test_cuda.py and the benchmark's CUDA graph test  -> $OUT/test_cuda.log
-#   bench128  train_step.py --step eager,graph, all models, speech, B=128
+#   bench128  train_step.py --step eager,graph --precision float32,bfloat16, all models, speech,
+#             B=128
 #                                                  -> $OUT/speech_cuda_B128_steps.json
 #   train     EPOCHS (500) epochs of DKF and of SRNN on data=asterisk16k, overlapping chunks
 #             (data.train_chunk_hop=10), train.step=graph, both at once (each its own process
@@ -21,8 +22,8 @@
 #
 # Settings (environment): PARTS (the parts to run, default all, in the order above), BUDGET_S
 # (560), EPOCHS (500), TRAIN_S (330: one training's limit), EVAL_S (90), DEVICE (cuda),
-# TRAIN_STEP (graph), BENCH_STEPS (eager,graph), BENCH_ARGS, BENCH_B128_ARGS, TRAIN_EXTRA
-# (more overrides), THREADS (2), PY (python3).
+# TRAIN_STEP (graph), BENCH_STEPS (eager,graph), BENCH_PRECISION (float32,bfloat16), BENCH_ARGS,
+# BENCH_B128_ARGS, TRAIN_EXTRA (more overrides), THREADS (2), PY (python3).
 # Dry run on a CPU (no install, tiny sizes; about 3 minutes):
 #   OUT=/tmp/gpu_out DEVICE=cpu PY=.venv/bin/python PARTS="versions tests bench128 train bench8" \
 #     EPOCHS=2 TRAIN_STEP=eager BENCH_STEPS=eager,compile TRAIN_EXTRA=data.max_files=24 \
@@ -40,6 +41,7 @@ EVAL_S=${EVAL_S:-90}
 DEVICE=${DEVICE:-cuda}
 TRAIN_STEP=${TRAIN_STEP:-graph}
 BENCH_STEPS=${BENCH_STEPS:-eager,graph}
+BENCH_PRECISION=${BENCH_PRECISION:-float32,bfloat16}
 BENCH_ARGS=${BENCH_ARGS:---models all --shape speech --T 50 --rounds 1 --no-memory --steps 10}
 BENCH_B128_ARGS=${BENCH_B128_ARGS:---steps 20}
 TRAIN_EXTRA=${TRAIN_EXTRA:-}
@@ -50,7 +52,7 @@ WORK=/tmp/gpu_session
 LOG=$OUT/session.log
 
 mkdir -p "$OUT" "$WORK"
-export OUT EPOCHS EVAL_S DEVICE TRAIN_STEP BENCH_STEPS BENCH_ARGS TRAIN_EXTRA THREADS PY WORK
+export OUT EPOCHS EVAL_S DEVICE TRAIN_STEP BENCH_STEPS BENCH_PRECISION BENCH_ARGS TRAIN_EXTRA THREADS PY WORK
 export PYTHONUNBUFFERED=1 PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 [[ -d .gpu_data ]] && export PYRO_DVAE_DATA=$PWD/.gpu_data
 START=$SECONDS
@@ -111,7 +113,7 @@ bench() { # B EXTRA_ARGS...: the step benchmark at batch size B -> $OUT/speech_<
   shift
   # shellcheck disable=SC2086  # BENCH_ARGS holds several arguments
   "$PY" benchmarks/train_step.py --device "$DEVICE" --step "$BENCH_STEPS" --B "$B" \
-    $BENCH_ARGS "$@" --json "$OUT/speech_${DEVICE}_B${B}_steps.json"
+    --precision "$BENCH_PRECISION" $BENCH_ARGS "$@" --json "$OUT/speech_${DEVICE}_B${B}_steps.json"
 }
 
 train_and_evaluate() { # MODEL TRAIN_LIMIT_S: one 500-epoch run, then its evaluation

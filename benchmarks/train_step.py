@@ -12,6 +12,10 @@ A step is forward, ELBO, backward and one Adam update. The Pyro step is the trai
   :func:`~pyro_dvae.step.capturable` Adam; its eager warm-up steps and the capture are
   ``compile_seconds``.
 
+``--precision`` (a comma list) runs each of them in ``train.precision`` float32 and/or bfloat16
+(:class:`~pyro_dvae.step.ELBOLoss` under ``torch.autocast``); the reference and original-style
+steps are float32 always.
+
 The reference step computes the same loss from the same networks in plain torch
 (``benchmarks/reference_*.py``). The original-style step stands in for the original
 implementation, which cannot run here: the reference step with the original's loss formulas
@@ -28,12 +32,11 @@ default, or ``system``) for all of its steps.
     python benchmarks/train_step.py --device cuda --step eager,graph --no-memory ...
 
 Prints a table and writes a JSON list of objects, one per model and step, with the keys
-``model``, ``step``, ``compile_seconds`` (null for ``eager``), ``shape``, ``device``, ``sites``,
-``allocator``,
-``ms_per_step``, ``ms_per_step_reference``, ``ratio_pyro_to_reference``,
-``ms_per_step_original_style``, ``ratio_pyro_to_original_style``, ``peak_mem_mb`` (Pyro step),
-``peak_mem_mb_reference`` (both null with ``--no-memory``), ``seq_per_s``, ``B``, ``T``, and the
-arithmetic rate:
+``model``, ``step``, ``precision``, ``compile_seconds`` (null for ``eager``), ``shape``,
+``device``, ``sites``, ``allocator``, ``ms_per_step``, ``ms_per_step_reference``,
+``ratio_pyro_to_reference``, ``ms_per_step_original_style``, ``ratio_pyro_to_original_style``,
+``peak_mem_mb`` (Pyro step), ``peak_mem_mb_reference`` (both null with ``--no-memory``),
+``seq_per_s``, ``B``, ``T``, and the arithmetic rate:
 
 * ``gflop_per_step``: the matrix-product FLOPs of one Pyro step's loss and backward pass (one
   multiply-add = 2 FLOPs), counted once on the eager model with
@@ -74,6 +77,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: make `benchmarks` and `pyro_dvae` importable
 from pyro_dvae.step import (  # noqa: E402
     ALLOCATORS,
+    PRECISIONS,
     ELBOLoss,
     GraphStep,
     capturable,
@@ -165,12 +169,15 @@ def timed(step: Callable[[], object], device: torch.device) -> Callable[[], floa
     return run
 
 
-def pyro_step(model, x: torch.Tensor, kind: str) -> tuple[Callable[[], object], Callable[[], None]]:
+def pyro_step(
+    model, x: torch.Tensor, kind: str, precision: str = "float32"
+) -> tuple[Callable[[], object], Callable[[], None]]:
     """``(step, prepare)``: one training step of ``model`` on ``x (B, T, D)`` as
-    ``train.step=kind`` runs it (KL weight 1, no padding, an Adam of its own), and the set-up
+    ``train.step=kind`` and ``train.precision=precision`` run it (KL weight 1, no padding, an
+    Adam of its own), and the set-up
     to run once before it is timed: compiling the networks and the first step, which compiles
     (``compile``); the eager warm-up steps and the capture (``graph``); nothing (``eager``)."""
-    loss = ELBOLoss(model, "mean_field")
+    loss = ELBOLoss(model, "mean_field", precision)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     if kind != "graph":
 
@@ -253,19 +260,20 @@ def alternated_ms(steps: dict[str, Callable[[], float]], warmup: int, n: int) ->
 
 
 def time_all(args: dict) -> dict:
-    """Child process: every Pyro step of ``args["kinds"]`` (``"pyro:<kind>"``, each on its own
-    copy of the initial model), the reference and original-style steps and the GEMM alternate
-    step by step, so load changes hit them alike. Returns the median ms of each, each Pyro
-    step's set-up seconds (``"setup:<kind>"``), the Pyro step's GFLOP and the GEMM's rate."""
+    """Child process: every Pyro step of ``args["variants"]`` (``"pyro:<kind>/<precision>"``,
+    each on its own copy of the initial model), the reference and original-style steps and the
+    GEMM alternate step by step, so load changes hit them alike. Returns the median ms of each,
+    each Pyro step's set-up seconds (``"setup:<kind>/<precision>"``), the Pyro step's GFLOP and
+    the GEMM's rate."""
     model, x = setup(args)
     loss = ELBOLoss(model, "mean_field")
     result = {"gflop": count_flops(lambda: loss(x, None, 1.0)) / 1e9}
     model.zero_grad(set_to_none=True)
     steps = {}
-    for kind in args["kinds"]:
-        step, prepare = pyro_step(copy.deepcopy(model), x, kind)
-        result[f"setup:{kind}"] = timed(prepare, x.device)()
-        steps[f"pyro:{kind}"] = timed(step, x.device)
+    for variant in args["variants"]:
+        step, prepare = pyro_step(copy.deepcopy(model), x, *variant.split("/"))
+        result[f"setup:{variant}"] = timed(prepare, x.device)()
+        steps[f"pyro:{variant}"] = timed(step, x.device)
     steps.update(reference_steps(model, x, args["model"]))
     steps["gemm"], gemm_flops = gemm_step(args["B"] * args["T"], args["x_dim"] or 513, x.device)
     result.update(alternated_ms(steps, args["warmup"], args["steps"]))
@@ -274,12 +282,12 @@ def time_all(args: dict) -> dict:
 
 
 def peak_memory(args: dict) -> float:
-    """Child process: peak memory (MB) of a few steps of one variant alone (``"pyro:<kind>"``,
-    after its set-up, or ``"reference"``)."""
+    """Child process: peak memory (MB) of a few steps of one variant alone
+    (``"pyro:<kind>/<precision>"``, after its set-up, or ``"reference"``)."""
     model, x = setup(args)
     variant = args["variant"]
     if variant.startswith("pyro:"):
-        step, prepare = pyro_step(model, x, variant.removeprefix("pyro:"))
+        step, prepare = pyro_step(model, x, *variant.removeprefix("pyro:").split("/"))
         prepare()
     else:
         step = reference_steps(model, x, args["model"])[variant]
@@ -295,13 +303,13 @@ def in_child(fn, args: dict):
         return pool.apply(fn, (args,))
 
 
-def compare(name: str, kinds: list[str], opts: argparse.Namespace) -> dict:
+def compare(name: str, variants: list[str], opts: argparse.Namespace) -> dict:
     """Median over ``opts.rounds`` processes of the alternated step times (and set-up
     seconds), and, unless ``--no-memory``, each variant's peak memory (``"mem:<variant>"``)
     measured in a process of its own."""
     args = {
         "model": name,
-        "kinds": kinds,
+        "variants": variants,
         "shape": opts.shape,
         "B": opts.B,
         "T": opts.T,
@@ -315,8 +323,7 @@ def compare(name: str, kinds: list[str], opts: argparse.Namespace) -> dict:
     }
     rounds = [in_child(time_all, args) for _ in range(opts.rounds)]
     result = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
-    variants = [f"pyro:{kind}" for kind in kinds] + ["reference"]
-    for variant in variants:
+    for variant in [f"pyro:{v}" for v in variants] + ["reference"]:
         memory = in_child(peak_memory, {**args, "variant": variant}) if opts.memory else None
         result[f"mem:{variant}"] = memory
     return result
@@ -334,15 +341,18 @@ def arithmetic_rate(measured: dict, ms_per_step: float) -> dict:
     return {k: float(f"{v:.4g}") for k, v in values.items()}  # 4 significant digits
 
 
-def row(name: str, kind: str, measured: dict, opts: argparse.Namespace) -> dict:
-    """The JSON object of one model's Pyro step ``kind`` from its :func:`compare` result."""
-    ms = measured[f"pyro:{kind}"]
-    memory = {"peak_mem_mb": measured[f"mem:pyro:{kind}"]}
+def row(name: str, variant: str, measured: dict, opts: argparse.Namespace) -> dict:
+    """The JSON object of one model's Pyro step ``variant`` (``"<kind>/<precision>"``) from its
+    :func:`compare` result."""
+    kind, precision = variant.split("/")
+    ms = measured[f"pyro:{variant}"]
+    memory = {"peak_mem_mb": measured[f"mem:pyro:{variant}"]}
     memory["peak_mem_mb_reference"] = measured["mem:reference"]
     return {
         "model": name,
         "step": kind,
-        "compile_seconds": None if kind == "eager" else round(measured[f"setup:{kind}"], 2),
+        "precision": precision,
+        "compile_seconds": None if kind == "eager" else round(measured[f"setup:{variant}"], 2),
         "shape": opts.shape,
         "device": opts.device,
         "sites": opts.sites,
@@ -369,7 +379,8 @@ def summary(r: dict) -> str:
     )
     setup = "" if r["compile_seconds"] is None else f" (set-up {r['compile_seconds']:.1f} s)"
     return (
-        f"{r['model']:15s} {r['step']:7s} pyro {r['ms_per_step']:8.1f} ms{setup}"
+        f"{r['model']:15s} {r['step']:7s} {r['precision']:8s}"
+        f" pyro {r['ms_per_step']:8.1f} ms{setup}"
         f"  ref {r['ms_per_step_reference']:8.1f} ms  ratio {r['ratio_pyro_to_reference']:.3f}"
         f"  original-style {r['ms_per_step_original_style']:8.1f} ms"
         f" (ratio {r['ratio_pyro_to_original_style']:.3f})  {memory}"
@@ -410,17 +421,22 @@ def report(
 
 
 def checked(opts: argparse.Namespace) -> tuple[list[str], list[str]]:
-    """The models and step kinds that ``opts`` asks for; a one-line error for any it cannot
-    run."""
+    """The models and Pyro step variants (``"<kind>/<precision>"``) that ``opts`` asks for; a
+    one-line error for any it cannot run."""
     names = model_names(opts.models)
-    kinds = opts.step.split(",")
+    kinds, precisions = opts.step.split(","), opts.precision.split(",")
     if any(kind not in STEPS for kind in kinds) or len(set(kinds)) < len(kinds):
         fail(f"--step {opts.step}: expected a comma list of distinct {'|'.join(STEPS)}")
+    if any(p not in PRECISIONS for p in precisions) or len(set(precisions)) < len(precisions):
+        fail(
+            f"--precision {opts.precision}: expected a comma list of distinct "
+            f"{'|'.join(PRECISIONS)}"
+        )
     if opts.device == "cuda" and not torch.cuda.is_available():
         fail("--device cuda: torch sees no CUDA device here; use --device cpu")
     if "graph" in kinds and opts.device != "cuda":
         fail("--step graph: a CUDA graph needs --device cuda; use --step eager or compile")
-    return names, kinds
+    return names, [f"{kind}/{precision}" for kind in kinds for precision in precisions]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -435,6 +451,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--step",
         default="eager",
         help=f"how the Pyro step runs (train.step): comma list of {', '.join(STEPS)}",
+    )
+    parser.add_argument(
+        "--precision",
+        default="float32",
+        help=f"the Pyro step's arithmetic (train.precision): comma list of {', '.join(PRECISIONS)}",
     )
     parser.add_argument(
         "--sites",
@@ -465,30 +486,33 @@ def main(argv: list[str] | None = None) -> list[dict]:
         help="save to benchmarks/results/ and regenerate benchmarks/README.md",
     )
     opts = parser.parse_args(argv)
-    names, kinds = checked(opts)
+    names, variants = checked(opts)
     rows = []
     for name in names:
-        measured = compare(name, kinds, opts)
-        for kind in kinds:
-            rows.append(row(name, kind, measured, opts))
+        measured = compare(name, variants, opts)
+        for variant in variants:
+            rows.append(row(name, variant, measured, opts))
             print(summary(rows[-1]), flush=True)
     if opts.json:
         opts.json.write_text(json.dumps(rows, indent=2))
     if opts.readme:
-        save_results(rows, opts, kinds)
+        save_results(rows, opts, variants)
         write_readme()
     return rows
 
 
-def save_results(rows: list[dict], opts: argparse.Namespace, kinds: list[str]) -> None:
-    """``benchmarks/results/<shape>_<device>_B<B>_T<T>[_<sites>][_<step>].json``, one file per
-    step (no suffix for ``eager``), each with the machine."""
+def save_results(rows: list[dict], opts: argparse.Namespace, variants: list[str]) -> None:
+    """``benchmarks/results/<shape>_<device>_B<B>_T<T>[_<sites>][_<step>][_<precision>].json``,
+    one file per step variant (no suffix for ``eager``, ``float32``), each with the machine."""
     RESULTS.mkdir(exist_ok=True)
-    for kind in kinds:
+    for variant in variants:
+        kind, precision = variant.split("/")
         stem = f"{opts.shape}_{opts.device}_B{opts.B}_T{opts.T}"
         stem += "" if opts.sites == "trajectory" else f"_{opts.sites}"
         stem += "" if kind == "eager" else f"_{kind}"
-        saved = {"machine": machine(), "rows": [r for r in rows if r["step"] == kind]}
+        stem += "" if precision == "float32" else f"_{precision}"
+        mine = [r for r in rows if (r["step"], r["precision"]) == (kind, precision)]
+        saved = {"machine": machine(), "rows": mine}
         (RESULTS / f"{stem}.json").write_text(json.dumps(saved, indent=2))
 
 
@@ -523,6 +547,7 @@ def write_readme() -> None:
             f"\n### {first['shape']}, {first['device']}, B={first['B']}, T={first['T']}, "
             f"sites={first.get('sites', 'trajectory')}"
             + ("" if first.get("step", "eager") == "eager" else f", step={first['step']}")
+            + ("" if first.get("precision", "float32") == "float32" else f", {first['precision']}")
             + f"\n\nMachine: {saved['machine']}.\n\n"
             "| model | Pyro ms/step | reference ms/step | ratio | original-style ms/step | "
             "ratio | seq/s | peak MB (Pyro / ref) |\n"

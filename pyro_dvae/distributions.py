@@ -44,6 +44,8 @@ from pyro.distributions import Normal, TorchDistribution, constraints
 from pyro.poutine.messenger import Messenger
 from torch.distributions import Distribution, Independent, kl_divergence, register_kl
 
+from pyro_dvae.nn import full_precision
+
 Step = Callable[[int, torch.Tensor, Any], tuple[Distribution, Any]]
 """``step(t, z_prev (B, L), state) -> (distribution of z_t, state)``; state starts None."""
 
@@ -55,8 +57,9 @@ SITES = ("trajectory", "markov")
 
 
 def diag_normal(loc: torch.Tensor, scale: torch.Tensor) -> Distribution:
-    """``N(loc, diag(scale²))`` over the last dimension; any leading (batch) dimensions."""
-    return Normal(loc, scale).to_event(1)
+    """``N(loc, diag(scale²))`` over the last dimension; any leading (batch) dimensions. In
+    float32 under autocast (:func:`~pyro_dvae.nn.full_precision`)."""
+    return Normal(full_precision(loc), full_precision(scale)).to_event(1)
 
 
 def point(d: Distribution) -> torch.Tensor:

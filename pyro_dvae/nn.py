@@ -20,13 +20,42 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from torch.nn import functional as F
 
 from pyro_dvae.activations import Tanh
-from pyro_dvae.scan import is_scannable, scan_rnn
+from pyro_dvae.scan import CPU_FLOAT32_BACKWARD, CPU_FLOAT32_FORWARD, is_scannable, scan_rnn
 
 ACTIVATIONS = {"tanh": Tanh, "relu": nn.ReLU}
 """The hidden layers' nonlinearities; tanh is :class:`~pyro_dvae.activations.Tanh` (``nn.Tanh``,
 faster on large CPU tensors)."""
 LOGVAR_BOUND = 30.0
 """Log-variances are clamped to ``[-LOGVAR_BOUND, LOGVAR_BOUND]`` so ``exp`` never overflows."""
+
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def full_precision(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 where autocast (``train.precision=bfloat16``) is on for its device and
+    made it a low-precision float, else ``t`` itself: networks run their products in bfloat16,
+    but what becomes a distribution's parameter or a recurrent cell's state stays float32."""
+    low = t.dtype in LOW_PRECISION
+    return t.float() if low and torch.is_autocast_enabled(t.device.type) else t
+
+
+def float32_math(method: Callable) -> Callable:
+    """Decorator of a module's method: run it with autocast off and its low-precision tensor
+    arguments in float32 (:func:`full_precision`), for arithmetic that bfloat16 would break,
+    such as a Kalman filter's covariances."""
+
+    @wraps(method)
+    def wrapper(self: nn.Module, *args, **kwargs):
+        device = next(self.parameters()).device.type
+        if not torch.is_autocast_enabled(device):
+            return method(self, *args, **kwargs)
+        args = tuple(full_precision(a) if torch.is_tensor(a) else a for a in args)
+        kwargs = {k: full_precision(a) if torch.is_tensor(a) else a for k, a in kwargs.items()}
+        with torch.autocast(device, enabled=False):
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class MLP(nn.Sequential):
@@ -155,7 +184,7 @@ class OutputLinear(nn.Linear):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         rows = h.numel() // max(h.shape[-1], 1)
         padded = h.device.type == "cpu" and self.out_features % ROW_ALIGNMENT and rows >= MIN_ROWS
-        if not padded or self.bias is None:
+        if not padded or self.bias is None or torch.is_autocast_enabled("cpu"):
             return super().forward(h)
         y = _PaddedRowsLinear.apply(h.reshape(rows, h.shape[-1]), self.weight, self.bias)
         return y.view(*h.shape[:-1], self.out_features)
@@ -458,6 +487,7 @@ class _LSTMCell(torch.autograd.Function):
     ``torch.lstm_cell`` and its unvectorised tanh in the per-step loops over z."""
 
     @staticmethod
+    @CPU_FLOAT32_FORWARD
     def forward(ctx: FunctionCtx, gates: torch.Tensor, c: torch.Tensor):
         H = c.shape[-1]
         acts = gates.clone()
@@ -470,6 +500,7 @@ class _LSTMCell(torch.autograd.Function):
         return o * tc, c_next
 
     @staticmethod
+    @CPU_FLOAT32_BACKWARD
     @once_differentiable
     def backward(ctx: FunctionCtx, d_h: torch.Tensor | None, d_c: torch.Tensor | None):
         acts, c, tc = ctx.saved_tensors

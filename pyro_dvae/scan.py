@@ -37,6 +37,11 @@ import torch
 from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+CPU_FLOAT32_FORWARD = torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
+CPU_FLOAT32_BACKWARD = torch.amp.custom_bwd(device_type="cpu")
+"""Decorators of a CPU autograd Function's ``forward`` and ``backward``: under autocast
+(``train.precision=bfloat16``) the recurrence runs in float32, its inputs cast, autocast off."""
+
 
 def _order(T: int, reverse: bool) -> range:
     return range(T - 1, -1, -1) if reverse else range(T)
@@ -69,6 +74,7 @@ class LSTMScan(torch.autograd.Function):
     gates are 2·(W u + b), so one sigmoid gives every gate (g = 2σ(·) − 1)."""
 
     @staticmethod
+    @CPU_FLOAT32_FORWARD
     def forward(ctx: FunctionCtx, a: torch.Tensor, w_hh: torch.Tensor, reverse: bool):
         T, B, G = a.shape
         H = G // 4
@@ -91,6 +97,7 @@ class LSTMScan(torch.autograd.Function):
         return hs.clone()
 
     @staticmethod
+    @CPU_FLOAT32_BACKWARD
     @once_differentiable
     def backward(ctx: FunctionCtx, d_hs: torch.Tensor):
         """Through time with dh_t = ∂/∂h_t + W_hhᵀ d_a_{t+1} and dc_t = dc_{t+1}·f_{t+1} +
@@ -139,6 +146,7 @@ class ElmanScan(torch.autograd.Function):
     h_t = 2σ(a_t + W_hh h_{t−1}) − 1."""
 
     @staticmethod
+    @CPU_FLOAT32_FORWARD
     def forward(
         ctx: FunctionCtx,
         a: torch.Tensor,
@@ -159,6 +167,7 @@ class ElmanScan(torch.autograd.Function):
         return hs.clone()
 
     @staticmethod
+    @CPU_FLOAT32_BACKWARD
     @once_differentiable
     def backward(ctx: FunctionCtx, d_hs: torch.Tensor):
         """d_a_t = dh_t · f'_t with dh_t = ∂/∂h_t + W_hhᵀ d_a_{t+1}; f' (relu: h_t > 0; tanh:

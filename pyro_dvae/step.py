@@ -10,8 +10,10 @@ processes the only communication inside it is DDP's own gradient all-reduce duri
 
 How a step runs is ``train.step`` (:func:`choose_step`): ``eager``; ``compile``, with the
 pure-torch networks compiled (:func:`compile_networks`); or ``graph``, captured once per batch
-shape as a CUDA graph and replayed (:class:`GraphStep`). On the CPU, ``train.cpu_allocator``
-(:func:`keep_freed_memory`) keeps the memory a step frees for the next one.
+shape as a CUDA graph and replayed (:class:`GraphStep`). Its arithmetic is ``train.precision``
+(:data:`PRECISIONS`): float32, or the networks in bfloat16 under ``torch.autocast``. On the CPU,
+``train.cpu_allocator`` (:func:`keep_freed_memory`) keeps the memory a step frees for the next
+one.
 """
 
 from __future__ import annotations
@@ -36,6 +38,16 @@ ELBOS = {
 }
 """``train.elbo``: which of Pyro's two ELBO estimators the loss computes (both equal Pyro's own
 ``differentiable_loss``, tested for every model in ``tests/test_step.py``)."""
+
+PRECISIONS = {
+    "float32": "every operation in float32",
+    "bfloat16": (
+        "the networks' linear and RNN layers in bfloat16 under torch.autocast; distribution "
+        "parameters, losses, Kalman filters and the optimiser in float32"
+    ),
+}
+"""``train.precision``: the arithmetic of a training step (:class:`ELBOLoss`). Evaluation always
+runs in float32."""
 
 STEPS = ("auto", "eager", "compile", "graph")
 """``train.step``: how a training step runs (:func:`choose_step`)."""
@@ -92,17 +104,28 @@ def _analytic_kl(q, p) -> torch.Tensor | None:
 class ELBOLoss(torch.nn.Module):
     """The training objective as a module, so that DistributedDataParallel can wrap it: the
     differentiable negative ELBO per (valid) frame of a batch, at a KL weight (a float, or a
-    0-dim device tensor that a captured step rewrites between replays)."""
+    0-dim device tensor that a captured step rewrites between replays).
 
-    def __init__(self, model: DVAE, elbo: str) -> None:
+    With ``precision="bfloat16"`` (:data:`PRECISIONS`) the loss is evaluated under
+    ``torch.autocast``: products in bfloat16, the rest as :func:`~pyro_dvae.nn.full_precision`
+    says; the loss and the gradients are float32."""
+
+    def __init__(self, model: DVAE, elbo: str, precision: str = "float32") -> None:
         super().__init__()
         self.dvae = model
         self.analytic = elbo == "mean_field"
+        self.autocast = precision == "bfloat16"
 
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor | None, weight: float | torch.Tensor
     ) -> torch.Tensor:
-        with self.dvae.step_mask(mask):
+        capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
+        with (
+            self.dvae.step_mask(mask),
+            torch.autocast(
+                x.device.type, torch.bfloat16, enabled=self.autocast, cache_enabled=not capturing
+            ),
+        ):
             recon, kl = loss_terms(self.dvae, x, weight, self.analytic)
         return recon + kl
 

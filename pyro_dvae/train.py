@@ -92,6 +92,7 @@ from pyro_dvae.records import (
 from pyro_dvae.step import (
     ALLOCATORS,
     ELBOS,
+    PRECISIONS,
     STEPS,
     ELBOLoss,
     GraphStep,
@@ -156,6 +157,7 @@ class TrainConfig:
     freeze: tuple[str, ...] = ()
     freeze_epochs: int = 0
     step: str = "auto"
+    precision: str = "float32"
     cpu_allocator: str = "keep"
     val_noise: str = "fresh"
     batches: str = "random"
@@ -174,6 +176,8 @@ class TrainConfig:
         _require("warmup_start", self.warmup_start, start_ok, "a number in [0, 1]")
         _require("elbo", self.elbo, self.elbo in ELBOS, f"one of {sorted(ELBOS)}")
         _require("step", self.step, self.step in STEPS, f"one of {STEPS}")
+        precisions = tuple(PRECISIONS)
+        _require("precision", self.precision, self.precision in PRECISIONS, f"one of {precisions}")
         allocator_ok = self.cpu_allocator in ALLOCATORS
         _require("cpu_allocator", self.cpu_allocator, allocator_ok, f"one of {ALLOCATORS}")
         _require("val_noise", self.val_noise, self.val_noise in VAL_NOISES, f"one of {VAL_NOISES}")
@@ -419,7 +423,7 @@ class Trainer:
         # with clipped_adam, clip_norm is the optimiser's own element-wise clamp
         self.clip_norm = cfg.clip_norm if cfg.optimizer == "adam" else None
         self.frozen = frozen_parameters(model, cfg.freeze) if cfg.freeze_epochs else []
-        self.loss = cluster.wrap(ELBOLoss(model, cfg.elbo))
+        self.loss = cluster.wrap(ELBOLoss(model, cfg.elbo, cfg.precision))
         self.state = TrainState(seed=seed, warmup_epochs=fitted_warmup(cfg))
         self.graph = self._choose_step(cluster.world_size)
         self.train_loader = self._loader(train_set, shuffle=True)
@@ -429,7 +433,7 @@ class Trainer:
         """Set up ``train.step`` (:func:`~pyro_dvae.step.choose_step`), say which step runs and
         why; returns the captured step where it is ``graph``."""
         kind, why = choose_step(self.cfg.step, self.device, self.cfg.optimizer, processes)
-        self.books.info(f"training step: {kind} ({why})")
+        self.books.info(f"training step: {kind} ({why}); {self._precision()}")
         if self.device.type == "cpu":
             self.books.info(f"CPU allocator: {self._set_allocator()}")
         if kind == "compile":
@@ -438,6 +442,14 @@ class Trainer:
             return None
         capturable(self.optimizer)
         return GraphStep(self.loss, self.optimizer, self.clip_norm, self.cfg.l2)
+
+    def _precision(self) -> str:
+        """``train.precision`` and what it means, for the log."""
+        other = "bfloat16" if self.cfg.precision == "float32" else "float32"
+        return (
+            f"precision {self.cfg.precision}: {PRECISIONS[self.cfg.precision]} "
+            f"(train.precision={other} to change)"
+        )
 
     def _set_allocator(self) -> str:
         """Apply ``train.cpu_allocator`` (:func:`~pyro_dvae.step.keep_freed_memory`); says what

@@ -76,3 +76,34 @@ def test_the_graph_step_follows_the_eager_trajectory(name, padded):
     eager, graph = trajectories
     torch.testing.assert_close(graph, eager, rtol=1e-9, atol=1e-12)
     assert len(graph_step.graphs) == 2
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_the_bfloat16_graph_step_follows_the_bfloat16_eager_trajectory(name):
+    """``train.precision=bfloat16`` with ``train.step=graph``: autocast inside the capture (its
+    cast cache off) replays the eager bfloat16 step's losses over 20 steps (float32 model,
+    ε = 0). The same kernels run in both; a different kernel choice would differ by bfloat16
+    rounding, so 8 units of it (2^-8 each) are allowed."""
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = build(name, "speech", 33, device)
+    batches = [torch.rand(4, 12, 33, device=device) * 10 for _ in range(20)]
+    trajectories = []
+    for captured in (False, True):
+        net = copy.deepcopy(model)
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+        loss = ELBOLoss(net, "mean_field", "bfloat16")
+        if captured:
+            capturable(optimizer)
+            step = GraphStep(loss, optimizer, clip_norm=1.0)
+        with zero_noise():
+            values = [
+                step(x, None, 1.0)
+                if captured
+                else train_step(loss, optimizer, x, None, 1.0, clip_norm=1.0)
+                for x in batches
+            ]
+        trajectories.append(torch.stack(values).cpu())
+    eager, graph = trajectories
+    assert eager.dtype == torch.float32 and eager.isfinite().all()
+    torch.testing.assert_close(graph, eager, rtol=8 * 2.0**-8, atol=0)

@@ -13,6 +13,7 @@ from pyro_dvae.nn import (
     GaussianHead,
     OutputLinear,
     final_state,
+    full_precision,
     identical_copies,
     initialise,
     lstm,
@@ -249,6 +250,18 @@ def test_lstm_step_equals_torchs_lstm_cell_in_value_and_gradient(first_step):
         expected = torch.autograd.grad(ref, (x, *weights), seeds, retain_graph=True)
         for g, e in zip(got, expected, strict=True):
             torch.testing.assert_close(g, e, rtol=0, atol=1e-13)
+
+
+def test_full_precision_lifts_only_autocasts_low_precision_outputs():
+    h, w = torch.randn(4, 3), torch.randn(2, 3)
+    assert full_precision(h) is h
+    with torch.autocast("cpu", torch.bfloat16):
+        y = h @ w.t()
+        assert y.dtype == torch.bfloat16
+        lifted = full_precision(y)
+        assert lifted.dtype == torch.float32 and torch.equal(lifted, y.float())
+        assert full_precision(h.double()).dtype == torch.float64
+    assert full_precision(y) is y  # outside autocast: left as it is
 
 
 def test_a_mask_for_another_batch_is_named_under_copies_too():

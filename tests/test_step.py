@@ -16,7 +16,9 @@ from dataclasses import replace
 import pyro
 import pytest
 import torch
+from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.poutine.util import site_is_subsample
 from torch.overrides import TorchFunctionMode
 
 from benchmarks.train_step import build
@@ -24,6 +26,7 @@ from pyro_dvae.likelihoods import ExponentialPower
 from pyro_dvae.models import MODELS, build_model
 from pyro_dvae.step import (
     ELBOS,
+    PRECISIONS,
     ELBOLoss,
     capturable,
     choose_step,
@@ -241,6 +244,73 @@ def test_compiled_networks_give_the_eager_loss_and_gradients(name):
             torch.testing.assert_close(h, g, rtol=1e-8, atol=1e-10)
 
 
+BF16_UNIT_ROUNDOFF = 2.0**-8
+"""bfloat16 keeps 8 significant bits: rounding to it moves a value by at most 2^-8 of itself."""
+
+
+def _float32_speech_model(name: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    x, mask = _batch()
+    return build(name, "speech", 7, torch.device("cpu")), x.float(), mask
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_bfloat16_runs_the_products_low_and_every_site_and_gradient_in_float32(name):
+    """``train.precision=bfloat16``: the networks' linear layers give bfloat16 (so autocast is
+    on), while every sample site's value and log-density, the loss and every gradient are
+    float32 (distribution parameters, recurrent cells and the Kalman filter leave autocast)."""
+    model, x, _ = _float32_speech_model(name)  # unpadded: the CPU's RNN scans run
+    low_outputs = []
+    hooks = [
+        layer.register_forward_hook(lambda _m, _i, out: low_outputs.append(out.dtype))
+        for layer in model.modules()
+        if isinstance(layer, torch.nn.Linear)
+    ]
+    with torch.autocast("cpu", torch.bfloat16):
+        guide = poutine.trace(model.guide).get_trace(x)
+        joint = poutine.trace(poutine.replay(model.model, trace=guide)).get_trace(x)
+        joint.compute_log_prob()
+        guide.compute_log_prob()
+    for hook in hooks:
+        hook.remove()
+    assert torch.bfloat16 in low_outputs
+    for trace in (guide, joint):
+        for site_name, site in trace.nodes.items():
+            if site["type"] == "sample" and not site_is_subsample(site):
+                assert site["value"].dtype == torch.float32, site_name
+                assert site["log_prob"].dtype == torch.float32, site_name
+    loss = ELBOLoss(model, "mean_field", "bfloat16")(x, None, 0.5)
+    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert all(g.dtype == torch.float32 and g.isfinite().all() for g in grads if g is not None)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_bfloat16_loss_and_gradients_are_the_float32_ones_to_bfloat16_rounding(name):
+    """For the same draws, the bfloat16 step's loss and gradient vector on a padded batch are
+    the float32 ones up to bfloat16's rounding, and not equal to them (the products did run in
+    bfloat16).
+
+    Bound: a product whose two operands are rounded to bfloat16 (relative error u = 2^-8 each)
+    and accumulated in float32 is off by at most 2u relative to Σ|a||b|; a parameter's gradient
+    goes through at most four such products in sequence (the layer input and the weight in the
+    forward pass, the incoming gradient and the weight in the backward), so 8u for these small
+    well-conditioned networks. Measured: the loss within 6e-4 relative, gradients 3e-3 to 6e-3
+    (about u)."""
+    model, x, mask = _float32_speech_model(name)
+    results = {}
+    for precision in PRECISIONS:
+        torch.manual_seed(3)
+        value = ELBOLoss(model, "mean_field", precision)(x, mask, 0.5)
+        grads = torch.autograd.grad(value, list(model.parameters()), allow_unused=True)
+        results[precision] = value, torch.cat([g.flatten() for g in grads if g is not None])
+    (a, grad_a), (b, grad_b) = results["float32"], results["bfloat16"]
+    tolerance = 8 * BF16_UNIT_ROUNDOFF
+    assert a.item() != b.item()
+    assert abs(b.item() - a.item()) <= tolerance * abs(a.item())
+    assert (grad_b - grad_a).norm() <= tolerance * grad_a.norm()
+
+
 def test_auto_is_eager_on_the_cpu_and_graph_on_cuda():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert choose_step("auto", cpu, "adam", 1)[0] == "eager"
@@ -272,6 +342,21 @@ def test_the_trainer_says_which_step_runs(tmp_path, caplog):
     assert "CPU allocator: system (train.cpu_allocator=system)" in caplog.text
     with pytest.raises(ValueError, match="train.cpu_allocator='jemalloc': expected one of"):
         TrainConfig(cpu_allocator="jemalloc")
+
+
+def test_the_trainer_says_which_precision_runs_and_refuses_others(tmp_path, caplog):
+    model = build_model("dkf", 10, ExponentialPower(), **TINY)
+    data = list(torch.rand(4, 6, 10, generator=torch.Generator().manual_seed(0)) + 0.01)
+    cfg = TrainConfig(epochs=1, batch_size=4, warmup_every=0, progress=False)
+    with caplog.at_level(logging.INFO, logger="pyro_dvae.train"):
+        Trainer(model, data, data, cfg, tmp_path, torch.device("cpu"))
+        bf16 = replace(cfg, precision="bfloat16")
+        low = Trainer(model, data, data, bf16, tmp_path / "b", torch.device("cpu"))
+    assert "; precision float32: every operation in float32 (train.precision=bf" in caplog.text
+    assert "; precision bfloat16: the networks' linear and RNN layers in bfloat16" in caplog.text
+    assert low.loss.autocast
+    with pytest.raises(ValueError, match="train.precision='float16': expected one of"):
+        TrainConfig(precision="float16")
 
 
 MALLINFO = """

@@ -31,7 +31,7 @@ from pyro.nn import PyroModule
 from pyro_dvae.distributions import SITES, PosteriorMean, Trajectory, markov_sites
 from pyro_dvae.feedback import Feedback
 from pyro_dvae.likelihoods import Likelihood, MaskedSteps
-from pyro_dvae.nn import sequence_lengths
+from pyro_dvae.nn import full_precision, sequence_lengths
 
 
 class DVAE(PyroModule):
@@ -135,7 +135,7 @@ class DVAE(PyroModule):
 
     def observe(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Score ``x (B, T, D)`` under the likelihood of the decoder output ``y``; returns y."""
-        d = self.likelihood(y)
+        d = self.likelihood(full_precision(y))
         pyro.sample("x", d if self._step_mask is None else MaskedSteps(d, self._step_mask), obs=x)
         return y
 

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import pyro
 import torch
-from pyro.distributions import Normal, TorchDistribution
+from pyro.distributions import TorchDistribution
 from torch import nn
 from torch.distributions import Distribution
 
@@ -260,7 +260,7 @@ class DSAE(DVAE):
     def prior_v(self, n: int, like: torch.Tensor) -> TorchDistribution:
         """p(v) = N(0, I), batch (n,), event (V,)."""
         zeros = like.new_zeros(n, self.v_dim)
-        return Normal(zeros, torch.ones_like(zeros)).to_event(1)
+        return diag_normal(zeros, torch.ones_like(zeros))
 
     def model(self, x: torch.Tensor, kl_weight: float = 1.0) -> torch.Tensor:
         B, T, _ = x.shape
@@ -274,7 +274,7 @@ class DSAE(DVAE):
         phi = self.inference.features(x)
         gates = self.inference.phi_gates(phi)
         with self.sequences(x):
-            q_v = Normal(*self.inference.static(phi, gates)).to_event(1)
+            q_v = diag_normal(*self.inference.static(phi, gates))
             v = self.latent("v", q_v, kl_weight)
             q_z = IndependentTrajectory(diag_normal, *self.inference.dynamic(phi, v, gates))
             self.latent("z", q_z, kl_weight)

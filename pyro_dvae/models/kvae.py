@@ -51,7 +51,16 @@ from pyro_dvae.distributions import IndependentTrajectory, Trajectory, diag_norm
 from pyro_dvae.lgssm import LGSSM, Filtered, emission, kalman_filter, predict, rts_smoother, update
 from pyro_dvae.likelihoods import Likelihood
 from pyro_dvae.models.base import DVAE
-from pyro_dvae.nn import MLP, GaussianHead, LSTMState, OutputLinear, lstm, lstm_step, shift
+from pyro_dvae.nn import (
+    MLP,
+    GaussianHead,
+    LSTMState,
+    OutputLinear,
+    float32_math,
+    lstm,
+    lstm_step,
+    shift,
+)
 
 CONTROLS = ("previous", "none")
 """``control``: u_t = a_{t−1} (the paper's choice), or no control input."""
@@ -181,6 +190,7 @@ class LGSSMPrior(nn.Module):
             R=self.R(),
         )
 
+    @float32_math
     def filter(
         self, a: torch.Tensor, observed: torch.Tensor | None = None
     ) -> tuple[LGSSM, Filtered]:
@@ -188,6 +198,7 @@ class LGSSMPrior(nn.Module):
         model = self.lgssm(shift(a))
         return model, kalman_filter(model, a, observed)
 
+    @float32_math
     def step(
         self,
         t: int,

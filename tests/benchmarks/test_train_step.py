@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 KEYS = {
     "model",
     "step",
+    "precision",
     "compile_seconds",
     "shape",
     "device",
@@ -86,6 +87,27 @@ def test_compile_step_runs_and_reports_its_keys(tmp_path):
     assert row["peak_mem_mb"] is None and row["peak_mem_mb_reference"] is None
     ratio = row["ms_per_step"] / row["ms_per_step_reference"]
     assert abs(row["ratio_pyro_to_reference"] - ratio) < 0.01 * ratio + 1e-3
+
+
+def test_both_precisions_alternate_in_one_process(tmp_path):
+    """``--precision float32,bfloat16``: one row per step variant, the reference shared."""
+    out = tmp_path / "precision.json"
+    done = benchmark(
+        "--models", "vae", "--precision", "float32,bfloat16", *TINY, "--rounds", "1",
+        "--no-memory", "--json", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())
+    assert [(r["step"], r["precision"]) for r in rows] == [
+        ("eager", "float32"),
+        ("eager", "bfloat16"),
+    ]
+    assert rows[0]["ms_per_step_reference"] == rows[1]["ms_per_step_reference"]
+    bad = benchmark("--models", "vae", "--precision", "float16", *TINY)
+    assert bad.returncode == 2
+    assert bad.stderr.splitlines() == [
+        "error: --precision float16: expected a comma list of distinct float32|bfloat16"
+    ]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where CUDA is absent")

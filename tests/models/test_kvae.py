@@ -78,6 +78,25 @@ def test_step_by_step_conditionals_equal_the_parallel_ones():
         torch.testing.assert_close(d.scale_tril, parallel.scale_tril[:, t])
 
 
+def test_the_kalman_filter_and_its_steps_stay_float32_under_bfloat16_autocast():
+    """``train.precision=bfloat16`` runs a step under autocast; the LGSSM prior's filter and
+    step conditionals (covariances, Cholesky factors: :func:`~pyro_dvae.nn.float32_math`) give
+    exactly their float32 values there."""
+    prior = tiny().dynamics.float()
+    a = torch.randn(B, T, 2)
+
+    def conditionals() -> tuple[torch.Tensor, ...]:
+        step, _ = prior.step(1, a[:, 0], prior.step(0, torch.zeros_like(a[:, 0]), None)[1])
+        return prior.trajectory(B, T, a).log_prob(a), step.loc, step.scale_tril
+
+    expected = conditionals()
+    with torch.autocast("cpu", torch.bfloat16):
+        got = conditionals()
+    for value, reference in zip(got, expected, strict=True):
+        assert value.dtype == torch.float32
+        torch.testing.assert_close(value, reference, rtol=0, atol=0)
+
+
 def test_markov_sites_and_the_trajectory_site_give_the_same_elbo():
     x = binary(B, T, D)
     markov, single = tiny(sites="markov"), tiny()
