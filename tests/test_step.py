@@ -17,6 +17,7 @@ import pyro
 import pytest
 import torch
 from pyro import poutine
+from pyro.distributions.transforms import AffineAutoregressive
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
 from torch.overrides import TorchFunctionMode
@@ -24,6 +25,7 @@ from torch.overrides import TorchFunctionMode
 from benchmarks.train_step import build
 from pyro_dvae.likelihoods import ExponentialPower
 from pyro_dvae.models import MODELS, build_model
+from pyro_dvae.models.priors import StudentTTransition
 from pyro_dvae.step import (
     ELBOS,
     PRECISIONS,
@@ -248,13 +250,21 @@ BF16_UNIT_ROUNDOFF = 2.0**-8
 """bfloat16 keeps 8 significant bits: rounding to it moves a value by at most 2^-8 of itself."""
 
 
+COMPONENTS = {"dkf+iaf": dict(guide="iaf"), "dkf+student_t": dict(prior="student_t")}
+"""DKF with the two components whose densities are not diagonal Gaussians."""
+
+
 def _float32_speech_model(name: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
     x, mask = _batch()
-    return build(name, "speech", 7, torch.device("cpu")), x.float(), mask
+    if name in COMPONENTS:
+        model = build_model("dkf", 7, ExponentialPower(), **COMPONENTS[name], **TINY)
+    else:
+        model = build(name, "speech", 7, torch.device("cpu"))
+    return model, x.float(), mask
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(MODELS) + sorted(COMPONENTS))
 def test_bfloat16_runs_the_products_low_and_every_site_and_gradient_in_float32(name):
     """``train.precision=bfloat16``: the networks' linear layers give bfloat16 (so autocast is
     on), while every sample site's value and log-density, the loss and every gradient are
@@ -285,7 +295,26 @@ def test_bfloat16_runs_the_products_low_and_every_site_and_gradient_in_float32(n
     assert all(g.dtype == torch.float32 and g.isfinite().all() for g in grads if g is not None)
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+def test_bfloat16_keeps_the_student_t_and_iaf_parameters_float32():
+    """The two non-Gaussian densities: the Student-t prior's location and scale, and the
+    (shift, log-scale) of every IAF flow (its autoregressive network's outputs, which define
+    log q), are float32 under autocast, although the networks computing them run in bfloat16."""
+    student_t, _, _ = _float32_speech_model("dkf+student_t")
+    iaf, x, _ = _float32_speech_model("dkf+iaf")
+    prior = next(m for m in student_t.modules() if isinstance(m, StudentTTransition))
+    flows = [m for m in iaf.modules() if isinstance(m, AffineAutoregressive)]
+    seen = []  # registered after the model's own hook: sees what the transform gets
+    hooks = [f.arn.register_forward_hook(lambda _m, _i, out: seen.extend(out)) for f in flows]
+    with torch.autocast("cpu", torch.bfloat16):
+        t = prior(torch.randn(4, 3)).base_dist
+        iaf.guide(x)
+    for hook in hooks:
+        hook.remove()
+    assert (t.loc.dtype, t.scale.dtype, t.df.dtype) == (torch.float32,) * 3
+    assert len(seen) >= 2 * len(flows) > 0 and {s.dtype for s in seen} == {torch.float32}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS) + sorted(COMPONENTS))
 def test_bfloat16_loss_and_gradients_are_the_float32_ones_to_bfloat16_rounding(name):
     """For the same draws, the bfloat16 step's loss and gradient vector on a padded batch are
     the float32 ones up to bfloat16's rounding, and not equal to them (the products did run in

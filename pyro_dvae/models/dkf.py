@@ -51,6 +51,7 @@ from pyro_dvae.nn import (
     MLP,
     GaussianHead,
     OutputLinear,
+    full_precision,
     recurrent,
     run_rnn,
     shift,
@@ -211,10 +212,20 @@ class IAFInference(DKFInference):
         self.flows = nn.ModuleList(
             affine_autoregressive(self.z_dim, hidden_dims=[iaf_hidden]) for _ in range(iaf_flows)
         )
+        for flow in self.flows:  # the flows' shifts and scales are the density's parameters
+            flow.arn.register_forward_hook(_float32_outputs)
 
     def conditional(self, loc: torch.Tensor, scale: torch.Tensor) -> Distribution:
         """q(z_t | ·): the combiner's Gaussian through the flows; any leading dims."""
         return TransformedDistribution(super().conditional(loc, scale), list(self.flows))
+
+
+def _float32_outputs(
+    _module: nn.Module, _inputs: tuple, outputs: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor, ...]:
+    """Forward hook of an IAF's autoregressive network: its (shift, log-scale) in float32 under
+    autocast (:func:`~pyro_dvae.nn.full_precision`)."""
+    return tuple(full_precision(t) for t in outputs)
 
 
 @register_guide("mean_field")

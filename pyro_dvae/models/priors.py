@@ -35,7 +35,7 @@ from pyro_dvae.distributions import (
     diag_normal,
     require_rsample,
 )
-from pyro_dvae.nn import shift
+from pyro_dvae.nn import full_precision, shift
 from pyro_dvae.registry import Registry
 
 TRANSITIONS: Registry[type[Transition]] = Registry(
@@ -194,5 +194,5 @@ class StudentTTransition(GatedTransition):
         self.log_df_minus_2 = nn.Parameter(torch.full((z_dim,), math.log(3.0)))
 
     def forward(self, z_prev: torch.Tensor) -> Distribution:
-        loc, scale = self.loc_scale(z_prev)
+        loc, scale = (full_precision(p) for p in self.loc_scale(z_prev))
         return StudentT(2 + self.log_df_minus_2.exp(), loc, scale).to_event(1)
