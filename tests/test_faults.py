@@ -16,11 +16,13 @@ import random
 import re
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from tqdm import tqdm
 
 from pyro_dvae.likelihoods import ExponentialPower
 from pyro_dvae.models import build_model
@@ -55,10 +57,19 @@ def train(run_dir: Path) -> None:
     trainer.fit()
 
 
+def _own_tqdm_lock() -> None:
+    """Give this forked process a tqdm lock of its own. tqdm's default lock holds a
+    multiprocessing semaphore that a forked child shares with its parent; a child killed while
+    it holds it (every epoch's bar, even a disabled one, takes it once) would leave it taken,
+    and every later bar in the test process and in later children would wait for ever."""
+    tqdm.set_lock(threading.RLock())
+
+
 def _process(run_dir: Path, log_path: Path, torn_save: int | None) -> None:
     """Body of a training process: the trainer's warnings go to ``log_path``; a stop by
     SIGINT / SIGTERM exits with 130. ``torn_save=n``: the n-th ``torch.save`` writes half of its
     file and the process kills itself with SIGKILL (a crash in the middle of a write)."""
+    _own_tqdm_lock()
     handler = logging.FileHandler(log_path)
     handler.setLevel(logging.WARNING)
     logging.getLogger("pyro_dvae").addHandler(handler)
@@ -129,6 +140,28 @@ def _wait_for_epochs(run_dir: Path, epochs: int, process) -> None:
         if path.exists() and len(path.read_text().splitlines()) > epochs:
             return
         time.sleep(0.002)
+
+
+def _die_holding_tqdms_lock() -> None:
+    _own_tqdm_lock()
+    tqdm.get_lock().acquire()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_process_killed_holding_tqdms_lock_blocks_no_other():
+    """The harness's isolation: a fault process SIGKILLed inside tqdm's lock (as a random kill
+    can land) leaves this process able to make progress bars (seen to hang for ever without
+    :func:`_own_tqdm_lock`)."""
+    tqdm(disable=True)  # the test process's own lock exists before the fork, as in the harness
+    process = FORK.Process(target=_die_holding_tqdms_lock)
+    process.start()
+    process.join(timeout=60)
+    assert process.exitcode == -signal.SIGKILL
+    made = []
+    thread = threading.Thread(target=lambda: made.append(tqdm(disable=True)), daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    assert made, "a progress bar waited for a lock held by a killed process"
 
 
 @pytest.fixture(scope="module")
