@@ -29,25 +29,26 @@ LOGVAR_BOUND = 30.0
 """Log-variances are clamped to ``[-LOGVAR_BOUND, LOGVAR_BOUND]`` so ``exp`` never overflows."""
 
 
-LOW_PRECISION = (torch.bfloat16, torch.float16)
-
-
 def full_precision(t: torch.Tensor) -> torch.Tensor:
     """``t`` in float32 where autocast (``train.precision=bfloat16``) is on for its device and
-    made it a low-precision float, else ``t`` itself: networks run their products in bfloat16,
-    but what becomes a distribution's parameter or a recurrent cell's state stays float32."""
-    low = t.dtype in LOW_PRECISION
-    return t.float() if low and torch.is_autocast_enabled(t.device.type) else t
+    ``t`` has autocast's low-precision dtype, else ``t`` itself: networks run their products in
+    bfloat16, but what becomes a distribution's parameter stays float32."""
+    if t.dtype == torch.float32:  # the common case, without asking autocast
+        return t
+    device = t.device.type
+    low = torch.is_autocast_enabled(device) and t.dtype == torch.get_autocast_dtype(device)
+    return t.float() if low else t
 
 
 def float32_math(method: Callable) -> Callable:
-    """Decorator of a module's method: run it with autocast off and its low-precision tensor
-    arguments in float32 (:func:`full_precision`), for arithmetic that bfloat16 would break,
-    such as a Kalman filter's covariances."""
+    """Decorator of a module's method whose first tensor argument is on the module's device: run
+    it with autocast off and its low-precision tensor arguments in float32
+    (:func:`full_precision`), for arithmetic that bfloat16 would break, such as a Kalman
+    filter's covariances."""
 
     @wraps(method)
     def wrapper(self: nn.Module, *args, **kwargs):
-        device = next(self.parameters()).device.type
+        device = next(a for a in args if torch.is_tensor(a)).device.type
         if not torch.is_autocast_enabled(device):
             return method(self, *args, **kwargs)
         args = tuple(full_precision(a) if torch.is_tensor(a) else a for a in args)

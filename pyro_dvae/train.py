@@ -176,8 +176,8 @@ class TrainConfig:
         _require("warmup_start", self.warmup_start, start_ok, "a number in [0, 1]")
         _require("elbo", self.elbo, self.elbo in ELBOS, f"one of {sorted(ELBOS)}")
         _require("step", self.step, self.step in STEPS, f"one of {STEPS}")
-        precisions = tuple(PRECISIONS)
-        _require("precision", self.precision, self.precision in PRECISIONS, f"one of {precisions}")
+        precision_ok = self.precision in PRECISIONS
+        _require("precision", self.precision, precision_ok, f"one of {tuple(PRECISIONS)}")
         allocator_ok = self.cpu_allocator in ALLOCATORS
         _require("cpu_allocator", self.cpu_allocator, allocator_ok, f"one of {ALLOCATORS}")
         _require("val_noise", self.val_noise, self.val_noise in VAL_NOISES, f"one of {VAL_NOISES}")
