@@ -57,3 +57,25 @@ def test_the_console_line_of_evaluate_is_results_md(monkeypatch, tmp_path, capsy
     monkeypatch.setattr(sys, "argv", ["evaluate.py", f"run_dir={tmp_path}", "device=cpu"])
     runpy.run_path(str(ROOT / "experiments" / "evaluate.py"), run_name="__main__")
     assert capsys.readouterr().out == runner.markdown_row(RESULTS)
+
+
+def generated_blocks(text: str) -> dict[str, str]:
+    """Each ``<!-- NAME:start -->`` … ``<!-- NAME:end -->`` block of ``text``, by NAME."""
+    blocks = {}
+    for piece in text.split("<!-- ")[1:]:
+        marker, _, rest = piece.partition(" -->")
+        name, _, kind = marker.partition(":")
+        if kind == "start":
+            blocks[name] = rest.split(f"<!-- {name}:end -->")[0]
+    return blocks
+
+
+def test_each_generated_block_of_results_md_holds_only_its_own_section():
+    """motion_table.py and music_table.py rewrite everything between their markers, so a
+    section written by hand inside a block is lost at the next regeneration."""
+    blocks = generated_blocks((ROOT / "docs" / "results.md").read_text())
+    assert set(blocks) == {"motion_table", "music_table"}
+    for name, heading in (("motion_table", "## Motion:"), ("music_table", "## Music:")):
+        sections = [line for line in blocks[name].splitlines() if line.startswith("## ")]
+        assert len(sections) == 1 and sections[0].startswith(heading), (name, sections)
+        assert blocks[name].lstrip().startswith(heading), name
