@@ -54,7 +54,7 @@ def _rank(rank: int, world: int, port: int, opts: dict, out: Path) -> None:
     if cuda:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
-    cluster = Cluster(rank, world, rank, device)
+    cluster = Cluster(rank, world, device)
     torch.manual_seed(0)
     x_dim = SHAPES[opts["shape"]]
     model = build(opts["model"], opts["shape"], x_dim, device)

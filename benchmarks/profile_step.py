@@ -7,7 +7,7 @@ the reference step of ``train_step.py`` alternate in one process: first timed as
 (median ms), then under ``torch.profiler``, which gives each step's time in its **products**:
 the matrix-product kernels (``mm``, ``addmm``, ``bmm``, ``baddbmm``) and oneDNN's fused LSTM/RNN
 layers, forward and backward. The products are the arithmetic of the equations, run at near
-the GEMM rate (``train_step.py``'s ``gemm_fraction``); the rest is element-wise work and
+the GEMM rate (``train_step.py``'s ``fraction_of_gemm``); the rest is element-wise work and
 per-operation overhead. Printed and saved per model:
 
 * ``pyro_ms``, ``reference_ms``, ``ratio``: the timed steps and their ratio (the target is

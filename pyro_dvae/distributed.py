@@ -42,13 +42,11 @@ class Cluster:
     Attributes:
         rank: 0 … world_size − 1; rank 0 is the one that writes.
         world_size: number of processes (1 without ``torch.distributed``).
-        local_rank: the rank among the processes of this machine (its GPU index).
         device: the device this process trains on.
     """
 
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
     device: torch.device = torch.device("cpu")
 
     @property
@@ -172,7 +170,7 @@ def start(distributed: bool, device: torch.device) -> Cluster:
         dist.init_process_group("nccl", device_id=device)
     else:
         dist.init_process_group("gloo")
-    return Cluster(rank, world, local_rank, device)
+    return Cluster(rank, world, device)
 
 
 FINISH_SECONDS = 120

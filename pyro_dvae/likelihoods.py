@@ -135,15 +135,6 @@ class ExponentialPower(Likelihood):
         return ExponentialLogMean(y).mean
 
 
-def itakura_saito(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
-    """Summed Itakura–Saito divergence ``Σ x/σ² − log(x/σ²) − 1`` with σ² = exp(y), per sequence.
-
-    Equals the Exponential NLL minus ``Σ (log x + 1)``; ``eps`` guards ``log 0`` on silent bins.
-    """
-    ratio = (x + eps) * torch.exp(-y.clamp(-LOGVAR_BOUND, LOGVAR_BOUND))
-    return (ratio - ratio.log() - 1).sum((-2, -1))
-
-
 class MPJPEFactor(TorchDistribution):
     """Unnormalised ``log p(x) = −Σ_t MPJPE_mm(x_t, y_t)``; x and y in metres, ``(B, T, 3J)``.
 

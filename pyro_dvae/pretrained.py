@@ -10,7 +10,7 @@ An entry is one JSON file, ``pyro_dvae/zoo/<name>.json``, written by
 * ``results``: the run's ``results.json`` row, and ``standard_errors``: the Monte Carlo
   standard errors of its sampled bounds (:data:`MONTE_CARLO`, :func:`standard_errors`);
 * ``data``: the data sources it was trained and tested on, each with the data layer's checksum
-  (:func:`data_checksums`);
+  (:func:`build_task_recorded`);
 * ``weights``: the SHA-256 and size of its weights file (``{"model": state_dict}``, nothing
   else), and a ``url`` where the file is hosted (null: it ships in the package);
 * ``name``, ``description``, ``x_dim`` (the data's features, so that :func:`load` reads no
@@ -116,11 +116,6 @@ class Entry:
         """Whether the weights are a file committed to the repository (a relative ``url``)."""
         url = self.weights.get("url")
         return url is not None and repository_file(url) is not None
-
-    @property
-    def needs_data(self) -> bool:
-        """Whether evaluating it reads data files (a simulated data set reads none)."""
-        return bool(self.data)
 
 
 def repository_file(location: str) -> Path | None:
@@ -298,11 +293,6 @@ def build_task_recorded(cfg: DictConfig) -> tuple[Task, dict]:
     return task, {subdir: data_checksum(subdir, folder) for subdir, folder in found.items()}
 
 
-def data_checksums(config: dict) -> dict:
-    """:func:`build_task_recorded`'s checksums for the data of a run's ``config``."""
-    return build_task_recorded(OmegaConf.create(config))[1]
-
-
 @torch.no_grad()
 def standard_errors(model: DVAE, task: Task, num_samples: int, device: torch.device) -> dict:
     """Monte Carlo standard errors of :func:`runner.test_log_likelihood`'s three estimators with
@@ -325,11 +315,12 @@ def standard_errors(model: DVAE, task: Task, num_samples: int, device: torch.dev
         var_sequence += elbo / length**2
         var_iwae += (torch.softmax(log_w, 0) * K).var().item() / K
         steps += length
-    return {
-        "elbo_per_step": math.sqrt(var_elbo) / steps,
-        "elbo_per_sequence_step": math.sqrt(var_sequence) / len(task.test),
-        "nll_per_step": math.sqrt(var_iwae) / steps,
-    }
+    errors = (
+        math.sqrt(var_elbo) / steps,
+        math.sqrt(var_sequence) / len(task.test),
+        math.sqrt(var_iwae) / steps,
+    )
+    return dict(zip(MONTE_CARLO, errors, strict=True))
 
 
 def tolerance(standard_error: float) -> float:

@@ -265,7 +265,7 @@ def project(poses: np.ndarray, azimuth: float = 30.0, elevation: float = 15.0) -
 
 
 def _panel(
-    fig: Figure, rows: int, cols: int, k: int, views: list[np.ndarray], parents: Sequence[int]
+    fig: Figure, rows: int, cols: int, k: int, views: list[np.ndarray]
 ) -> list[LineCollection]:
     """The ``k``-th axes of a ``rows x cols`` grid, framed on ``views`` ``[(T, J, 2), ...]``,
     with one empty bone collection per view (styles :data:`STYLES`)."""
@@ -318,7 +318,7 @@ def animate(
     views = [[project(p) for p in seqs] for _, seqs in panels]
     collections = []
     for k, ((title, _), panel_views) in enumerate(zip(panels, views, strict=True), start=1):
-        collections.append(_panel(fig, 1, len(panels), k, panel_views, parents))
+        collections.append(_panel(fig, 1, len(panels), k, panel_views))
         collections[-1][0].axes.set_title(title, fontsize=6)
     writer = PillowWriter(fps=frame_rate / stride)
     with writer.saving(fig, str(path), dpi):
@@ -345,9 +345,7 @@ def snapshots(
         views = [project(p) for p in seqs]
         length = max(len(v) for v in views)
         for col, t in enumerate(np.linspace(0, length - 1, n_frames).round().astype(int)):
-            collections = _panel(
-                fig, len(panels), n_frames, row * n_frames + col + 1, views, parents
-            )
+            collections = _panel(fig, len(panels), n_frames, row * n_frames + col + 1, views)
             collections[0].axes.set_title(
                 f"{title}, frame {t}" if col == 0 else f"frame {t}", fontsize=6
             )
