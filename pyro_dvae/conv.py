@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_dvae.nn import ACTIVATIONS
+from pyro_dvae.nn import activation_class
 
 
 def frame_side(x_dim: int, n_halvings: int) -> int:
@@ -43,9 +43,14 @@ def frame_side(x_dim: int, n_halvings: int) -> int:
     ``2^n_halvings`` (one halving per convolution).
 
     Raises:
-        ValueError: naming ``model.<modality>.conv_channels``, when the frames are not square
-            or their side does not halve that often.
+        ValueError: naming ``model.<modality>.conv_channels``, when it is empty, or when the
+            frames are not square or their side does not halve that often.
     """
+    if n_halvings < 1:
+        raise ValueError(
+            "model.<modality>.conv_channels is empty: expected the channels of at least one "
+            "convolution (or model.encoder=dense)"
+        )
     side = math.isqrt(x_dim)
     if side * side != x_dim or side % 2**n_halvings:
         raise ValueError(
@@ -64,7 +69,7 @@ def check_kernel(kernel_size: int) -> None:
 def activation_layer(name: str) -> nn.Module:
     """The activation ``name`` of :data:`~pyro_dvae.nn.ACTIVATIONS`; ReLU in place (each follows
     a convolution, whose output nothing else reads, and saves one feature map's allocation)."""
-    return nn.ReLU(inplace=True) if name == "relu" else ACTIVATIONS[name]()
+    return nn.ReLU(inplace=True) if name == "relu" else activation_class(name)()
 
 
 def channels_last(h: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,16 @@ from pyro_dvae.scan import CPU_FLOAT32_BACKWARD, CPU_FLOAT32_FORWARD, is_scannab
 ACTIVATIONS = {"tanh": Tanh, "relu": nn.ReLU}
 """The hidden layers' nonlinearities; tanh is :class:`~pyro_dvae.activations.Tanh` (``nn.Tanh``,
 faster on large CPU tensors)."""
+
+
+def activation_class(name: str, key: str = "model.<modality>.activation") -> type[nn.Module]:
+    """The class of :data:`ACTIVATIONS` called ``name``; an unknown name is a ``ValueError``
+    naming the config ``key``."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"{key}={name!r}: expected one of {list(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
 LOGVAR_BOUND = 30.0
 """Log-variances are clamped to ``[-LOGVAR_BOUND, LOGVAR_BOUND]`` so ``exp`` never overflows."""
 
@@ -74,8 +84,9 @@ class MLP(nn.Sequential):
     ) -> None:
         layers: list[nn.Module] = []
         dims = [in_dim, *hidden]
+        act = activation_class(activation)
         for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
-            layers += [nn.Linear(d_in, d_out), ACTIVATIONS[activation]()]
+            layers += [nn.Linear(d_in, d_out), act()]
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
         super().__init__(*layers)

@@ -43,17 +43,29 @@ def import_plugin(spec: str) -> ModuleType:
     """
     if spec.endswith(".py"):
         return _import_file(Path(spec).expanduser().resolve())
+    return import_module(spec, "plugins", " or the path of a .py file")
+
+
+def import_module(name: str, key: str, alternative: str = "") -> ModuleType:
+    """Import the module ``name`` given as the config ``key``, looked up on ``sys.path`` and then
+    in the current directory.
+
+    Raises:
+        ValueError: naming ``key`` and where the module was looked for, when ``name`` itself
+            cannot be found (a module that is found but imports a missing one raises that
+            ``ModuleNotFoundError`` unchanged).
+    """
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.append(cwd)
     try:
-        return importlib.import_module(spec)
+        return importlib.import_module(name)
     except ModuleNotFoundError as err:
-        if err.name is None or not (spec == err.name or spec.startswith(f"{err.name}.")):
-            raise  # the plugin itself imports something that is missing
+        if err.name is None or not (name == err.name or name.startswith(f"{err.name}.")):
+            raise  # the module itself imports something that is missing
         raise ValueError(
-            f"plugins: cannot import {spec!r} ({err}); give a module found in {cwd} or on "
-            "PYTHONPATH, or the path of a .py file"
+            f"{key}: cannot import {name!r} ({err}); give a module found in {cwd} or on "
+            f"PYTHONPATH{alternative}"
         ) from None
 
 
@@ -133,4 +145,7 @@ def prepare(cfg: DictConfig, run_dir: Path | None = None) -> None:
     likelihood = OmegaConf.select(cfg, "likelihood.name", default=None)
     if likelihood is not None:
         LIKELIHOODS.lookup(likelihood)
-    find_task(cfg.data.name, cfg.data.get("module"))
+    module = cfg.data.get("module")
+    if module:
+        import_module(module, "data.module")
+    find_task(cfg.data.name, module)

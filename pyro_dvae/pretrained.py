@@ -53,7 +53,7 @@ from pyro_dvae.collect import flatten
 from pyro_dvae.data import Task, build_task, sources
 from pyro_dvae.loglik import importance_log_weights
 from pyro_dvae.models import DVAE
-from pyro_dvae.records import load_checkpoint, seed_everything
+from pyro_dvae.records import load_checkpoint, replacing, seed_everything
 from pyro_dvae.train import on_device
 
 log = logging.getLogger(__name__)
@@ -510,9 +510,8 @@ def write_weights(name: str, weights: dict, ship: bool, hosted_dir: Path) -> Pat
     fits = size <= SHIP_MAX_BYTES and shipped + size <= SHIP_TOTAL_BYTES
     target = (ZOO if ship and fits else hosted_dir) / f"{name}.pt"
     target.parent.mkdir(parents=True, exist_ok=True)
-    staged = target.with_name(f".{target.name}.tmp")
-    staged.write_bytes(buffer.getvalue())
-    os.replace(staged, target)
+    with replacing(target) as staged:
+        staged.write_bytes(buffer.getvalue())
     if ship and not fits:
         raise ValueError(
             f"{name}: its weights are {size / 2**20:.2f} MiB (shipped ones: at most "

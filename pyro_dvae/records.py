@@ -12,6 +12,8 @@ import csv
 import os
 import random
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -65,11 +67,24 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def atomic_save(obj: dict, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """Yield a temporary path in ``path``'s folder to write; rename it over ``path`` once the
+    block ends, or remove it if the block raises, so ``path`` is either the old file or the
+    whole new one."""
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_save(obj: dict, path: Path) -> None:
+    """``torch.save`` ``obj`` to ``path`` atomically (:func:`replacing`)."""
+    with replacing(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
@@ -114,12 +129,11 @@ def _unreadable(path: Path, err: Exception) -> ValueError:
 
 
 def write_metrics(history: list[dict], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    """One row per epoch of ``history`` (columns: the first row's keys), atomically."""
+    with replacing(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, path)
 
 
 def plot_losses(history: list[dict], path: Path) -> None:
@@ -138,7 +152,8 @@ def plot_losses(history: list[dict], path: Path) -> None:
         ax.set_xlabel("epoch")
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with replacing(path) as tmp:
+            fig.savefig(tmp, dpi=80, format="png")
+    finally:
+        plt.close(fig)

@@ -12,6 +12,7 @@ from pyro_dvae.nn import (
     MLP,
     GaussianHead,
     OutputLinear,
+    activation_class,
     final_state,
     full_precision,
     identical_copies,
@@ -32,6 +33,13 @@ def test_mlp_applies_the_activation_after_every_layer():
     expected = torch.tanh(second(torch.tanh(first(x))))
     torch.testing.assert_close(mlp(x), expected)
     assert mlp.out_dim == 2 and len(MLP(3, [])) == 0
+
+
+def test_an_unknown_activation_names_the_key():
+    with pytest.raises(ValueError, match=r"^model\.<modality>\.activation='gelu': expected one "):
+        MLP(3, [4], "gelu")
+    with pytest.raises(ValueError, match=r"^model\.<modality>\.decoder_activation='elu': "):
+        activation_class("elu", "model.<modality>.decoder_activation")
 
 
 def test_glorot_redraws_only_mlp_layers_with_the_activation_gain():

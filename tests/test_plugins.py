@@ -171,6 +171,9 @@ def test_the_readme_examples_train_from_a_folder_outside_the_repository(data_roo
                                  r"plugins=\[your_module\]$"),
         (["likelihood.name=poisson"], r"^likelihood\.name='poisson' is not a likelihood; .*"
                                       r"@register_likelihood\('poisson'\)"),
+        (["+data.module=absent_data"], r"^data\.module: cannot import 'absent_data' \(No module "
+                                       r"named 'absent_data'\); give a module found in .* or on "
+                                       r"PYTHONPATH$"),
     ],
 )  # fmt: skip
 def test_a_name_that_does_not_fit_is_refused_before_any_data(
@@ -230,14 +233,6 @@ def test_prepare_imports_the_plugins_and_records_them(tmp_path, monkeypatch):
     plugins.prepare(cfg)
     assert list(cfg.plugins) == [str(tmp_path / "walk.py")]
     assert type(build_transition("walk", 3)).__name__ == "Walk"
-
-
-def test_a_name_held_by_another_class_is_refused():
-    with pytest.raises(ValueError, match=r"^prior\.name='gated' is already .*GatedTransition"):
-
-        @register_transition("gated")
-        class Gated(Transition):
-            pass
 
 
 class MixtureTransition(Transition):

@@ -46,11 +46,11 @@ from pyro_dvae.likelihoods import Likelihood
 from pyro_dvae.models.base import LatentDecoderDVAE
 from pyro_dvae.models.priors import build_transition
 from pyro_dvae.nn import (
-    ACTIVATIONS,
     HEAD_SCALES,
     MLP,
     GaussianHead,
     OutputLinear,
+    activation_class,
     full_precision,
     recurrent,
     run_rnn,
@@ -312,10 +312,8 @@ class DKF(LatentDecoderDVAE):
             ("decoder_activation", decoder_activation),
             ("input_activation", input_activation),
         ):
-            if value is not None and value not in ACTIVATIONS:
-                raise ValueError(
-                    f"model.<modality>.{key}={value!r}: expected one of {list(ACTIVATIONS)}"
-                )
+            if value is not None:
+                activation_class(value, f"model.<modality>.{key}")
         mlp_z_x = MLP(z_dim, dense_z_x, decoder_activation)
         self.decoder = nn.Sequential(mlp_z_x, OutputLinear(mlp_z_x.out_dim, x_dim))
         self.inference = inference(

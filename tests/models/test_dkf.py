@@ -336,21 +336,6 @@ def test_the_decoder_has_its_own_activation():
     torch.testing.assert_close(tanh.decoder(z), out(torch.tanh(hidden(z))))
 
 
-def test_gated_transition_with_pyros_dmm_options(float64):
-    """hidden=7, scale=softplus, loc_init=identity (Pyro's GatedTransition): L→7→L gate and
-    proposed-mean MLPs, μ = (1 − gate) ⊙ z + gate ⊙ prop, σ = softplus(W_σ relu(prop))."""
-    options = dict(hidden=7, scale="softplus", loc_init="identity")
-    model = build_model("dkf", 10, ExponentialPower(), prior_options=options, **TINY)
-    tr, z = model.prior, torch.randn(5, 3)
-    assert (tr.gate_hidden.out_features, tr.prop_out.in_features) == (7, 7)
-    gate = torch.sigmoid(tr.gate_out(torch.relu(tr.gate_hidden(z))))
-    prop = tr.prop_out(torch.relu(tr.prop_hidden(z)))
-    step = tr(z)
-    torch.testing.assert_close(step.mean, (1 - gate) * z + gate * prop)
-    scale = torch.nn.functional.softplus(tr.var_linear(torch.relu(prop)))
-    torch.testing.assert_close(step.stddev, scale)
-
-
 @pytest.mark.parametrize(
     "options,message",
     [

@@ -8,10 +8,8 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
-from torch import nn
 
 from pyro_dvae import cli, runner
-from pyro_dvae.conv import ConvDecoder, ConvEncoder
 from pyro_dvae.data import build_task
 from pyro_dvae.lgssm import LGSSM, kalman_filter
 from pyro_dvae.likelihoods import Bernoulli
@@ -331,89 +329,6 @@ def test_the_papers_kvae_has_the_authors_layers():
     assert model.encoder[0].map_shape == (32, 4, 4) and model.encoder[0].out_dim == 512
     x = torch.rand(2, 20, 1024)
     assert model.decoder(model.encoder(x)[0]).shape == (2, 20, 1024)
-
-
-def test_conv_encoder_reads_row_major_frames_with_stride_two():
-    """One layer whose kernel picks its centre pixel: with stride 2 and 'same' padding the
-    output at (i, j) is pixel (2i, 2j) of the frame read row by row."""
-    encoder = ConvEncoder(36, [1], kernel_size=3).double()
-    with torch.no_grad():
-        encoder.net[0].weight.zero_()
-        encoder.net[0].weight[0, 0, 1, 1] = 1.0
-        encoder.net[0].bias.zero_()
-    x = torch.rand(2, 3, 36, dtype=torch.float64)
-    expected = x.reshape(2, 3, 6, 6)[..., ::2, ::2].reshape(2, 3, 9)
-    torch.testing.assert_close(encoder(x), expected)
-
-
-def test_conv_decoder_upsamples_by_sub_pixel_shuffle():
-    """Map m (2 × 2) from the linear layer, a 1 × 1 conv to 4 channels with weights 1..4, ReLU,
-    shuffle, 1 × 1 conv of weight 1: pixel (2i + r, 2j + c) is (2r + c + 1) · m[i, j]."""
-    decoder = ConvDecoder(4, 16, [1], kernel_size=1).double()
-    with torch.no_grad():
-        decoder.linear.weight.copy_(torch.eye(4))
-        decoder.linear.bias.zero_()
-        decoder.net[0].weight.copy_(torch.arange(1.0, 5.0).reshape(4, 1, 1, 1))
-        decoder.net[0].bias.zero_()
-        decoder.net[3].weight.fill_(1.0)
-        decoder.net[3].bias.zero_()
-    m = torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=torch.float64)
-    expected = torch.kron(m.reshape(2, 2), torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=m.dtype))
-    torch.testing.assert_close(decoder(m), expected.reshape(1, 16))
-
-
-def plain_conv_networks(activation: str) -> tuple[nn.Sequential, nn.ModuleDict]:
-    """The encoder and decoder of ``conv_channels=[2, 3]``, k = 3 on 8 × 8 frames written with
-    PyTorch's own layers (``nn.PixelShuffle``, the 1 × 1 convolution after it), float64."""
-    act = {"relu": nn.ReLU, "tanh": nn.Tanh}[activation]
-    encoder = nn.Sequential(
-        nn.Conv2d(1, 2, 3, stride=2, padding=1),
-        act(),
-        nn.Conv2d(2, 3, 3, stride=2, padding=1),
-        act(),
-    )
-    decoder_net = nn.Sequential(
-        *(nn.Conv2d(3, 12, 3, padding=1), act(), nn.PixelShuffle(2)),
-        *(nn.Conv2d(3, 8, 3, padding=1), act(), nn.PixelShuffle(2)),
-        nn.Conv2d(2, 1, 1),
-    )
-    decoder = nn.ModuleDict({"linear": nn.Linear(2, 12), "net": decoder_net})
-    return encoder.double(), decoder.double()
-
-
-@pytest.mark.parametrize("activation", ["relu", "tanh"])
-def test_conv_networks_compute_what_pytorchs_plain_layers_do(activation):
-    """Encoder → a fixed linear map to a code → decoder, against the same chain of PyTorch's
-    plain layers loaded from the same state dicts (strict: the same keys): the frames and the
-    gradient of every parameter, despite the decoder's sub-pixel channel order, its output
-    convolution before the last shuffle and the in-place ReLUs. No layer has r² = 4 channels,
-    where the orders c·r² + s and s·C + c would coincide."""
-    torch.manual_seed(0)
-    encoder = ConvEncoder(64, [2, 3], 3, activation).double()
-    decoder = ConvDecoder(2, 64, [2, 3], 3, activation).double()
-    plain_encoder, plain_decoder = plain_conv_networks(activation)
-    plain_encoder.load_state_dict(
-        {k.removeprefix("net."): v for k, v in encoder.state_dict().items()}
-    )
-    plain_decoder.load_state_dict(decoder.state_dict())
-    x, to_code = torch.rand(B, T, 64, dtype=torch.float64), torch.randn(12, 2, dtype=torch.float64)
-    upstream = torch.randn(B, T, 64, dtype=torch.float64)
-
-    def plain(x: torch.Tensor) -> torch.Tensor:
-        a = plain_encoder(x.reshape(-1, 1, 8, 8)).reshape(B, T, 12) @ to_code
-        h = plain_decoder["linear"](a).reshape(-1, 3, 2, 2)
-        return plain_decoder["net"](h).reshape(B, T, 64)
-
-    params = [*encoder.parameters(), *decoder.parameters()]
-    plain_params = [*plain_encoder.parameters(), *plain_decoder.parameters()]
-    y, want_y = decoder(encoder(x) @ to_code), plain(x)
-    got = torch.autograd.grad((y * upstream).sum(), params)
-    want = torch.autograd.grad((want_y * upstream).sum(), plain_params)
-    # float64, O(1) values, the same sums of at most 9 · 3 products per layer in another order:
-    # rounding ~1e-15; a pixel, channel or sub-pixel out of place is off by O(0.1)
-    torch.testing.assert_close(y, want_y, rtol=0, atol=1e-12)
-    for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g, w, rtol=0, atol=1e-12)
 
 
 def test_the_encoders_variance_is_bounded_as_the_authors():
