@@ -23,7 +23,6 @@ import pyro
 import pytest
 import torch
 import torch.multiprocessing as mp
-from zero_noise_run import exact_arithmetic
 
 from benchmarks.train_step import build
 from pyro_dvae import distributed, runner
@@ -32,6 +31,7 @@ from pyro_dvae.distributed import SINGLE, Cluster, batch_sampler
 from pyro_dvae.likelihoods import Bernoulli
 from pyro_dvae.models import MODELS, build_model
 from pyro_dvae.train import TrainConfig, Trainer, load_checkpoint
+from tests.zero_noise_run import exact_arithmetic
 
 ROOT = Path(__file__).resolve().parents[1]
 ZERO_NOISE_RUN = ROOT / "tests" / "zero_noise_run.py"

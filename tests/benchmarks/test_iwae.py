@@ -6,7 +6,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import iwae  # noqa: E402  (a script, not a package module)
-from test_epoch import SMALL_DMM  # noqa: E402
+
+from tests.benchmarks.test_epoch import SMALL_DMM  # noqa: E402
 
 
 def test_both_ways_give_the_same_bound_and_are_timed(data_root, tmp_path):
