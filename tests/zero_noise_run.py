@@ -10,17 +10,16 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from helpers import zero_noise  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: the repository, for the tests package
 
 from pyro_dvae import train  # noqa: E402
+from tests.helpers import zero_noise  # noqa: E402
 
 
 @contextlib.contextmanager
 def exact_arithmetic() -> Iterator[None]:
-    """Zero noise (:func:`helpers.zero_noise`) and float64: models built inside have float64
+    """Zero noise (:func:`tests.helpers.zero_noise`) and float64: models built inside have float64
     parameters (torch's default dtype) and every batch the trainer reads, ``x (B, T, D)``, is
     cast to float64 (the data's float32 values are exact in float64). Runs on different numbers
     of processes then differ only by the float64 round-off of sums taken in another order."""
@@ -42,4 +41,4 @@ def exact_arithmetic() -> Iterator[None]:
 
 if __name__ == "__main__":
     with exact_arithmetic():
-        runpy.run_path(str(HERE.parent / "experiments" / "run.py"), run_name="__main__")
+        runpy.run_path(str(ROOT / "experiments" / "run.py"), run_name="__main__")
