@@ -51,6 +51,7 @@ from omegaconf import DictConfig, OmegaConf
 from pyro_dvae import plugins, runner
 from pyro_dvae.collect import flatten
 from pyro_dvae.data import Task, build_task, sources
+from pyro_dvae.data.base import ROUNDING_INTERVALS
 from pyro_dvae.loglik import importance_log_weights
 from pyro_dvae.models import DVAE
 from pyro_dvae.records import load_checkpoint, replacing, seed_everything
@@ -337,14 +338,22 @@ def rounding(value: float) -> float:
 
 def differences(item: Entry, results: dict) -> list[str]:
     """Where ``results`` differ from the entry's recorded row, leaf by leaf of the nested
-    dicts: a :data:`MONTE_CARLO` bound by more than :func:`tolerance` (or :func:`rounding`, if
-    larger), another float by more than :func:`rounding`, anything else (counts, names) at all;
-    :data:`TIMINGS` are not compared."""
+    dicts: a metric of thresholded decisions outside its range under rounding (the task's
+    :data:`~pyro_dvae.data.base.ROUNDING_INTERVALS` in ``results``), a :data:`MONTE_CARLO`
+    bound by more than :func:`tolerance` (or :func:`rounding`, if larger), another float by
+    more than :func:`rounding`, anything else (counts, names) at all; :data:`TIMINGS` and the
+    intervals themselves are not compared."""
+    intervals = results.get(ROUNDING_INTERVALS, {})
     recorded, now = flatten(item.results), flatten(results)
     found = []
     for key in sorted(set(recorded) | set(now)):
         a, b = recorded.get(key), now.get(key)
-        if key in TIMINGS or a == b:
+        if key in TIMINGS or key.startswith(f"{ROUNDING_INTERVALS}.") or a == b:
+            continue
+        if key in intervals and a is not None:
+            low, high = intervals[key]
+            if not low <= a <= high:
+                found.append(f"{key}: {b!r}, recorded {a!r} outside [{low!r}, {high!r}]")
             continue
         if isinstance(a, float) and isinstance(b, float):
             se = item.standard_errors.get(key)

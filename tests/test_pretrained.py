@@ -15,6 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pyro_dvae import pretrained, runner
+from pyro_dvae.data.base import ROUNDING_INTERVALS
 from pyro_dvae.records import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,6 +216,35 @@ def test_differences_match_sampled_bounds_to_their_standard_error():
         "recon",
         "steps",
     ]
+
+
+def test_a_thresholded_metric_matches_within_its_range_under_rounding():
+    """pixel_error recorded as 5 wrong pixels of 1,000, evaluated elsewhere as 6 with 2 pixels
+    within rounding of ½: a match (5 lies in [4, 8]), but not with none (the plain rounding
+    tolerance is far below one pixel) nor with the record at 3; the intervals themselves are
+    not compared (a recorded row written before them has none)."""
+    item = pretrained.Entry(
+        name="x",
+        description="",
+        x_dim=1,
+        config={},
+        data={},
+        weights={},
+        training={},
+        made_with={},
+        standard_errors={},
+        results={"pixel_error": 0.005, "steps": 5},
+    )
+    moved = {"pixel_error": 0.006, "steps": 5}
+    assert (
+        pretrained.differences(item, {**moved, ROUNDING_INTERVALS: {"pixel_error": [0.004, 0.008]}})
+        == []
+    )
+    assert [line.split(":")[0] for line in pretrained.differences(item, moved)] == ["pixel_error"]
+    far = dataclasses.replace(item, results={"pixel_error": 0.003, "steps": 5})
+    assert pretrained.differences(
+        far, {**moved, ROUNDING_INTERVALS: {"pixel_error": [0.004, 0.008]}}
+    ) == ["pixel_error: 0.006, recorded 0.003 outside [0.004, 0.008]"]
 
 
 def test_standard_errors_follow_the_formulas(monkeypatch):

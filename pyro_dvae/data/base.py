@@ -50,6 +50,9 @@ class Task(ABC):
 
         ``estimate`` maps features ``(1, T, D)`` to reconstructed features ``(1, T, D)``.
         Writes reconstructions and figures of ``n_examples`` test sequences under ``out_dir``.
+        A metric that counts thresholded decisions (a pixel or note on at p > ½) may add its
+        range under rounding to ``results[ROUNDING_INTERVALS]`` (metric → ``[low, high]``,
+        :data:`ROUNDING_INTERVALS`).
         """
 
     @abstractmethod
@@ -57,6 +60,12 @@ class Task(ABC):
         """Write generated feature sequences ``(N, T, D)`` to ``out_dir`` in a form a person can
         inspect (audio and spectrograms, or skeleton animations). Returns the written paths."""
 
+
+ROUNDING_INTERVALS = "rounding_interval"
+"""The key of a results row under which a task gives, for each metric that counts thresholded
+decisions, the values it takes if any decision within rounding of its threshold falls the other
+way (``[low, high]``): on another CPU, or with other BLAS kernels, the metric lies in it. The
+pretrained zoo matches such a metric by its interval (:func:`pyro_dvae.pretrained.differences`)."""
 
 TaskBuilder = Callable[..., Task]
 TASKS: Registry[TaskBuilder] = Registry("data.name", "dataset", "pyro_dvae.data.register_task")

@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pyro_dvae.data import build_task
+from pyro_dvae.data import bouncing_ball, build_task
+from pyro_dvae.data.base import ROUNDING_INTERVALS
 from pyro_dvae.data.bouncing_ball import (
     advance,
     block_mask,
@@ -81,6 +82,33 @@ def test_evaluate_scores_pixels_and_draws_reconstructions(tmp_path):
         1024 * -(ball * math.log(0.25) + (1 - ball) * math.log(0.75)), rel=1e-5
     )
     assert (tmp_path / "reconstructions.png").stat().st_size > 0
+
+
+def test_pixel_error_gives_its_range_if_the_pixels_near_one_half_flipped(tmp_path):
+    """The perfect reconstruction moved to within DECISION_BAND of ½ at 5 pixels (a ball pixel
+    just below ½ and a background pixel just above: 2 wrong) and to 2–4 bands below ½ at 3
+    more background pixels (right): 2 of N pixels wrong, and on another machine anything from
+    0 to 2 + 5."""
+    task = build_task("bouncing_ball", **SMALL)
+    band = bouncing_ball.DECISION_BAND
+    x = task.test.frames.float()
+    on = x.flatten().nonzero()[0, 0].item()
+    off = (x.flatten() == 0).nonzero()[:7, 0].tolist()
+    near = {on: 0.5 - band, off[0]: 0.5 + band, off[1]: 0.5, off[2]: 0.5 - band / 2, off[3]: 0.5}
+    outside = {off[4]: 0.5 - 2 * band, off[5]: 0.5 - 3 * band, off[6]: 0.5 - 4 * band}
+
+    def nudged(batch):
+        p = batch.clone().flatten()
+        if len(batch) == len(x):  # the whole test set in one batch
+            for index, value in {**near, **outside}.items():
+                p[index] = value
+        return p.view_as(batch)
+
+    scores = task.evaluate(nudged, tmp_path, batch_size=len(x))
+    pixels = x.numel()
+    assert scores["pixel_error"] == 2 / pixels  # the ball pixel off, and ½ + band at off[0] on
+    assert scores[ROUNDING_INTERVALS] == {"pixel_error": [0.0, 7 / pixels]}
+    assert task.evaluate(lambda b: b, tmp_path)[ROUNDING_INTERVALS] == {"pixel_error": [0.0, 0.0]}
 
 
 def test_render_writes_a_gif_with_one_page_per_frame(tmp_path):

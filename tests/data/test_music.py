@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from pyro_dvae.data import build_task, music, sources
+from pyro_dvae.data import bouncing_ball, build_task, music, sources
+from pyro_dvae.data.base import ROUNDING_INTERVALS
 from pyro_dvae.data.music import PianoRolls, piano_roll, read_splits
 from pyro_dvae.likelihoods import Bernoulli
 from pyro_dvae.models.base import DVAE
@@ -97,6 +98,35 @@ def test_evaluate_scores_reconstructions_and_render_writes_piano_rolls(tmp_path)
     png, npy = task.render(torch.full((2, 4, 88), 0.3), tmp_path / "gen")
     samples = np.load(npy)
     assert png.is_file() and samples.shape == (2, 4, 88) and set(np.unique(samples)) <= {0, 1}
+
+
+def test_note_counts_give_their_range_if_the_keys_near_one_half_flipped(tmp_path):
+    """The perfect reconstruction with C4 (key 39) at ½ + DECISION_BAND/2 at every step of
+    chorale a (right where it sounds, a false note elsewhere) and A0 (key 0) at ½ everywhere
+    (silent: right): 3 steps of key 39 and 8 of key 0 lie within the band."""
+    band = bouncing_ball.DECISION_BAND
+    task = build_task("jsb_chorales", module="pyro_dvae.data.music", root=str(fake_root(tmp_path)))
+    task.test = PianoRolls([piano_roll([[60, 64], [62], []], "a"), piano_roll([[70]] * 5, "b")])
+
+    def nudged(x):
+        p = x.clone()
+        p[..., 0] = 0.5
+        if x.shape[1] == 3:  # chorale a
+            p[..., 39] = 0.5 + band / 2
+        return p
+
+    scores = task.evaluate(nudged, tmp_path / "eval", n_examples=0)
+    hits, errors, predicted, near = 8, 2, 10, 11  # C4 added at the two steps without it
+    assert scores["note_accuracy"] == hits / (hits + errors)
+    assert scores["notes_predicted"] == predicted
+    assert scores[ROUNDING_INTERVALS] == {
+        "note_accuracy": [0.0, 1.0],
+        "notes_predicted": [0, predicted + near],
+    }
+    assert music.rounding_intervals(hits=30, errors=10, predicted=35, near=4) == {
+        "note_accuracy": [26 / 40, 34 / 40],
+        "notes_predicted": [31, 39],
+    }
 
 
 def test_the_figure_shows_as_many_chorales_as_asked(tmp_path, monkeypatch):
