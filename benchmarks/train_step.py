@@ -305,8 +305,8 @@ def in_child(fn, args: dict):
 
 def compare(name: str, variants: list[str], opts: argparse.Namespace) -> dict:
     """Median over ``opts.rounds`` processes of the alternated step times (and set-up
-    seconds), and, unless ``--no-memory``, each variant's peak memory (``"mem:<variant>"``)
-    measured in a process of its own."""
+    seconds), each process's own times (``"rounds"``), and, unless ``--no-memory``, each
+    variant's peak memory (``"mem:<variant>"``) measured in a process of its own."""
     args = {
         "model": name,
         "variants": variants,
@@ -323,6 +323,7 @@ def compare(name: str, variants: list[str], opts: argparse.Namespace) -> dict:
     }
     rounds = [in_child(time_all, args) for _ in range(opts.rounds)]
     result = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+    result["rounds"] = rounds
     for variant in [f"pyro:{v}" for v in variants] + ["reference"]:
         memory = in_child(peak_memory, {**args, "variant": variant}) if opts.memory else None
         result[f"mem:{variant}"] = memory
@@ -362,6 +363,9 @@ def row(name: str, variant: str, measured: dict, opts: argparse.Namespace) -> di
         "ms_per_step": round(ms, 2),
         "ms_per_step_reference": round(measured["reference"], 2),
         "ratio_pyro_to_reference": round(ms / measured["reference"], 3),
+        "ratio_pyro_to_reference_by_round": [
+            round(r[f"pyro:{variant}"] / r["reference"], 3) for r in measured["rounds"]
+        ],
         "ms_per_step_original_style": round(measured["original_style"], 2),
         "ratio_pyro_to_original_style": round(ms / measured["original_style"], 3),
         "seq_per_s": round(1000 * opts.B / ms, 1),
