@@ -179,8 +179,9 @@ def test_a_hosted_entry_offline_says_where_to_put_the_file(zoo, tmp_path):
         pretrained.load("hosted")
 
 
-def test_differences_match_sampled_bounds_to_their_standard_error():
-    item = pretrained.Entry(
+def recorded(results: dict, standard_errors: dict | None = None) -> pretrained.Entry:
+    """An entry that records only the row ``results`` (and ``standard_errors``)."""
+    return pretrained.Entry(
         name="x",
         description="",
         x_dim=1,
@@ -189,15 +190,14 @@ def test_differences_match_sampled_bounds_to_their_standard_error():
         weights={},
         training={},
         made_with={},
-        standard_errors={"nll_per_step": 0.01},
-        results={
-            "nll_per_step": 10.0,
-            "recon": 2.0,
-            "steps": 5,
-            "counts": {"a": {"n": 3}},
-            "eval_seconds": 1.0,
-        },
+        standard_errors=standard_errors or {},
+        results=results,
     )
+
+
+def test_differences_match_sampled_bounds_to_their_standard_error():
+    row = {"nll_per_step": 10.0, "recon": 2.0, "steps": 5, "counts": {"a": {"n": 3}}}
+    item = recorded({**row, "eval_seconds": 1.0}, {"nll_per_step": 0.01})
     allowed = 5 * math.sqrt(2) * 0.01
     same = {**item.results, "eval_seconds": 9.0}
     assert pretrained.differences(item, {**same, "nll_per_step": 10.0 + 0.99 * allowed}) == []
@@ -223,25 +223,14 @@ def test_a_thresholded_metric_matches_within_its_range_under_rounding():
     within rounding of ½: a match (5 lies in [4, 8]), but not with none (the plain rounding
     tolerance is far below one pixel) nor with the record at 3; the intervals themselves are
     not compared (a recorded row written before them has none)."""
-    item = pretrained.Entry(
-        name="x",
-        description="",
-        x_dim=1,
-        config={},
-        data={},
-        weights={},
-        training={},
-        made_with={},
-        standard_errors={},
-        results={"pixel_error": 0.005, "steps": 5},
-    )
+    item = recorded({"pixel_error": 0.005, "steps": 5})
     moved = {"pixel_error": 0.006, "steps": 5}
     assert (
         pretrained.differences(item, {**moved, ROUNDING_INTERVALS: {"pixel_error": [0.004, 0.008]}})
         == []
     )
     assert [line.split(":")[0] for line in pretrained.differences(item, moved)] == ["pixel_error"]
-    far = dataclasses.replace(item, results={"pixel_error": 0.003, "steps": 5})
+    far = recorded({"pixel_error": 0.003, "steps": 5})
     assert pretrained.differences(
         far, {**moved, ROUNDING_INTERVALS: {"pixel_error": [0.004, 0.008]}}
     ) == ["pixel_error: 0.006, recorded 0.003 outside [0.004, 0.008]"]
