@@ -36,7 +36,15 @@ Prints a table and writes a JSON list of objects, one per model and step, with t
 ``device``, ``sites``, ``allocator``, ``ms_per_step``, ``ms_per_step_reference``,
 ``ratio_pyro_to_reference``, ``ms_per_step_original_style``, ``ratio_pyro_to_original_style``,
 ``peak_mem_mb`` (Pyro step), ``peak_mem_mb_reference`` (both null with ``--no-memory``),
-``seq_per_s``, ``B``, ``T``, and the arithmetic rate:
+``seq_per_s``, ``B``, ``T``, the original's own step (null without ``--original``), and the
+arithmetic rate:
+
+* ``--original DIR``, a checkout of the original implementation (``benchmarks/original.py``):
+  its training step as its trainer runs it, alternating with the others:
+  ``ms_per_step_original``, ``ratio_pyro_to_original`` (issue 20's 0.8× bar) and its
+  ``ratio_pyro_to_original_by_round``, ``ratio_reference_to_original``, and
+  ``ms_per_step_original_contiguous``, ``ratio_pyro_to_original_contiguous`` (the same step
+  given a contiguous batch);
 
 * ``gflop_per_step``: the matrix-product FLOPs of one Pyro step's loss and backward pass (one
   multiply-add = 2 FLOPs), counted once on the eager model with
@@ -75,6 +83,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: make `benchmarks` and `pyro_dvae` importable
+from benchmarks.original import original_steps, problem  # noqa: E402
 from pyro_dvae.step import (  # noqa: E402
     ALLOCATORS,
     PRECISIONS,
@@ -275,6 +284,9 @@ def time_all(args: dict) -> dict:
         result[f"setup:{variant}"] = timed(prepare, x.device)()
         steps[f"pyro:{variant}"] = timed(step, x.device)
     steps.update(reference_steps(model, x, args["model"]))
+    if args.get("original"):
+        originals = original_steps(Path(args["original"]), args["model"], x)
+        steps.update({name: timed(step, x.device) for name, step in originals.items()})
     steps["gemm"], gemm_flops = gemm_step(args["B"] * args["T"], args["x_dim"] or 513, x.device)
     result.update(alternated_ms(steps, args["warmup"], args["steps"]))
     result["gemm_gflop_per_s"] = gemm_flops / 1e9 / (result["gemm"] / 1000)
@@ -320,6 +332,7 @@ def compare(name: str, variants: list[str], opts: argparse.Namespace) -> dict:
         "threads": opts.threads,
         "sites": opts.sites,
         "allocator": opts.allocator,
+        "original": opts.original and str(opts.original),
     }
     rounds = [in_child(time_all, args) for _ in range(opts.rounds)]
     result = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
@@ -370,8 +383,29 @@ def row(name: str, variant: str, measured: dict, opts: argparse.Namespace) -> di
         "ratio_pyro_to_original_style": round(ms / measured["original_style"], 3),
         "seq_per_s": round(1000 * opts.B / ms, 1),
         **{k: None if v is None else round(v, 1) for k, v in memory.items()},
+        **against_original(measured, f"pyro:{variant}"),
         **arithmetic_rate(measured, ms),
     }
+
+
+def against_original(measured: dict, pyro: str) -> dict:
+    """The JSON's keys of the original's own step (``--original``; all null without it) from a
+    :func:`compare` result and the key of a Pyro step in it."""
+    keys = ["ms_per_step_original", "ratio_pyro_to_original", "ratio_pyro_to_original_by_round"]
+    keys += ["ratio_reference_to_original", "ms_per_step_original_contiguous"]
+    keys += ["ratio_pyro_to_original_contiguous"]
+    if "original" not in measured:
+        return dict.fromkeys(keys)
+    ms, original, contiguous = (measured[k] for k in (pyro, "original", "original_contiguous"))
+    values = [
+        round(original, 2),
+        round(ms / original, 3),
+        [round(r[pyro] / r["original"], 3) for r in measured["rounds"]],
+        round(measured["reference"] / original, 3),
+        round(contiguous, 2),
+        round(ms / contiguous, 3),
+    ]
+    return dict(zip(keys, values, strict=True))
 
 
 def summary(r: dict) -> str:
@@ -387,7 +421,14 @@ def summary(r: dict) -> str:
         f" pyro {r['ms_per_step']:8.1f} ms{setup}"
         f"  ref {r['ms_per_step_reference']:8.1f} ms  ratio {r['ratio_pyro_to_reference']:.3f}"
         f"  original-style {r['ms_per_step_original_style']:8.1f} ms"
-        f" (ratio {r['ratio_pyro_to_original_style']:.3f})  {memory}"
+        f" (ratio {r['ratio_pyro_to_original_style']:.3f})"
+        + (
+            ""
+            if r["ms_per_step_original"] is None
+            else f"  original {r['ms_per_step_original']:8.1f} ms"
+            f" (ratio {r['ratio_pyro_to_original']:.3f})"
+        )
+        + f"  {memory}"
         f"  {r['gflop_per_step']:.2f} GFLOP {r['gflop_per_s']:.1f} GFLOP/s"
         f" ({r['fraction_of_gemm']:.2f} of GEMM {r['gemm_gflop_per_s']:.1f})"
     )
@@ -440,6 +481,10 @@ def checked(opts: argparse.Namespace) -> tuple[list[str], list[str]]:
         fail("--device cuda: torch sees no CUDA device here; use --device cpu")
     if "graph" in kinds and opts.device != "cuda":
         fail("--step graph: a CUDA graph needs --device cuda; use --step eager or compile")
+    if opts.original and opts.shape != "speech":
+        fail(f"--original: times the original's speech models only, not --shape {opts.shape}")
+    if opts.original and (why := problem(opts.original, names)):
+        fail(why)
     return names, [f"{kind}/{precision}" for kind in kinds for precision in precisions]
 
 
@@ -482,6 +527,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="measure peak memory, one process per variant (--no-memory: null)",
+    )
+    parser.add_argument(
+        "--original",
+        type=Path,
+        default=None,
+        help="a checkout of the original implementation: time its own step too",
     )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(

@@ -25,6 +25,12 @@ KEYS = {
     "ratio_pyro_to_reference_by_round",
     "ms_per_step_original_style",
     "ratio_pyro_to_original_style",
+    "ms_per_step_original",
+    "ratio_pyro_to_original",
+    "ratio_pyro_to_original_by_round",
+    "ratio_reference_to_original",
+    "ms_per_step_original_contiguous",
+    "ratio_pyro_to_original_contiguous",
     "peak_mem_mb",
     "gflop_per_step",
     "gflop_per_s",
@@ -63,6 +69,7 @@ def test_benchmark_smoke_json(tmp_path):
         assert row["ratio_pyro_to_reference_by_round"] == [row["ratio_pyro_to_reference"]]
         original = row["ms_per_step"] / row["ms_per_step_original_style"]
         assert abs(row["ratio_pyro_to_original_style"] - original) < 0.01 * original + 1e-3
+        assert row["ms_per_step_original"] is None  # no --original checkout given
         assert row["peak_mem_mb"] > 0
         assert row["gflop_per_step"] > 0 and row["gemm_gflop_per_s"] > 0
         # the FLOP keys carry 4 significant digits (relative rounding <= 5e-4 each) and
