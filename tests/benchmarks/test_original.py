@@ -140,6 +140,9 @@ def test_the_original_step_is_its_trainers_step(checkout, name):
         assert (shape, is_contiguous) == ((4, 3, 5), contiguous)
         assert torch.equal(values, x.transpose(0, 1))
         isd_and_kl(before, x.transpose(0, 1), name == "dsae").backward()
+        # float64: the two losses' gradients differ by a few units of 2^-52 (the same sums in
+        # another order); an Adam step of size lr = 0.01 is exact to ~1e-17, and a weight of
+        # size < 1 is rounded to 2^-53: 1e-12 and 1e-15 leave orders of magnitude to spare
         for p0, p in zip(before.parameters(), model.parameters(), strict=True):
             torch.testing.assert_close(p.grad, p0.grad, rtol=1e-12, atol=1e-12)
             step = LR * p.grad / (p.grad.abs() + 1e-8)
