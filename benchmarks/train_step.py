@@ -36,15 +36,8 @@ Prints a table and writes a JSON list of objects, one per model and step, with t
 ``device``, ``sites``, ``allocator``, ``ms_per_step``, ``ms_per_step_reference``,
 ``ratio_pyro_to_reference``, ``ms_per_step_original_style``, ``ratio_pyro_to_original_style``,
 ``peak_mem_mb`` (Pyro step), ``peak_mem_mb_reference`` (both null with ``--no-memory``),
-``seq_per_s``, ``B``, ``T``, the original's own step (null without ``--original``), and the
-arithmetic rate:
-
-* ``--original DIR``, a checkout of the original implementation (``benchmarks/original.py``):
-  its training step as its trainer runs it, alternating with the others:
-  ``ms_per_step_original``, ``ratio_pyro_to_original`` (issue 20's 0.8× bar) and its
-  ``ratio_pyro_to_original_by_round``, ``ratio_reference_to_original``, and
-  ``ms_per_step_original_contiguous``, ``ratio_pyro_to_original_contiguous`` (the same step
-  given a contiguous batch);
+``seq_per_s``, ``B``, ``T``, the original's own step (below; null without ``--original``), and
+the arithmetic rate:
 
 * ``gflop_per_step``: the matrix-product FLOPs of one Pyro step's loss and backward pass (one
   multiply-add = 2 FLOPs), counted once on the eager model with
@@ -58,6 +51,13 @@ arithmetic rate:
 * ``gemm_gflop_per_s``: the rate of a plain GEMM of the size of the speech models' widest
   layers, (T·B × D) @ (D × 512), timed in the same process, alternating with the steps;
 * ``fraction_of_gemm``: ``gflop_per_s / gemm_gflop_per_s``.
+
+``--original DIR``, a checkout of the original implementation (``benchmarks/original.py``),
+adds its training step as its trainer runs it, alternating with the others:
+``ms_per_step_original``, ``ratio_pyro_to_original`` (issue 20's 0.8× bar) and its
+``ratio_pyro_to_original_by_round``, ``ratio_reference_to_original``, and
+``ms_per_step_original_contiguous``, ``ratio_pyro_to_original_contiguous`` (the same step given
+a contiguous batch).
 """
 
 from __future__ import annotations
