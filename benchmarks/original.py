@@ -65,6 +65,7 @@ def problem(root: Path, names: list[str]) -> str | None:
 
 
 def config_path(root: Path, name: str) -> Path:
+    """The original's speech config of our model ``name`` in the checkout ``root``."""
     return root / "config" / "speech" / f"{CONFIGS[name][0]}.ini"
 
 
