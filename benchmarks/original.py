@@ -4,11 +4,14 @@ Issue 20's CPU target is the Pyro step at or below 0.8× the original's. The ori
 DVAE review's, https://github.com/XiaoyuBIE1994/DVAE, GPL) is not part of this repository and
 nothing of it is copied here: ``train_step.py --original DIR`` imports its models and loss
 functions from the user's own checkout DIR and times its step as its trainer
-(``dvae/learning_algo.py``) runs it on speech:
+(``dvae/learning_algo.py``) runs it:
 
-* the batch as its loader yields it, (B, D, T), permuted to a (T, B, D) view, not contiguous;
-* its model's output is the log-variance: ``exp``, then ``loss_ISD`` and ``loss_KLD`` (of z, and
-  of v for DSAE), each divided by T·B;
+* the batch as its loader yields it, made (T, B, D) as the trainer does: a speech batch
+  (B, D, T) of power spectra, permuted; a motion batch (B, T, D) in millimetres, permuted and
+  divided by 1000; either way a view whose rows are not contiguous;
+* the reconstruction term: ``loss_ISD(x, exp(output))`` for speech (the output is the
+  log-variance), ``loss_MPJPE(1000 x, 1000 output)`` for motion; and ``loss_KLD`` (of z, and of v
+  for DSAE); each divided by T·B;
 * ``zero_grad``, ``backward``, one step of its Adam (the learning rate of its config), and the
   three ``.item()`` of the losses it logs;
 * with anomaly detection off (its trainer switched it on; the original-style step of
@@ -35,38 +38,45 @@ from types import ModuleType
 import torch
 
 SOURCE = "https://github.com/XiaoyuBIE1994/DVAE"
-CONFIGS = {
-    "vae": ("cfg_vae", "build_VAE"),
-    "dkf": ("cfg_dkf", "build_DKF"),
-    "storn": ("cfg_storn", "build_STORN"),
-    "vrnn": ("cfg_vrnn", "build_VRNN"),
-    "srnn": ("cfg_srnn", "build_SRNN"),
-    "rvae_causal": ("cfg_rvae_Causal", "build_RVAE"),
-    "rvae_noncausal": ("cfg_rvae_NonCausal", "build_RVAE"),
-    "dsae": ("cfg_dsae", "build_DSAE"),
+BUILDERS = {
+    "vae": "build_VAE",
+    "dkf": "build_DKF",
+    "storn": "build_STORN",
+    "vrnn": "build_VRNN",
+    "srnn": "build_SRNN",
+    "rvae_causal": "build_RVAE",
+    "rvae_noncausal": "build_RVAE",
+    "dsae": "build_DSAE",
 }
-"""``{our model name: (the original's speech config file stem, its build function)}``."""
+"""``{our model name: the original's build function}``."""
+CONFIGS = {
+    shape: {name: f"cfg_{name}" for name in ("vae", "dkf", "storn", "vrnn", "srnn", "dsae")}
+    | {"rvae_causal": causal, "rvae_noncausal": "cfg_rvae_NonCausal"}
+    for shape, causal in [("speech", "cfg_rvae_Causal"), ("motion", "cfg_rvae-Causal")]
+}
+"""``{shape: {our model name: the stem of the original's config/<shape>/*.ini}}``."""
 
 
-def problem(root: Path, names: list[str]) -> str | None:
-    """Why ``root`` is not a checkout of the original that can time ``names``; None if it is."""
+def problem(root: Path, shape: str, names: list[str]) -> str | None:
+    """Why ``root`` is not a checkout of the original that can time ``names`` at ``shape``;
+    None if it is."""
     expected = f"a checkout of {SOURCE}"
     if not (root / "dvae" / "model" / "__init__.py").is_file():
         return f"--original {root}: no dvae/model/__init__.py there; expected {expected}"
     if not (root / "dvae" / "utils" / "loss.py").is_file():
         return f"--original {root}: no dvae/utils/loss.py there; expected {expected}"
-    unknown = [n for n in names if n not in CONFIGS]
+    unknown = [n for n in names if n not in BUILDERS]
     if unknown:
-        return f"--original: the original has no speech model for {unknown}"
-    missing = [p for p in (config_path(root, n) for n in names) if not p.is_file()]
+        return f"--original: the original has no model for {unknown}"
+    missing = [p for p in (config_path(root, shape, n) for n in names) if not p.is_file()]
     if missing:
         return f"--original {root}: missing {', '.join(map(str, missing))}; expected {expected}"
     return None
 
 
-def config_path(root: Path, name: str) -> Path:
-    """The original's speech config of our model ``name`` in the checkout ``root``."""
-    return root / "config" / "speech" / f"{CONFIGS[name][0]}.ini"
+def config_path(root: Path, shape: str, name: str) -> Path:
+    """The original's config of our model ``name`` for ``shape`` in the checkout ``root``."""
+    return root / "config" / shape / f"{CONFIGS[shape][name]}.ini"
 
 
 @functools.cache
@@ -83,28 +93,46 @@ def modules(root: Path) -> tuple[ModuleType, ModuleType]:
     return models, loss
 
 
-def build(root: Path, name: str, x_dim: int, device: torch.device):
-    """``(model, optimizer)``: the original's speech model ``name`` (seed 0) with D = ``x_dim``,
-    and the Adam of its trainer."""
+def build(root: Path, shape: str, name: str, x_dim: int, device: torch.device):
+    """``(model, optimizer)``: the original's model ``name`` for ``shape`` (seed 0) with
+    D = ``x_dim``, and the Adam of its trainer."""
     models, _ = modules(root)
     cfg = configparser.ConfigParser()
-    cfg.read(config_path(root, name))
+    cfg.read(config_path(root, shape, name))
     cfg["Network"]["x_dim"] = str(x_dim)
     torch.manual_seed(0)
-    model = getattr(models, CONFIGS[name][1])(cfg=cfg, device=str(device))
+    model = getattr(models, BUILDERS[name])(cfg=cfg, device=str(device))
     return model, torch.optim.Adam(model.parameters(), lr=cfg.getfloat("Training", "lr"))
 
 
-def original_steps(root: Path, name: str, x: torch.Tensor) -> dict[str, Callable[[], None]]:
+def batches(x: torch.Tensor, shape: str) -> tuple[Callable[[], torch.Tensor], ...]:
+    """``(as loaded, contiguous)``: functions that return the (T, B, D) batch of ``x (B, T, D)``
+    as the trainer makes it from its loader's batch, and the same values contiguous."""
+    if shape == "speech":
+        loaded = x.permute(0, 2, 1).contiguous()  # (B, D, T): one STFT per item
+        contiguous = x.transpose(0, 1).contiguous()
+        return (lambda: loaded.permute(2, 0, 1)), (lambda: contiguous)
+    loaded = 1000 * x  # (B, T, D), millimetres
+    contiguous_mm = loaded.transpose(0, 1).contiguous()
+    return (lambda: loaded.permute(1, 0, 2) / 1000), (lambda: contiguous_mm / 1000)
+
+
+def original_steps(
+    root: Path, shape: str, name: str, x: torch.Tensor
+) -> dict[str, Callable[[], None]]:
     """``{"original": step, "original_contiguous": step}``: the original's training step of
-    ``name`` on ``x (B, T, D)``, as its trainer runs it, with the batch as its loader lays it out
-    or contiguous (see the module docstring); each builds its own model and Adam."""
+    ``name`` on ``x (B, T, D)`` at ``shape``, as its trainer runs it, with the batch as its
+    loader lays it out or contiguous (see the module docstring); each builds its own model and
+    Adam."""
     _, loss = modules(root)
-    loader_batch = x.permute(0, 2, 1).contiguous()  # (B, D, T): one STFT per item
-    contiguous = x.transpose(0, 1).contiguous()  # (T, B, D)
+
+    def reconstruction(x_t: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        if shape == "speech":
+            return loss.loss_ISD(x_t, torch.exp(output))
+        return loss.loss_MPJPE(1000 * x_t, 1000 * output)
 
     def step_on(batch: Callable[[], torch.Tensor]) -> Callable[[], None]:
-        model, optimizer = build(root, name, x.shape[-1], x.device)
+        model, optimizer = build(root, shape, name, x.shape[-1], x.device)
 
         def kl() -> torch.Tensor:
             m = model
@@ -115,7 +143,7 @@ def original_steps(root: Path, name: str, x: torch.Tensor) -> dict[str, Callable
 
         def step() -> None:
             x_t = batch()
-            recon = loss.loss_ISD(x_t, torch.exp(model(x_t)))
+            recon = reconstruction(x_t, model(x_t))
             T, B, _ = model.z_mean.shape
             recon = recon / (T * B)
             divergence = kl() / (T * B)  # KL warm-up weight and beta 1
@@ -128,7 +156,5 @@ def original_steps(root: Path, name: str, x: torch.Tensor) -> dict[str, Callable
 
         return step
 
-    return {
-        "original": step_on(lambda: loader_batch.permute(2, 0, 1)),
-        "original_contiguous": step_on(lambda: contiguous),
-    }
+    loaded, contiguous = batches(x, shape)
+    return {"original": step_on(loaded), "original_contiguous": step_on(contiguous)}

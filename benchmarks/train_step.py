@@ -286,7 +286,7 @@ def time_all(args: dict) -> dict:
         steps[f"pyro:{variant}"] = timed(step, x.device)
     steps.update(reference_steps(model, x, args["model"]))
     if args.get("original"):
-        originals = original_steps(Path(args["original"]), args["model"], x)
+        originals = original_steps(Path(args["original"]), args["shape"], args["model"], x)
         steps.update({name: timed(step, x.device) for name, step in originals.items()})
     steps["gemm"], gemm_flops = gemm_step(args["B"] * args["T"], args["x_dim"] or 513, x.device)
     result.update(alternated_ms(steps, args["warmup"], args["steps"]))
@@ -482,9 +482,7 @@ def checked(opts: argparse.Namespace) -> tuple[list[str], list[str]]:
         fail("--device cuda: torch sees no CUDA device here; use --device cpu")
     if "graph" in kinds and opts.device != "cuda":
         fail("--step graph: a CUDA graph needs --device cuda; use --step eager or compile")
-    if opts.original and opts.shape != "speech":
-        fail(f"--original: times the original's speech models only, not --shape {opts.shape}")
-    if opts.original and (why := problem(opts.original, names)):
+    if opts.original and (why := problem(opts.original, opts.shape, names)):
         fail(why)
     return names, [f"{kind}/{precision}" for kind in kinds for precision in precisions]
 

@@ -3,7 +3,8 @@
 The original code is not here (GPL, never copied), so these tests write a stand-in checkout of
 their own with its layout and interface: ``dvae/model`` with ``build_VAE``/``build_DSAE``, whose
 models keep ``z_mean``, ``z_logvar``, their prior's ``*_p`` (and DSAE's ``v_*``) as attributes,
-``dvae/utils/loss.py`` with ``loss_ISD`` and ``loss_KLD``, and ``config/speech/cfg_*.ini``.
+``dvae/utils/loss.py`` with ``loss_ISD``, ``loss_MPJPE`` and ``loss_KLD``, and
+``config/{speech,motion}/cfg_*.ini``.
 """
 
 import copy
@@ -65,6 +66,11 @@ def loss_ISD(x, y):
     return torch.sum(x / y - torch.log(x / y) - 1)
 
 
+def loss_MPJPE(x, y):
+    T, B, _ = x.shape
+    return (x - y).reshape(T, B, -1, 3).norm(dim=-1).mean(dim=-1).sum()
+
+
 def loss_KLD(z_mean, z_logvar, z_mean_p=0, z_logvar_p=0):
     return -0.5 * torch.sum(
         z_logvar - z_logvar_p - (z_logvar.exp() + (z_mean - z_mean_p) ** 2) / z_logvar_p.exp()
@@ -82,8 +88,10 @@ def write_checkout(root: Path) -> Path:
         "dvae/utils/__init__.py": "raise ImportError('the evaluation packages are absent')\n",
         "dvae/utils/loss.py": LOSS,
     }
-    for stem in ("cfg_vae", "cfg_dsae"):
-        files[f"config/speech/{stem}.ini"] = f"[Network]\nx_dim = 513\n[Training]\nlr = {LR}\n"
+    for shape in ("speech", "motion"):
+        for stem in ("cfg_vae", "cfg_dsae"):
+            config = f"[Network]\nx_dim = 513\n[Training]\nlr = {LR}\n"
+            files[f"config/{shape}/{stem}.ini"] = config
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
@@ -101,12 +109,18 @@ def checkout(tmp_path_factory):
         del sys.modules[name]
 
 
-def isd_and_kl(model, x_t: torch.Tensor, with_v: bool) -> torch.Tensor:
+def trainers_loss(model, x_t: torch.Tensor, shape: str, with_v: bool) -> torch.Tensor:
     """The original trainer's loss, written out here: the Itakura-Saito divergence of x from
-    exp(log-variance) and the Gaussian KLs up to constants, each over T·B."""
+    exp(log-variance) up to a constant (speech) or the mean joint distance in millimetres
+    (motion), and the Gaussian KLs up to constants, each over T·B."""
     y = model(x_t)
     T, B, _ = x_t.shape
-    isd = (x_t * torch.exp(-y) + y).sum()
+    if shape == "speech":
+        recon = (x_t * torch.exp(-y) + y).sum()
+    else:
+        recon = (
+            1000 * torch.linalg.vector_norm((x_t - y).reshape(T, B, -1, 3), dim=-1).mean(-1).sum()
+        )
 
     def kl(m, lv, m_p, lv_p):
         return 0.5 * ((lv.exp() + (m - m_p) ** 2) / lv_p.exp() + lv_p - lv).sum()
@@ -114,21 +128,22 @@ def isd_and_kl(model, x_t: torch.Tensor, with_v: bool) -> torch.Tensor:
     divergence = kl(model.z_mean, model.z_logvar, model.z_mean_p, model.z_logvar_p)
     if with_v:
         divergence = divergence + kl(model.v_mean, model.v_logvar, model.v_mean_p, model.v_logvar_p)
-    return (isd + divergence) / (T * B)
+    return (recon + divergence) / (T * B)
 
 
+@pytest.mark.parametrize("shape", ["speech", "motion"])
 @pytest.mark.parametrize("name", ["vae", "dsae"])
-def test_the_original_step_is_its_trainers_step(checkout, name):
+def test_the_original_step_is_its_trainers_step(checkout, name, shape):
     """Each step gives its model the batch as its trainer does ((T, B, D): a view of the
-    loader's (B, D, T) batch, or contiguous), back-propagates the trainer's loss (its KL of v
-    too for DSAE: the gradients equal those of the loss written out here, in float64) and
-    takes one step of an Adam with its config's learning rate (a first Adam step moves each
-    weight by lr·g/(|g| + 1e-8))."""
+    loader's (B, D, T) speech or (B, T, D) motion batch, or contiguous), back-propagates the
+    trainer's loss (its KL of v too for DSAE: the gradients equal those of the loss written out
+    here, in float64) and takes one step of an Adam with its config's learning rate (a first
+    Adam step moves each weight by lr·g/(|g| + 1e-8))."""
     torch.manual_seed(1)
-    x = torch.rand(3, 4, 5, dtype=torch.float64) + 0.1  # (B, T, D)
+    x = torch.rand(3, 4, 6, dtype=torch.float64) + 0.1  # (B, T, D), D = 2 joints × 3
     torch.set_default_dtype(torch.float64)  # the stand-in's layers
     try:
-        steps = original_steps(checkout, name, x)
+        steps = original_steps(checkout, shape, name, x)
     finally:
         torch.set_default_dtype(torch.float32)
     seen, built = sys.modules["dvae.model"].SEEN, sys.modules["dvae.model"].BUILT
@@ -136,10 +151,11 @@ def test_the_original_step_is_its_trainers_step(checkout, name):
         model = built[-2 if kind == "original" else -1]
         before = copy.deepcopy(model)
         steps[kind]()
-        shape, is_contiguous, values = seen[-1]
-        assert (shape, is_contiguous) == ((4, 3, 5), contiguous)
-        assert torch.equal(values, x.transpose(0, 1))
-        isd_and_kl(before, x.transpose(0, 1), name == "dsae").backward()
+        seen_shape, is_contiguous, values = seen[-1]
+        assert (seen_shape, is_contiguous) == ((4, 3, 6), contiguous)
+        # motion: (1000 x) / 1000, two roundings of at most 2^-53 each
+        torch.testing.assert_close(values, x.transpose(0, 1), rtol=2**-51, atol=0)
+        trainers_loss(before, values, shape, name == "dsae").backward()
         # float64: the two losses' gradients differ by a few units of 2^-52 (the same sums in
         # another order); an Adam step of size lr = 0.01 is exact to ~1e-17, and a weight of
         # size < 1 is rounded to 2^-53: 1e-12 and 1e-15 leave orders of magnitude to spare
@@ -151,15 +167,17 @@ def test_the_original_step_is_its_trainers_step(checkout, name):
 
 def test_a_checkout_that_is_not_one_is_named_with_what_was_expected(tmp_path):
     expected = "expected a checkout of https://github.com/XiaoyuBIE1994/DVAE"
-    assert problem(tmp_path, ["vae"]) == (
+    assert problem(tmp_path, "speech", ["vae"]) == (
         f"--original {tmp_path}: no dvae/model/__init__.py there; {expected}"
     )
     root = write_checkout(tmp_path / "copy")
-    assert problem(root, ["vae", "dsae"]) is None
-    unknown = "--original: the original has no speech model for ['kvae']"
-    assert problem(root, ["vae", "kvae"]) == unknown
-    config = root / "config" / "speech" / "cfg_dkf.ini"
-    assert problem(root, ["dkf"]) == f"--original {root}: missing {config}; {expected}"
+    assert problem(root, "speech", ["vae", "dsae"]) is None
+    assert problem(root, "motion", ["vae", "dsae"]) is None
+    unknown = "--original: the original has no model for ['kvae']"
+    assert problem(root, "speech", ["vae", "kvae"]) == unknown
+    config = root / "config" / "motion" / "cfg_rvae-Causal.ini"
+    missing = f"--original {root}: missing {config}; {expected}"
+    assert problem(root, "motion", ["rvae_causal"]) == missing
 
 
 def test_train_step_times_the_original_beside_the_others(tmp_path):
