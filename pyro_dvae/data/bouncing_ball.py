@@ -36,7 +36,13 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch.utils.data import Dataset
 
-from pyro_dvae.data.base import ROUNDING_INTERVALS, Estimator, Task, register_task
+from pyro_dvae.data.base import (
+    ROUNDING_INTERVALS,
+    Estimator,
+    Task,
+    near_threshold,
+    register_task,
+)
 
 SPLITS = ("train", "val", "test")
 
@@ -132,8 +138,8 @@ class BouncingBallTask(Task):
 
         Returns ``pixel_error`` (fraction of pixels wrong after thresholding at ½) and its
         range under rounding (:data:`~pyro_dvae.data.base.ROUNDING_INTERVALS`: every pixel
-        within :data:`DECISION_BAND` of ½ flipped), ``nll_per_frame`` (Bernoulli NLL in nats
-        per frame) and ``n_sequences``. Writes
+        within :data:`~pyro_dvae.data.base.DECISION_BAND` of ½ flipped), ``nll_per_frame``
+        (Bernoulli NLL in nats per frame) and ``n_sequences``. Writes
         ``out_dir/reconstructions.png``: the first ``n_examples`` videos above their
         reconstructions.
         """
@@ -182,20 +188,6 @@ class BouncingBallTask(Task):
     def frames(self, video: torch.Tensor) -> np.ndarray:
         """``(T, D)`` → ``(T, size, size)`` numpy."""
         return video.numpy().reshape(len(video), self.size, self.size)
-
-
-DECISION_BAND = 2.0**-10
-"""Half-width of the band around ½ within which a thresholded decision (a pixel or a note on at
-p > ½) may fall the other way on another machine: p comes from float32 networks whose sums
-another CPU, BLAS kernel or thread count orders differently. Measured between this machine's
-AVX-512 kernels and PyTorch's scalar ones with MKL's SSE4.2 code and oneDNN off, p moved by at
-most 1.7e-4 for the ``kvae-balls`` model (its Kalman smoother carries the rounding of 20 steps)
-and 3e-6 for the JSB models of the zoo; the band is six times the first."""
-
-
-def near_threshold(p: torch.Tensor) -> int:
-    """How many probabilities of ``p`` lie within :data:`DECISION_BAND` of ½."""
-    return int(((p - 0.5).abs() <= DECISION_BAND).sum())
 
 
 def pixel_errors(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -27,8 +27,14 @@ from matplotlib.figure import Figure
 from torch.utils.data import Dataset
 
 from pyro_dvae.data import sources
-from pyro_dvae.data.base import ROUNDING_INTERVALS, Estimator, Task, register_task
-from pyro_dvae.data.bouncing_ball import bernoulli_nll, near_threshold
+from pyro_dvae.data.base import (
+    ROUNDING_INTERVALS,
+    Estimator,
+    Task,
+    near_threshold,
+    register_task,
+)
+from pyro_dvae.data.bouncing_ball import bernoulli_nll
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +175,7 @@ class MusicTask(Task):
 
 def rounding_intervals(hits: int, errors: int, predicted: int, near: int) -> dict:
     """The ranges of ``note_accuracy`` = hits / (hits + errors) and ``notes_predicted`` if any of
-    the ``near`` key-steps within :data:`~pyro_dvae.data.bouncing_ball.DECISION_BAND` of ½ fell
+    the ``near`` key-steps within :data:`~pyro_dvae.data.base.DECISION_BAND` of ½ fell
     the other way. A flip turns a hit into a missed note or back (hits ∓ 1, hits + errors
     unchanged) or a true silence into a false note or back (hits + errors ± 1); either way the
     accuracy stays within (hits ∓ near) / (hits + errors), the ends reached with every flip

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pyro_dvae.data import bouncing_ball, build_task
-from pyro_dvae.data.base import ROUNDING_INTERVALS
+from pyro_dvae.data import build_task
+from pyro_dvae.data.base import DECISION_BAND, ROUNDING_INTERVALS
 from pyro_dvae.data.bouncing_ball import (
     advance,
     block_mask,
@@ -90,7 +90,7 @@ def test_pixel_error_gives_its_range_if_the_pixels_near_one_half_flipped(tmp_pat
     more background pixels (right): 2 of N pixels wrong, and on another machine anything from
     0 to 2 + 5."""
     task = build_task("bouncing_ball", **SMALL)
-    band = bouncing_ball.DECISION_BAND
+    band = DECISION_BAND
     x = task.test.frames.float()
     on = x.flatten().nonzero()[0, 0].item()
     off = (x.flatten() == 0).nonzero()[:7, 0].tolist()

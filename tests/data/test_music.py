@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from pyro_dvae.data import bouncing_ball, build_task, music, sources
-from pyro_dvae.data.base import ROUNDING_INTERVALS
+from pyro_dvae.data import build_task, music, sources
+from pyro_dvae.data.base import DECISION_BAND, ROUNDING_INTERVALS
 from pyro_dvae.data.music import PianoRolls, piano_roll, read_splits
 from pyro_dvae.likelihoods import Bernoulli
 from pyro_dvae.models.base import DVAE
@@ -104,7 +104,7 @@ def test_note_counts_give_their_range_if_the_keys_near_one_half_flipped(tmp_path
     """The perfect reconstruction with C4 (key 39) at ½ + DECISION_BAND/2 at every step of
     chorale a (right where it sounds, a false note elsewhere) and A0 (key 0) at ½ everywhere
     (silent: right): 3 steps of key 39 and 8 of key 0 lie within the band."""
-    band = bouncing_ball.DECISION_BAND
+    band = DECISION_BAND
     task = build_task("jsb_chorales", module="pyro_dvae.data.music", root=str(fake_root(tmp_path)))
     task.test = PianoRolls([piano_roll([[60, 64], [62], []], "a"), piano_roll([[70]] * 5, "b")])
 
