@@ -20,7 +20,13 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from torch.nn import functional as F
 
 from pyro_dvae.activations import Tanh
-from pyro_dvae.scan import CPU_FLOAT32_BACKWARD, CPU_FLOAT32_FORWARD, is_scannable, scan_rnn
+from pyro_dvae.scan import (
+    CPU_FLOAT32_BACKWARD,
+    CPU_FLOAT32_FORWARD,
+    is_scannable,
+    lstm_scan_pays,
+    scan_rnn,
+)
 
 ACTIVATIONS = {"tanh": Tanh, "relu": nn.ReLU}
 """The hidden layers' nonlinearities; tanh is :class:`~pyro_dvae.activations.Tanh` (``nn.Tanh``,
@@ -439,8 +445,10 @@ def _forward(rnn: nn.RNNBase, x: torch.Tensor, h_0: torch.Tensor | None) -> torc
 def run_rnn_fast(rnn: nn.RNNBase, x: torch.Tensor, backward: bool = False) -> torch.Tensor:
     """:func:`run_rnn` with the scans of :mod:`pyro_dvae.scan` for LSTMs too, and for
     bidirectional RNNs: same outputs ``(B, T, ·)`` from ``x (B, T, D)``, faster where nothing
-    upstream needs x's gradient. Padded batches and other RNN kinds go to ``run_rnn``."""
-    if not is_scannable(rnn) or _active_lengths(x) is not None:
+    upstream needs x's gradient. Padded batches, other RNN kinds and LSTMs over small steps
+    (:func:`~pyro_dvae.scan.lstm_scan_pays`) go to ``run_rnn``."""
+    small_lstm = isinstance(rnn, nn.LSTM) and not lstm_scan_pays(x)
+    if small_lstm or not is_scannable(rnn) or _active_lengths(x) is not None:
         return run_rnn(rnn, x, backward)
     return scan_rnn(rnn, x, backward)
 

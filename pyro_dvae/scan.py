@@ -241,6 +241,23 @@ def is_scannable(rnn: nn.RNNBase) -> bool:
     return (kind_ok or type(rnn) is nn.RNN) and rnn.num_layers == 1 and rnn.batch_first and rnn.bias
 
 
+SCAN_MIN_STEP_INPUT = 18_000
+"""Floats in one step's input (B·D) from which an LSTM over a whole sequence runs as a scan
+(:func:`lstm_scan_pays`). Below it, torch's own (oneDNN's) LSTM is faster even though its
+backward computes x's gradient. Measured forward and backward, T = 50, 2 threads, on an AMD
+EPYC and an Intel Xeon with AVX-512 (``benchmarks/README.md``): oneDNN's time grows 2–3× when B
+doubles across B·D ≈ 16,000 (D = 513: between B = 32 and 64; D = 384: between 32 and 48;
+D = 96, both directions: between 64 and 128). Below that point it takes 0.4–0.85× the scan's time
+(D = 96 at B = 128: 0.6 one direction, 0.93 both), beyond it the scan takes 0.64–0.92× oneDNN's
+at D ≥ 384 and 0.93–1.08× at D = 160–257."""
+
+
+def lstm_scan_pays(x: torch.Tensor) -> bool:
+    """Whether an LSTM over ``x (B, T, D)`` runs faster as a scan than as torch's LSTM on the
+    CPU: B·D at least :data:`SCAN_MIN_STEP_INPUT`."""
+    return x.shape[0] * x.shape[-1] >= SCAN_MIN_STEP_INPUT
+
+
 def scan_directions(
     rnn: nn.RNNBase,
     a: Sequence[torch.Tensor],

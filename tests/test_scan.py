@@ -5,12 +5,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyro_dvae import scan
 from pyro_dvae.nn import run_rnn, run_rnn_fast, sequence_lengths
-from pyro_dvae.scan import input_gates
+from pyro_dvae.scan import input_gates, lstm_scan_pays
 
 # float64: both sides round at ~1e-16 per operation over T = 6 steps of width ≤ 7, and
 # tanh = 2σ(2·) − 1 costs a few ulp more; 1e-12 leaves three orders of magnitude.
 TOL = dict(rtol=1e-12, atol=1e-12)
+
+
+@pytest.fixture(autouse=True)
+def _scan_every_lstm(monkeypatch):
+    """The tiny batches here take the LSTM scan too (run_rnn_fast gives small steps to torch's
+    LSTM: :func:`~pyro_dvae.scan.lstm_scan_pays`)."""
+    monkeypatch.setattr(scan, "SCAN_MIN_STEP_INPUT", 0)
 
 
 def make(kind: str, bidirectional: bool) -> nn.RNNBase:
@@ -100,3 +108,30 @@ def test_input_gates_of_several_weights_equal_one_linear_each():
     expected_grads = torch.autograd.grad(probed(expected), inputs)
     for g, e in zip([*got, *grads], [*expected, *expected_grads], strict=True):
         torch.testing.assert_close(g, e, **TOL)
+
+
+def test_an_lstm_runs_as_a_scan_from_the_step_size_threshold_with_the_same_outputs(monkeypatch):
+    """run_rnn_fast runs an LSTM over x (B, T, D) as the scan when B·D reaches
+    SCAN_MIN_STEP_INPUT, and as torch's LSTM below it; both give the same outputs."""
+    calls = []
+    lstm_scan = scan.LSTMScan.apply
+    monkeypatch.setattr(scan.LSTMScan, "apply", lambda *a: calls.append(1) or lstm_scan(*a))
+    rnn = make("lstm", False)
+    x = torch.randn(3, 6, 7, dtype=torch.float64)  # B·D = 21
+    monkeypatch.setattr(scan, "SCAN_MIN_STEP_INPUT", 22)
+    below = run_rnn_fast(rnn, x, True)
+    assert calls == []
+    monkeypatch.setattr(scan, "SCAN_MIN_STEP_INPUT", 21)
+    at = run_rnn_fast(rnn, x, True)
+    assert calls == [1]
+    torch.testing.assert_close(at, below, **TOL)
+
+
+def test_the_shipped_threshold_scans_the_speech_shape_only(monkeypatch):
+    """At the shipped threshold, the paper's speech batch (B = 128, D = 513) takes the scan;
+    a speech batch of 8 and the motion shape (B = 128, D = 96) take torch's LSTM, which is
+    faster there (benchmarks/README.md)."""
+    monkeypatch.undo()
+    assert lstm_scan_pays(torch.empty(128, 50, 513))
+    assert not lstm_scan_pays(torch.empty(8, 50, 513))
+    assert not lstm_scan_pays(torch.empty(128, 50, 96))

@@ -68,6 +68,7 @@ from pyro_dvae.scan import (
     direction_weights,
     input_gates,
     is_scannable,
+    lstm_scan_pays,
     scan_directions,
 )
 
@@ -141,12 +142,13 @@ class DSAEInference(nn.Module):
         """The input gates of both directions of bi-LSTM_gv and of the φ part of bi-LSTM_gxv's,
         each one product over all frames of one time-major copy of φ
         (:func:`~pyro_dvae.scan.input_gates`), each ``(T, B, 4H)``; None where they cannot be
-        shared (padded batch, or MLP_xvgxv between [φ, v] and bi-LSTM_gxv): :meth:`static` and
-        :meth:`dynamic` then run the RNNs alone."""
+        shared (padded batch, or MLP_xvgxv between [φ, v] and bi-LSTM_gxv) or where torch's
+        LSTMs are faster (small steps, :func:`~pyro_dvae.scan.lstm_scan_pays`): :meth:`static`
+        and :meth:`dynamic` then run the RNNs alone."""
         rnns = (self.rnn_gv, self.rnn_gxv)
         if len(self.mlp_xv_gxv) or not all(map(is_scannable, rnns)):
             return None
-        if _active_lengths(phi) is not None:
+        if _active_lengths(phi) is not None or not lstm_scan_pays(phi):
             return None
         D = phi.shape[-1]
         weights = [direction_weights(rnn, k) for rnn in rnns for k in (0, 1)]

@@ -4,6 +4,7 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from benchmarks.reference_rvae_dsae import reference_loss_dsae
+from pyro_dvae import scan
 from pyro_dvae.likelihoods import ExponentialPower, build_likelihood
 from pyro_dvae.models import build_model
 from tests.helpers import (
@@ -185,7 +186,7 @@ def test_overfits_a_tiny_batch():
     assert last < first / 2
 
 
-def test_shared_phi_gates_equal_the_rnns_run_alone():
+def test_shared_phi_gates_equal_the_rnns_run_alone(monkeypatch):
     """One product for the φ projections of bi-LSTM_gv and bi-LSTM_gxv plus W^v v per sequence
     gives q(v) and q(z | v) of the RNNs run on φ and on [φ_t, v]; float64 (round-off ~1e-16
     per operation)."""
@@ -193,6 +194,8 @@ def test_shared_phi_gates_equal_the_rnns_run_alone():
     model = model.double()
     inference = model.inference
     phi = inference.features(torch.rand(B, T, X_DIM, dtype=torch.float64))
+    assert inference.phi_gates(phi) is None  # a small step: torch's LSTMs are faster
+    monkeypatch.setattr(scan, "SCAN_MIN_STEP_INPUT", B * phi.shape[-1])  # B·D of φ: reached
     gates = inference.phi_gates(phi)
     assert gates is not None
     v = torch.randn(B, 2, dtype=torch.float64)
@@ -205,7 +208,7 @@ def test_shared_phi_gates_equal_the_rnns_run_alone():
     assert tiny().inference.phi_gates(phi.float()) is None  # MLP_xvgxv in between: not shared
 
 
-def test_shared_phi_gates_give_the_loss_and_gradients_of_the_rnns_run_alone():
+def test_shared_phi_gates_give_the_loss_and_gradients_of_the_rnns_run_alone(monkeypatch):
     """The guide with the φ projections of both bi-LSTMs from one time-major copy of φ, W^v v
     once per sequence and the scans (DSAEInference.phi_gates) gives the loss and every
     parameter's gradient of nn.LSTM run on φ and on [φ_t, v], in float64: the same products
@@ -215,6 +218,7 @@ def test_shared_phi_gates_give_the_loss_and_gradients_of_the_rnns_run_alone():
     model = build_model("dsae", X_DIM, ExponentialPower(), **{**TINY, "dense_xv_gxv": []})
     model = model.double()
     x = torch.rand(B, T, X_DIM, dtype=torch.float64)
+    monkeypatch.setattr(scan, "SCAN_MIN_STEP_INPUT", 0)  # the tiny batch takes the scans too
     assert model.inference.phi_gates(model.inference.features(x)) is not None
     got = elbo_and_gradients(model, x, seed=8)
     model.inference.phi_gates = lambda phi: None

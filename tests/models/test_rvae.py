@@ -7,6 +7,7 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from benchmarks.reference_rvae_dsae import rvae_loss
+from pyro_dvae import scan
 from pyro_dvae.likelihoods import ExponentialPower, build_likelihood
 from pyro_dvae.models import build_model
 from pyro_dvae.nn import lstm_step
@@ -84,9 +85,12 @@ def sample_z(model, x, seed):
     return poutine.trace(model.guide).get_trace(x).nodes["z"]["value"]
 
 
+@pytest.mark.parametrize("min_step_input", [0, B * X_DIM + 1], ids=["scan", "torch_lstm"])
 @pytest.mark.parametrize("guide", ["causal", "noncausal"])
 @pytest.mark.parametrize("name", ["rvae_causal", "rvae_noncausal"])
-def test_mean_field_loss_is_recon_plus_stepwise_kl(name, guide):
+def test_mean_field_loss_is_recon_plus_stepwise_kl(name, guide, min_step_input, monkeypatch):
+    """Either way of running the LSTM over x (the scan, or torch's LSTM for small steps)."""
+    monkeypatch.setattr(scan, "SCAN_MIN_STEP_INPUT", min_step_input)
     model, x = tiny(name, guide), torch.rand(B, T, X_DIM)
     torch.manual_seed(5)
     loss = TraceMeanField_ELBO().differentiable_loss(model.model, model.guide, x, 0.4)
