@@ -244,12 +244,13 @@ def is_scannable(rnn: nn.RNNBase) -> bool:
 SCAN_MIN_STEP_INPUT = 18_000
 """Floats in one step's input (B·D) from which an LSTM over a whole sequence runs as a scan
 (:func:`lstm_scan_pays`). Below it, torch's own (oneDNN's) LSTM is faster even though its
-backward computes x's gradient. Measured forward and backward, T = 50, 2 threads, on an AMD
-EPYC and an Intel Xeon with AVX-512 (``benchmarks/README.md``): oneDNN's time grows 2–3× when B
-doubles across B·D ≈ 16,000 (D = 513: between B = 32 and 64; D = 384: between 32 and 48;
-D = 96, both directions: between 64 and 128). Below that point it takes 0.4–0.85× the scan's time
-(D = 96 at B = 128: 0.6 one direction, 0.93 both), beyond it the scan takes 0.64–0.92× oneDNN's
-at D ≥ 384 and 0.93–1.08× at D = 160–257."""
+backward computes x's gradient. Forward and backward, T = 50, 2 threads, two runs on an Intel
+Xeon with AVX-512 (``benchmarks/results/issue20_s17/scan_vs_torch_lstm.py``): oneDNN's time
+grows 2–3× when B doubles across B·D ≈ 16,000; below the threshold the scan takes 1.06–2.66×
+oneDNN's time (0.93–0.98× for three shapes at its edge); from it, 0.62–1.02× for D ≥ 384 and
+0.89–1.28× for D = 160–257, widths no default model has. On an AMD EPYC (sixteenth session)
+D = 513 → H = 128 changed sides between B = 32 and 64, and D = 96 → H = 64 at B = 128 was
+faster with oneDNN (0.7× the scan's time), as here."""
 
 
 def lstm_scan_pays(x: torch.Tensor) -> bool:
