@@ -7,12 +7,12 @@ it), alternated step by step in one process, glibc's allocator, 2 threads; media
 """
 
 import json
-import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-from benchmarks.train_step import pyro_step, setup, timed  # noqa: E402
+from benchmarks.train_step import alternated_ms, pyro_step, setup, timed  # noqa: E402
 from pyro_dvae.likelihoods import MPJPEFactor  # noqa: E402
 
 FUSED = MPJPEFactor.log_prob
@@ -20,6 +20,16 @@ FUSED = MPJPEFactor.log_prob
 
 def per_frame(self: MPJPEFactor, x):
     return self.step_log_prob(x).sum(-1)
+
+
+def with_log_prob(log_prob: Callable, step: Callable[[], float]) -> Callable[[], float]:
+    """``step`` run with ``log_prob`` as the MPJPE factor's log-density."""
+
+    def run() -> float:
+        MPJPEFactor.log_prob = log_prob
+        return step()
+
+    return run
 
 
 def main(path: str) -> None:
@@ -30,16 +40,9 @@ def main(path: str) -> None:
                 "allocator": "system"}  # fmt: skip
         model, x = setup(args)
         step = timed(pyro_step(model, x, "eager")[0], x.device)
-        times: dict[str, list[float]] = {"fused": [], "per_frame": []}
-        for i in range(34):
-            for k, log_prob in (("fused", FUSED), ("per_frame", per_frame)):
-                MPJPEFactor.log_prob = log_prob
-                seconds = step()
-                if i >= 4:
-                    times[k].append(1000 * seconds)
+        steps = {"fused": with_log_prob(FUSED, step), "per_frame": with_log_prob(per_frame, step)}
+        row = {"model": name, "shape": "motion", "B": 128} | alternated_ms(steps, 4, 30)
         MPJPEFactor.log_prob = FUSED
-        row = {"model": name, "shape": "motion", "B": 128}
-        row |= {k: statistics.median(v) for k, v in times.items()}
         row["fused/per_frame"] = row["fused"] / row["per_frame"]
         rows.append(row)
         print(json.dumps(row), flush=True)

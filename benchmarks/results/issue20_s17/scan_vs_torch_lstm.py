@@ -7,7 +7,6 @@ calls after 5 (ms). Made ``scan_vs_torch_lstm_xeon.json`` (seventeenth session):
 """
 
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+from benchmarks.train_step import alternated_ms  # noqa: E402
 from pyro_dvae.nn import lstm, run_rnn  # noqa: E402
 from pyro_dvae.scan import scan_rnn  # noqa: E402
 
@@ -46,14 +46,7 @@ def main(path: str) -> None:
             torch.manual_seed(0)
             rnn, x = lstm(D, H, bidirectional), torch.rand(B, 50, D)
             steps = {"scan": timed(scan_rnn, rnn, x), "onednn": timed(run_rnn, rnn, x)}
-            times: dict[str, list[float]] = {k: [] for k in steps}
-            for i in range(25):
-                for k, step in steps.items():
-                    seconds = step()
-                    if i >= 5:
-                        times[k].append(seconds)
-            row = {"D": D, "H": H, "bi": bidirectional, "B": B}
-            row |= {k: 1000 * statistics.median(v) for k, v in times.items()}
+            row = {"D": D, "H": H, "bi": bidirectional, "B": B} | alternated_ms(steps, 5, 20)
             row["scan/onednn"] = row["scan"] / row["onednn"]
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -7,15 +7,25 @@ step in one process, glibc's allocator, 2 threads; medians (ms). Made ``switch_a
 """
 
 import json
-import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-from benchmarks.train_step import pyro_step, setup, timed  # noqa: E402
+from benchmarks.train_step import alternated_ms, pyro_step, setup, timed  # noqa: E402
 from pyro_dvae import scan  # noqa: E402
 
 SHIPPED = scan.SCAN_MIN_STEP_INPUT
+
+
+def with_threshold(threshold: int, step: Callable[[], float]) -> Callable[[], float]:
+    """``step`` run with ``SCAN_MIN_STEP_INPUT`` set to ``threshold``."""
+
+    def run() -> float:
+        scan.SCAN_MIN_STEP_INPUT = threshold
+        return step()
+
+    return run
 
 
 def main(path: str) -> None:
@@ -27,15 +37,9 @@ def main(path: str) -> None:
                     "allocator": "system"}  # fmt: skip
             model, x = setup(args)
             step = timed(pyro_step(model, x, "eager")[0], x.device)
-            times: dict[str, list[float]] = {"switch": [], "scan": []}
-            for i in range(24 if (shape, B) == ("speech", 128) else 44):
-                for k, threshold in (("switch", SHIPPED), ("scan", 0)):
-                    scan.SCAN_MIN_STEP_INPUT = threshold
-                    seconds = step()
-                    if i >= 4:
-                        times[k].append(1000 * seconds)
-            row = {"model": name, "shape": shape, "B": B}
-            row |= {k: statistics.median(v) for k, v in times.items()}
+            n = 20 if (shape, B) == ("speech", 128) else 40
+            steps = {"switch": with_threshold(SHIPPED, step), "scan": with_threshold(0, step)}
+            row = {"model": name, "shape": shape, "B": B} | alternated_ms(steps, 4, n)
             row["switch/scan"] = row["switch"] / row["scan"]
             rows.append(row)
             print(json.dumps(row), flush=True)
