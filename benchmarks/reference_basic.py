@@ -1,7 +1,8 @@
 """Hand-written torch losses for VAE and DKF: the baseline of ``train_step.py``.
 
 Each function computes the same per-frame loss as the Pyro model/guide pair under
-``TraceMeanField_ELBO`` (Exponential NLL + analytic KL given the sampled past, / (B·T)),
+``TraceMeanField_ELBO`` (the likelihood's NLL, :func:`reconstruction_nll`, + analytic KL given
+the sampled past, / (B·T)),
 with the model's own networks and no Pyro, as a hand-written implementation would: RNNs are
 ``nn.LSTM``/``nn.RNN`` calls, and the step runs under :func:`original_layers`, so tanh layers
 are ``torch.tanh`` and output layers ``nn.Linear`` as in the original, not the models' CPU
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from pyro_dvae.activations import Tanh
+from pyro_dvae.likelihoods import MPJPE
 from pyro_dvae.models.dkf import DKF
 from pyro_dvae.models.vae import VAE
 from pyro_dvae.nn import LOGVAR_BOUND, OutputLinear, run_rnn, shift
@@ -73,6 +75,21 @@ def exponential_nll(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (y + x * torch.exp(-y)).sum()
 
 
+def mpjpe_sum(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Σ_t MPJPE_t in mm over (B, T, 3J) positions in metres: per frame, the mean over the J
+    joints of 1000·|x_j − y_j|."""
+    diff = 1000 * (x - y).unflatten(-1, (x.shape[-1] // 3, 3))
+    return torch.linalg.vector_norm(diff, dim=-1).mean(-1).sum()
+
+
+def reconstruction_nll(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """−log p(x | y) summed over the batch, for the model's likelihood: MPJPE (motion) or the
+    Exponential of the speech models."""
+    if isinstance(model.likelihood, MPJPE):
+        return mpjpe_sum(x, y)
+    return exponential_nll(x, y)
+
+
 def gaussian_kl(mq, sq, mp, sp) -> torch.Tensor:
     """Σ KL(N(mq, sq²) ‖ N(mp, sp²))."""
     if _FORMULAS["original"]:
@@ -95,7 +112,7 @@ def reference_loss_vae(model: VAE, x: torch.Tensor) -> torch.Tensor:
     z = mq + sq * torch.randn_like(mq)
     y = model.decoder(z)
     kl = gaussian_kl(mq, sq, torch.zeros_like(mq), torch.ones_like(sq))
-    return (exponential_nll(x, y) + kl) / (B * T)
+    return (reconstruction_nll(model, x, y) + kl) / (B * T)
 
 
 def reference_loss_dkf(model: DKF, x: torch.Tensor) -> torch.Tensor:
@@ -119,4 +136,4 @@ def reference_loss_dkf(model: DKF, x: torch.Tensor) -> torch.Tensor:
     z, mq, sq = torch.stack(zs, 1), torch.stack(locs, 1), torch.stack(scales, 1)
     mp, sp = model.prior.loc_scale(shift(z))
     y = model.decoder(z)
-    return (exponential_nll(x, y) + gaussian_kl(mq, sq, mp, sp)) / (B * T)
+    return (reconstruction_nll(model, x, y) + gaussian_kl(mq, sq, mp, sp)) / (B * T)

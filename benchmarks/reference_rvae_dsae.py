@@ -10,7 +10,7 @@ Pyro guides draw it (RVAE: z; DSAE: v, then z), so a fixed seed gives the same l
 
 import torch
 
-from benchmarks.reference_basic import exponential_nll, gaussian_kl, noise
+from benchmarks.reference_basic import gaussian_kl, noise, reconstruction_nll
 from pyro_dvae.distributions import normal_kl
 from pyro_dvae.models.dsae import DSAE, over_time
 from pyro_dvae.models.rvae import RVAE
@@ -36,7 +36,7 @@ def rvae_loss(model: RVAE, x: torch.Tensor) -> torch.Tensor:
     z, mq, sq = torch.stack(zs, 1), torch.stack(locs, 1), torch.stack(scales, 1)
     kl = gaussian_kl(mq, sq, torch.zeros_like(mq), torch.ones_like(sq))
     y = decoder.gen_out(decoder.mlp_h_x(run_rnn(decoder.rnn_h, decoder.mlp_z_h(z))))
-    return (exponential_nll(x, y) + kl) / (B * T)
+    return (reconstruction_nll(model, x, y) + kl) / (B * T)
 
 
 reference_loss_rvae_causal = rvae_loss
@@ -58,4 +58,4 @@ def reference_loss_dsae(model: DSAE, x: torch.Tensor) -> torch.Tensor:
     mp, sp = model.prior.head(model.prior.rnn(shift(z))[0])
     kl_v = normal_kl(mv, sv, torch.zeros_like(mv), torch.ones_like(sv)).sum(-1)
     kl = gaussian_kl(mq, sq, mp, sp) + kl_v.clamp(min=model.kl_v_free_bits).sum()
-    return (exponential_nll(x, model.decoder(v, z)) + kl) / (B * T)
+    return (reconstruction_nll(model, x, model.decoder(v, z)) + kl) / (B * T)

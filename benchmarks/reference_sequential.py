@@ -14,16 +14,19 @@ STORN is vectorised, VRNN loops over the whole model, SRNN loops over its infere
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-from benchmarks.reference_basic import exponential_nll, gaussian_kl, noise
+from benchmarks.reference_basic import gaussian_kl, noise, reconstruction_nll
 from pyro_dvae.models.srnn import SRNN
 from pyro_dvae.models.storn import STORN
 from pyro_dvae.models.vrnn import VRNN
 from pyro_dvae.nn import run_rnn, shift, torch_lstm_step
 
 
-def _per_frame(x: torch.Tensor, y: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
-    return (exponential_nll(x, y) + kl) / (x.shape[0] * x.shape[1])
+def _per_frame(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, kl: torch.Tensor
+) -> torch.Tensor:
+    return (reconstruction_nll(model, x, y) + kl) / (x.shape[0] * x.shape[1])
 
 
 def reference_loss_storn(model: STORN, x: torch.Tensor) -> torch.Tensor:
@@ -33,7 +36,7 @@ def reference_loss_storn(model: STORN, x: torch.Tensor) -> torch.Tensor:
     z = mq + sq * eps
     h = run_rnn(model.rnn_h, torch.cat([model.mlp_z_h(z), model.mlp_xtm1_h(shift(x))], dim=-1))
     y = model.decoder(h)
-    return _per_frame(x, y, gaussian_kl(mq, sq, torch.zeros_like(mq), torch.ones_like(sq)))
+    return _per_frame(model, x, y, gaussian_kl(mq, sq, torch.zeros_like(mq), torch.ones_like(sq)))
 
 
 def reference_loss_vrnn(model: VRNN, x: torch.Tensor) -> torch.Tensor:
@@ -53,7 +56,7 @@ def reference_loss_vrnn(model: VRNN, x: torch.Tensor) -> torch.Tensor:
             h, c = torch_lstm_step(model.rnn, torch.cat([fx[:, t], fz], dim=-1), (h, c))
     mp, sp = model.prior_net(torch.stack(hs, dim=1))
     kl = gaussian_kl(torch.stack(mqs, dim=1), torch.stack(sqs, dim=1), mp, sp)
-    return _per_frame(x, torch.stack(ys, dim=1), kl)
+    return _per_frame(model, x, torch.stack(ys, dim=1), kl)
 
 
 def reference_loss_srnn(model: SRNN, x: torch.Tensor) -> torch.Tensor:
@@ -75,4 +78,4 @@ def reference_loss_srnn(model: SRNN, x: torch.Tensor) -> torch.Tensor:
     mp, sp = model.prior.head(model.prior.mlp(torch.cat([h, shift(z)], dim=-1)))
     y = model.decoder(torch.cat([h, z], dim=-1))
     kl = gaussian_kl(torch.stack(mqs, dim=1), torch.stack(sqs, dim=1), mp, sp)
-    return _per_frame(x, y, kl)
+    return _per_frame(model, x, y, kl)
