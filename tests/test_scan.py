@@ -135,3 +135,4 @@ def test_the_shipped_threshold_scans_the_speech_shape_only(monkeypatch):
     assert lstm_scan_pays(torch.empty(128, 50, 513))
     assert not lstm_scan_pays(torch.empty(8, 50, 513))
     assert not lstm_scan_pays(torch.empty(128, 50, 96))
+    assert lstm_scan_pays(torch.empty(8, 50, 513, device="meta"))  # off the CPU: unchanged
