@@ -75,8 +75,10 @@ def loss_terms(
 
     Pyro's own ``differentiable_loss`` returns the same sum but reads the loss back to the host
     (``torch_item``) at every call, which a CUDA graph cannot capture; this reads nothing."""
-    guide_trace = poutine.trace(model.guide).get_trace(x, weight)
-    model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(x, weight)
+    with model.without_param_sites():  # the optimiser holds the parameters, not Pyro's store
+        guide_trace = poutine.trace(model.guide).get_trace(x, weight)
+        replayed = poutine.replay(model.model, trace=guide_trace)
+        model_trace = poutine.trace(replayed).get_trace(x, weight)
     model_trace.compute_log_prob()
     recon = -model_trace.nodes["x"]["log_prob_sum"]
     kl = x.new_zeros(())

@@ -188,15 +188,19 @@ def _batch(B: int = 3, T: int = 5, x_dim: int = 7) -> tuple[torch.Tensor, torch.
 def test_the_loss_is_pyros_elbo(name, elbo):
     """ELBOLoss equals Pyro's own ``differentiable_loss`` (TraceMeanField_ELBO or Trace_ELBO)
     and so do its gradients, at a KL weight of 0.3, for the same draws (float64: the two sum
-    the same terms in another order, a relative difference of a few 1e-16 per term)."""
+    the same terms in another order, a relative difference of a few 1e-16 per term). Ours
+    leaves Pyro's param store empty (the optimiser holds the parameters); run by Pyro, model
+    and guide register every parameter, as SVI needs."""
     model = _speech_model(name)
     x, _ = _batch()
     pyro_elbo = {"mean_field": TraceMeanField_ELBO, "trace": Trace_ELBO}[elbo]()
     torch.manual_seed(2)
     ours = ELBOLoss(model, elbo)(x, None, 0.3)
     ours_grads = torch.autograd.grad(ours, list(model.parameters()), allow_unused=True)
+    assert len(pyro.get_param_store()) == 0
     torch.manual_seed(2)
     theirs = pyro_elbo.differentiable_loss(model.model, model.guide, x, 0.3)
+    assert len(pyro.get_param_store()) == sum(1 for p in model.parameters() if p.requires_grad)
     their_grads = torch.autograd.grad(theirs, list(model.parameters()), allow_unused=True)
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-12)
     for a, b in zip(ours_grads, their_grads, strict=True):

@@ -8,10 +8,12 @@ A DVAE is a :class:`~pyro.nn.PyroModule` with two methods that read like the equ
 Both run under :meth:`DVAE.sequences`, a plate over the B sequences of the batch that also
 scales every log-density by 1/(T·B), so the ELBO is reported per frame as in the paper, and
 registers the module's parameters with Pyro's param store (``pyro.module``), so that Pyro's
-own ``SVI`` and ``Predictive`` work on the pair. Latent sites go through :meth:`DVAE.latent`,
-which multiplies their log-densities by the KL warm-up weight β·w in both model and guide
-(``poutine.scale``) and emits a latent trajectory in the model's :attr:`DVAE.sites` form: one
-site ``z``, or Markov sites ``z_1 … z_T`` (see :mod:`pyro_dvae.distributions`).
+own ``SVI`` and ``Predictive`` work on the pair (the trainer's loss, whose optimiser holds the
+parameters, skips that: :meth:`DVAE.without_param_sites`). Latent sites go through
+:meth:`DVAE.latent`, which multiplies their log-densities by the KL warm-up weight β·w in both
+model and guide (``poutine.scale``) and emits a latent trajectory in the model's
+:attr:`DVAE.sites` form: one site ``z``, or Markov sites ``z_1 … z_T`` (see
+:mod:`pyro_dvae.distributions`).
 
 Everything else is derived: :meth:`reconstruct` (posterior mean or sample, decoded) and
 ``generate`` (ancestral sampling; each model writes its own).
@@ -103,6 +105,21 @@ class DVAE(PyroModule):
         finally:
             self._step_mask = previous
 
+    _param_sites: bool = True
+
+    @contextmanager
+    def without_param_sites(self) -> Iterator[None]:
+        """Within this block, model and guide do not register the parameters with Pyro's param
+        store (``pyro.module``, one param site per parameter and call): for a loss whose
+        optimiser holds the parameters itself, as the trainer's does
+        (:func:`~pyro_dvae.step.loss_terms`). Pyro's ``SVI`` needs the sites; each costs
+        ~20 µs a call, 3–6 % of a small training step (``benchmarks/README.md``)."""
+        previous, self._param_sites = self._param_sites, False
+        try:
+            yield
+        finally:
+            self._param_sites = previous
+
     @contextmanager
     def sequences(self, x: torch.Tensor) -> Iterator[None]:
         """Plate over the batch of sequences ``x (B, T, D)``, log-densities scaled by one over
@@ -110,7 +127,8 @@ class DVAE(PyroModule):
         B, T = x.shape[:2]
         # padded: a device tensor, so that nothing is read back to the host inside a step
         frames = B * T if self._step_mask is None else self._step_mask.sum().to(x.dtype)
-        pyro.module("dvae", self)
+        if self._param_sites:
+            pyro.module("dvae", self)
         with pyro.plate("sequences", B, dim=-1), poutine.scale(scale=1.0 / frames):
             yield
 
