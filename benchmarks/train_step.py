@@ -269,6 +269,17 @@ def alternated_ms(steps: dict[str, Callable[[], float]], warmup: int, n: int) ->
     return {name: 1000 * statistics.median(v) for name, v in times.items()}
 
 
+def with_setting(owner: object, name: str, value: object, step: Callable[[], float]):
+    """``step`` run after setting ``owner.name = value``: with :func:`alternated_ms`, two
+    settings of one process-wide switch timed in turn in one process."""
+
+    def run() -> float:
+        setattr(owner, name, value)
+        return step()
+
+    return run
+
+
 def time_all(args: dict) -> dict:
     """Child process: every Pyro step of ``args["variants"]`` (``"pyro:<kind>/<precision>"``,
     each on its own copy of the initial model), the reference and original-style steps and the

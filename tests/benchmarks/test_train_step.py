@@ -272,3 +272,16 @@ def test_every_reference_step_scores_motion_with_the_mpjpe(name):
     assert type(model.likelihood).__name__ == "MPJPE"
     x = 0.3 * torch.randn(3, 5, 96, dtype=torch.float64)
     assert_reference_matches_pyro(model, references()[name], x)
+
+
+def test_with_setting_sets_the_switch_before_each_timed_call():
+    """Two settings of one switch alternated: each call sees its own value."""
+    from types import SimpleNamespace
+
+    from benchmarks.train_step import alternated_ms, with_setting
+
+    switch, seen = SimpleNamespace(value=None), []
+    step = lambda: seen.append(switch.value) or 0.001  # noqa: E731 (a one-line stand-in)
+    steps = {k: with_setting(switch, "value", k, step) for k in ("a", "b")}
+    assert set(alternated_ms(steps, 1, 2)) == {"a", "b"}
+    assert seen == ["a", "b"] * 3

@@ -8,11 +8,16 @@ it), alternated step by step in one process, glibc's allocator, 2 threads; media
 
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-from benchmarks.train_step import alternated_ms, pyro_step, setup, timed  # noqa: E402
+from benchmarks.train_step import (  # noqa: E402
+    alternated_ms,
+    pyro_step,
+    setup,
+    timed,
+    with_setting,
+)
 from pyro_dvae.likelihoods import MPJPEFactor  # noqa: E402
 
 FUSED = MPJPEFactor.log_prob
@@ -20,16 +25,6 @@ FUSED = MPJPEFactor.log_prob
 
 def per_frame(self: MPJPEFactor, x):
     return self.step_log_prob(x).sum(-1)
-
-
-def with_log_prob(log_prob: Callable, step: Callable[[], float]) -> Callable[[], float]:
-    """``step`` run with ``log_prob`` as the MPJPE factor's log-density."""
-
-    def run() -> float:
-        MPJPEFactor.log_prob = log_prob
-        return step()
-
-    return run
 
 
 def main(path: str) -> None:
@@ -40,7 +35,8 @@ def main(path: str) -> None:
                 "allocator": "system"}  # fmt: skip
         model, x = setup(args)
         step = timed(pyro_step(model, x, "eager")[0], x.device)
-        steps = {"fused": with_log_prob(FUSED, step), "per_frame": with_log_prob(per_frame, step)}
+        variants = (("fused", FUSED), ("per_frame", per_frame))
+        steps = {k: with_setting(MPJPEFactor, "log_prob", v, step) for k, v in variants}
         row = {"model": name, "shape": "motion", "B": 128} | alternated_ms(steps, 4, 30)
         MPJPEFactor.log_prob = FUSED
         row["fused/per_frame"] = row["fused"] / row["per_frame"]

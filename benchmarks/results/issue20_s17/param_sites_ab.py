@@ -9,11 +9,16 @@ before it), alternated step by step in one process, glibc's allocator, 2 threads
 import contextlib
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-from benchmarks.train_step import alternated_ms, pyro_step, setup, timed  # noqa: E402
+from benchmarks.train_step import (  # noqa: E402
+    alternated_ms,
+    pyro_step,
+    setup,
+    timed,
+    with_setting,
+)
 from pyro_dvae.models.base import DVAE  # noqa: E402
 
 SKIP = DVAE.without_param_sites
@@ -21,16 +26,6 @@ SKIP = DVAE.without_param_sites
 
 def registering(self: DVAE) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
-
-
-def with_sites(sites: Callable, step: Callable[[], float]) -> Callable[[], float]:
-    """``step`` run with ``sites`` as ``DVAE.without_param_sites``."""
-
-    def run() -> float:
-        DVAE.without_param_sites = sites
-        return step()
-
-    return run
 
 
 def main(path: str) -> None:
@@ -51,7 +46,8 @@ def main(path: str) -> None:
                     "allocator": "system"}  # fmt: skip
             model, x = setup(args)
             step = timed(pyro_step(model, x, "eager")[0], x.device)
-            steps = {"skip": with_sites(SKIP, step), "register": with_sites(registering, step)}
+            variants = (("skip", SKIP), ("register", registering))
+            steps = {k: with_setting(DVAE, "without_param_sites", v, step) for k, v in variants}
             n = 10 if (shape, B) == ("speech", 128) else 30
             row = {"model": name, "shape": shape, "B": B} | alternated_ms(steps, 3, n)
             DVAE.without_param_sites = SKIP

@@ -8,24 +8,20 @@ step in one process, glibc's allocator, 2 threads; medians (ms). Made ``switch_a
 
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-from benchmarks.train_step import alternated_ms, pyro_step, setup, timed  # noqa: E402
+from benchmarks.train_step import (  # noqa: E402
+    alternated_ms,
+    pyro_step,
+    setup,
+    timed,
+    with_setting,
+)
 from pyro_dvae import scan  # noqa: E402
 
 SHIPPED = scan.SCAN_MIN_STEP_INPUT
-
-
-def with_threshold(threshold: int, step: Callable[[], float]) -> Callable[[], float]:
-    """``step`` run with ``SCAN_MIN_STEP_INPUT`` set to ``threshold``."""
-
-    def run() -> float:
-        scan.SCAN_MIN_STEP_INPUT = threshold
-        return step()
-
-    return run
+VARIANTS = (("switch", SHIPPED), ("scan", 0))
 
 
 def main(path: str) -> None:
@@ -38,7 +34,7 @@ def main(path: str) -> None:
             model, x = setup(args)
             step = timed(pyro_step(model, x, "eager")[0], x.device)
             n = 20 if (shape, B) == ("speech", 128) else 40
-            steps = {"switch": with_threshold(SHIPPED, step), "scan": with_threshold(0, step)}
+            steps = {k: with_setting(scan, "SCAN_MIN_STEP_INPUT", v, step) for k, v in VARIANTS}
             row = {"model": name, "shape": shape, "B": B} | alternated_ms(steps, 4, n)
             row["switch/scan"] = row["switch"] / row["scan"]
             rows.append(row)
