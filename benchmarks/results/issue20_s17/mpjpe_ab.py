@@ -11,13 +11,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-from benchmarks.train_step import (  # noqa: E402
-    alternated_ms,
-    pyro_step,
-    setup,
-    timed,
-    with_setting,
-)
+from benchmarks import train_step as bench  # noqa: E402
 from pyro_dvae.likelihoods import MPJPEFactor  # noqa: E402
 
 FUSED = MPJPEFactor.log_prob
@@ -33,11 +27,11 @@ def main(path: str) -> None:
         args = {"model": name, "shape": "motion", "x_dim": None, "B": 128, "T": 50,
                 "threads": 2, "device": "cpu", "sites": "trajectory",
                 "allocator": "system"}  # fmt: skip
-        model, x = setup(args)
-        step = timed(pyro_step(model, x, "eager")[0], x.device)
+        model, x = bench.setup(args)
+        step = bench.timed(bench.pyro_step(model, x, "eager")[0], x.device)
         variants = (("fused", FUSED), ("per_frame", per_frame))
-        steps = {k: with_setting(MPJPEFactor, "log_prob", v, step) for k, v in variants}
-        row = {"model": name, "shape": "motion", "B": 128} | alternated_ms(steps, 4, 30)
+        steps = {k: bench.with_setting(MPJPEFactor, "log_prob", v, step) for k, v in variants}
+        row = {"model": name, "shape": "motion", "B": 128} | bench.alternated_ms(steps, 4, 30)
         MPJPEFactor.log_prob = FUSED
         row["fused/per_frame"] = row["fused"] / row["per_frame"]
         rows.append(row)

@@ -12,13 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-from benchmarks.train_step import (  # noqa: E402
-    alternated_ms,
-    pyro_step,
-    setup,
-    timed,
-    with_setting,
-)
+from benchmarks import train_step as bench  # noqa: E402
 from pyro_dvae.models.base import DVAE  # noqa: E402
 
 SKIP = DVAE.without_param_sites
@@ -44,12 +38,14 @@ def main(path: str) -> None:
             args = {"model": name, "shape": shape, "x_dim": None, "B": B, "T": 50,
                     "threads": 2, "device": "cpu", "sites": "trajectory",
                     "allocator": "system"}  # fmt: skip
-            model, x = setup(args)
-            step = timed(pyro_step(model, x, "eager")[0], x.device)
+            model, x = bench.setup(args)
+            step = bench.timed(bench.pyro_step(model, x, "eager")[0], x.device)
             variants = (("skip", SKIP), ("register", registering))
-            steps = {k: with_setting(DVAE, "without_param_sites", v, step) for k, v in variants}
+            steps = {
+                k: bench.with_setting(DVAE, "without_param_sites", v, step) for k, v in variants
+            }
             n = 10 if (shape, B) == ("speech", 128) else 30
-            row = {"model": name, "shape": shape, "B": B} | alternated_ms(steps, 3, n)
+            row = {"model": name, "shape": shape, "B": B} | bench.alternated_ms(steps, 3, n)
             DVAE.without_param_sites = SKIP
             row["skip/register"] = row["skip"] / row["register"]
             row["parameters"] = sum(1 for _ in model.parameters())

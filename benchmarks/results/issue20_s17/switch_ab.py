@@ -11,13 +11,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-from benchmarks.train_step import (  # noqa: E402
-    alternated_ms,
-    pyro_step,
-    setup,
-    timed,
-    with_setting,
-)
+from benchmarks import train_step as bench  # noqa: E402
 from pyro_dvae import scan  # noqa: E402
 
 SHIPPED = scan.SCAN_MIN_STEP_INPUT
@@ -31,11 +25,13 @@ def main(path: str) -> None:
             args = {"model": name, "shape": shape, "x_dim": None, "B": B, "T": 50,
                     "threads": 2, "device": "cpu", "sites": "trajectory",
                     "allocator": "system"}  # fmt: skip
-            model, x = setup(args)
-            step = timed(pyro_step(model, x, "eager")[0], x.device)
+            model, x = bench.setup(args)
+            step = bench.timed(bench.pyro_step(model, x, "eager")[0], x.device)
             n = 20 if (shape, B) == ("speech", 128) else 40
-            steps = {k: with_setting(scan, "SCAN_MIN_STEP_INPUT", v, step) for k, v in VARIANTS}
-            row = {"model": name, "shape": shape, "B": B} | alternated_ms(steps, 4, n)
+            steps = {
+                k: bench.with_setting(scan, "SCAN_MIN_STEP_INPUT", v, step) for k, v in VARIANTS
+            }
+            row = {"model": name, "shape": shape, "B": B} | bench.alternated_ms(steps, 4, n)
             row["switch/scan"] = row["switch"] / row["scan"]
             rows.append(row)
             print(json.dumps(row), flush=True)
