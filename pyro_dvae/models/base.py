@@ -113,7 +113,7 @@ class DVAE(PyroModule):
         store (``pyro.module``, one param site per parameter and call): for a loss whose
         optimiser holds the parameters itself, as the trainer's does
         (:func:`~pyro_dvae.step.loss_terms`). Pyro's ``SVI`` needs the sites; each costs
-        ~20 µs a call, 3–6 % of a small training step (``benchmarks/README.md``)."""
+        ~20 µs a call, 1–7 % of a small training step (``benchmarks/README.md``)."""
         previous, self._param_sites = self._param_sites, False
         try:
             yield
