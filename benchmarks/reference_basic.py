@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pyro_dvae.activations import Tanh
+from pyro_dvae.data.skeleton import mpjpe_mm
 from pyro_dvae.likelihoods import MPJPE
 from pyro_dvae.models.dkf import DKF
 from pyro_dvae.models.vae import VAE
@@ -75,18 +76,11 @@ def exponential_nll(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (y + x * torch.exp(-y)).sum()
 
 
-def mpjpe_sum(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Σ_t MPJPE_t in mm over (B, T, 3J) positions in metres: per frame, the mean over the J
-    joints of 1000·|x_j − y_j|."""
-    diff = 1000 * (x - y).unflatten(-1, (x.shape[-1] // 3, 3))
-    return torch.linalg.vector_norm(diff, dim=-1).mean(-1).sum()
-
-
 def reconstruction_nll(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """−log p(x | y) summed over the batch, for the model's likelihood: MPJPE (motion) or the
-    Exponential of the speech models."""
+    """−log p(x | y) summed over the batch, for the model's likelihood: Σ_t MPJPE_t in mm
+    (motion; (B, T, 3J) positions in metres) or the Exponential of the speech models."""
     if isinstance(model.likelihood, MPJPE):
-        return mpjpe_sum(x, y)
+        return mpjpe_mm(x, y, x.shape[-1] // 3).sum()
     return exponential_nll(x, y)
 
 

@@ -29,7 +29,7 @@ from pyro.distributions import Exponential, Normal, TorchDistribution, constrain
 from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from pyro_dvae.data.skeleton import mpjpe_mm
+from pyro_dvae.data.skeleton import check_joint_features, mpjpe_mm
 from pyro_dvae.nn import LOGVAR_BOUND
 from pyro_dvae.registry import Registry
 
@@ -179,9 +179,9 @@ class MPJPEFactor(TorchDistribution):
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """``−Σ_t MPJPE_t``, ``(B,)``: :meth:`step_log_prob` summed, in one fused node."""
-        if x.shape[-1] % 3:
-            raise ValueError(f"expected 3 x J joint coordinates, got {x.shape[-1]} features")
-        return -_MPJPESum.apply(x, self.y, x.shape[-1] // 3)
+        n_joints = x.shape[-1] // 3
+        check_joint_features(x, n_joints)
+        return -_MPJPESum.apply(x, self.y, n_joints)
 
     def step_log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """``−MPJPE_t`` of every frame, ``(B, T)``."""

@@ -150,6 +150,12 @@ class Skeleton:
         return torch.stack(positions, -2)
 
 
+def check_joint_features(x_m: torch.Tensor, n_joints: int) -> None:
+    """Refuse joint positions ``(..., F)`` unless F = 3 ``n_joints`` (x, y, z per joint)."""
+    if x_m.shape[-1] != 3 * n_joints:
+        raise ValueError(f"expected {3 * n_joints} = 3 x {n_joints} features, got {x_m.shape[-1]}")
+
+
 def mpjpe_mm(
     x_m: torch.Tensor, y_m: torch.Tensor, n_joints: int, joints: Sequence[int] | None = None
 ) -> torch.Tensor:
@@ -164,8 +170,7 @@ def mpjpe_mm(
     Returns:
         ``(...)``: the mean over joints of the Euclidean distance ``1000 |x_j − y_j|``.
     """
-    if x_m.shape[-1] != 3 * n_joints:
-        raise ValueError(f"expected {3 * n_joints} = 3 x {n_joints} features, got {x_m.shape[-1]}")
+    check_joint_features(x_m, n_joints)
     diff = 1000 * (x_m - y_m).unflatten(-1, (n_joints, 3))
     if joints is not None:
         diff = diff[..., list(joints), :]
