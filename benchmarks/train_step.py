@@ -50,7 +50,14 @@ the arithmetic rate:
 * ``gflop_per_s``: ``gflop_per_step`` over the Pyro step's median time;
 * ``gemm_gflop_per_s``: the rate of a plain GEMM of the size of the speech models' widest
   layers, (T·B × D) @ (D × 512), timed in the same process, alternating with the steps;
-* ``fraction_of_gemm``: ``gflop_per_s / gemm_gflop_per_s``.
+* ``fraction_of_gemm``: ``gflop_per_s / gemm_gflop_per_s``;
+* ``ms_own_products``: the step's own products, each shape as many times as the step computes
+  it (recorded once on the eager model, oneDNN's RNN layers as the products above: the input's
+  and the weights' over all T·B rows, the recurrent one at each step), run as plain GEMMs on
+  operands of their own, timed in the same process, alternating with the steps: the time the
+  step's arithmetic takes at the GEMM rate of its own shapes;
+* ``fraction_of_own_products``: ``ms_own_products / ms_per_step``, the step's FLOP rate as a
+  fraction of that one.
 
 ``--original DIR``, a checkout of the original implementation (``benchmarks/original.py``),
 adds its training step as its trainer runs it, alternating with the others:
@@ -74,11 +81,13 @@ import resource
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import pyro
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,6 +154,73 @@ def count_flops(loss_fn) -> int:
     with FlopCounterMode(display=False, custom_mapping=RNN_FLOPS) as counter:
         loss_fn().backward()
     return counter.get_total_flops()
+
+
+Product = tuple[int, int, int, int]
+"""``(b, m, k, n)``: b plain products (m × k) @ (k × n)."""
+
+
+def _rnn_layer_products(input_shape, w_hh_shape, backward: bool) -> list[tuple[Product, int]]:
+    """The plain products of one oneDNN RNN layer over input ``(T, B, D)`` with recurrent
+    weights ``(G, H)``, and how many of each: forward, the input gates of all T·B rows at once
+    and h_{t−1} W_hh^T at each step; backward, the gradients of the input and of W_ih over all
+    rows, of h_{t−1} at each step and of W_hh over all rows. Their FLOPs are
+    :data:`RNN_FLOPS`'s."""
+    (T, B, D), (G, H) = input_shape, w_hh_shape
+    if not backward:
+        return [((1, T * B, D, G), 1), ((1, B, H, G), T)]
+    return [((1, T * B, G, D), 1), ((1, D, T * B, G), 1), ((1, B, G, H), T), ((1, H, T * B, G), 1)]
+
+
+def _products(func, args: tuple) -> list[tuple[Product, int]]:
+    """The plain products that one dispatched operation computes (none for most)."""
+    op, aten = func.overloadpacket, torch.ops.aten
+    if op in (aten.mm, aten.addmm):  # addmm(bias, a, b)
+        a, b = args[-2:]
+        return [((1, a.shape[0], a.shape[1], b.shape[1]), 1)]
+    if op in (aten.bmm, aten.baddbmm):
+        a, b = args[-2:]
+        return [((a.shape[0], a.shape[1], a.shape[2], b.shape[2]), 1)]
+    if op in (aten.mkldnn_rnn_layer, aten.mkldnn_rnn_layer_backward):
+        return _rnn_layer_products(args[0].shape, args[2].shape, op is not aten.mkldnn_rnn_layer)
+    return []
+
+
+class _RecordProducts(TorchDispatchMode):
+    """Counts the plain products (:data:`Product`) of every operation run under it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[Product] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        for product, n in _products(func, args):
+            self.counts[product] += n
+        return func(*args, **(kwargs or {}))
+
+
+def own_products(loss_fn) -> Counter[Product]:
+    """How many times ``loss_fn()`` and its backward pass compute each plain product: the
+    products :func:`count_flops` counts, with their shapes."""
+    with _RecordProducts() as record:
+        loss_fn().backward()
+    return record.counts
+
+
+def products_step(counts: Counter[Product], device: torch.device) -> Callable[[], float]:
+    """One timed run of the products ``counts`` as plain GEMMs (``torch.mm``, or ``torch.bmm``
+    for a batch of them), each on operands of its own shape made once: a step's arithmetic at
+    the GEMM rate of its own shapes, with one call per product as the step makes."""
+    calls = []
+    for (b, m, k, n), count in counts.items():
+        a, w = torch.randn(b, m, k, device=device), torch.randn(b, k, n, device=device)
+        calls += [(torch.mm, a[0], w[0]) if b == 1 else (torch.bmm, a, w)] * count
+
+    def run() -> None:
+        for product, a, w in calls:
+            product(a, w)
+
+    return timed(run, device)
 
 
 def gemm_step(rows: int, x_dim: int, device: torch.device) -> tuple[Callable[[], float], int]:
@@ -280,15 +356,34 @@ def with_setting(owner: object, name: str, value: object, step: Callable[[], flo
     return run
 
 
+def switch_ab(
+    owner: object, name: str, variants: dict[str, object], n: int, warmup: int = 4, **args
+) -> dict[str, float]:
+    """``{label: median ms}`` of one model's eager Pyro step with each value of the switch
+    ``owner.name`` (``variants``: ``{label: value}``), alternated step by step in this process
+    (:func:`with_setting`, :func:`alternated_ms`); the switch is left at the first value.
+    ``args``: ``model``, ``shape``, ``B`` and any other key of :func:`setup`'s (default: T = 50,
+    2 threads, glibc's allocator, the speech or motion width)."""
+    defaults = {"T": 50, "x_dim": None, "threads": 2, "device": "cpu", "sites": "trajectory"}
+    model, x = setup(defaults | {"allocator": "system"} | args)
+    step = timed(pyro_step(model, x, "eager")[0], x.device)
+    steps = {label: with_setting(owner, name, value, step) for label, value in variants.items()}
+    try:
+        return alternated_ms(steps, warmup, n)
+    finally:
+        setattr(owner, name, next(iter(variants.values())))
+
+
 def time_all(args: dict) -> dict:
     """Child process: every Pyro step of ``args["variants"]`` (``"pyro:<kind>/<precision>"``,
     each on its own copy of the initial model), the reference and original-style steps and the
     GEMM alternate step by step, so load changes hit them alike. Returns the median ms of each,
-    each Pyro step's set-up seconds (``"setup:<kind>/<precision>"``), the Pyro step's GFLOP and
-    the GEMM's rate."""
+    each Pyro step's set-up seconds (``"setup:<kind>/<precision>"``), the Pyro step's GFLOP, the
+    GEMM's rate and the median ms of the step's own products (``"own_products"``)."""
     model, x = setup(args)
     loss = ELBOLoss(model, "mean_field")
     result = {"gflop": count_flops(lambda: loss(x, None, 1.0)) / 1e9}
+    products = own_products(lambda: loss(x, None, 1.0))
     model.zero_grad(set_to_none=True)
     steps = {}
     for variant in args["variants"]:
@@ -300,6 +395,7 @@ def time_all(args: dict) -> dict:
         originals = original_steps(Path(args["original"]), args["shape"], args["model"], x)
         steps.update({name: timed(step, x.device) for name, step in originals.items()})
     steps["gemm"], gemm_flops = gemm_step(args["B"] * args["T"], args["x_dim"] or 513, x.device)
+    steps["own_products"] = products_step(products, x.device)
     result.update(alternated_ms(steps, args["warmup"], args["steps"]))
     result["gemm_gflop_per_s"] = gemm_flops / 1e9 / (result["gemm"] / 1000)
     return result
@@ -363,6 +459,8 @@ def arithmetic_rate(measured: dict, ms_per_step: float) -> dict:
         "gflop_per_s": rate,
         "gemm_gflop_per_s": measured["gemm_gflop_per_s"],
         "fraction_of_gemm": rate / measured["gemm_gflop_per_s"],
+        "ms_own_products": measured["own_products"],
+        "fraction_of_own_products": measured["own_products"] / ms_per_step,
     }
     return {k: float(f"{v:.4g}") for k, v in values.items()}  # 4 significant digits
 
@@ -442,7 +540,8 @@ def summary(r: dict) -> str:
         )
         + f"  {memory}"
         f"  {r['gflop_per_step']:.2f} GFLOP {r['gflop_per_s']:.1f} GFLOP/s"
-        f" ({r['fraction_of_gemm']:.2f} of GEMM {r['gemm_gflop_per_s']:.1f})"
+        f" ({r['fraction_of_gemm']:.2f} of GEMM {r['gemm_gflop_per_s']:.1f},"
+        f" {r['fraction_of_own_products']:.2f} of its own products' rate)"
     )
 
 

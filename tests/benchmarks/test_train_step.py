@@ -36,6 +36,8 @@ KEYS = {
     "gflop_per_s",
     "gemm_gflop_per_s",
     "fraction_of_gemm",
+    "ms_own_products",
+    "fraction_of_own_products",
 }
 
 
@@ -79,6 +81,9 @@ def test_benchmark_smoke_json(tmp_path):
         assert abs(row["gflop_per_s"] - rate) <= rel * rate
         fraction = row["gflop_per_s"] / row["gemm_gflop_per_s"]
         assert abs(row["fraction_of_gemm"] - fraction) <= 3 * 5e-4 * fraction
+        own = row["ms_own_products"] / row["ms_per_step"]
+        assert row["ms_own_products"] > 0
+        assert abs(row["fraction_of_own_products"] - own) <= 5e-4 * own + rel * own
 
 
 def test_compile_step_runs_and_reports_its_keys(tmp_path):
@@ -285,3 +290,64 @@ def test_with_setting_sets_the_switch_before_each_timed_call():
     steps = {k: with_setting(switch, "value", k, step) for k in ("a", "b")}
     assert set(alternated_ms(steps, 1, 2)) == {"a", "b"}
     assert seen == ["a", "b"] * 3
+
+
+def test_own_products_of_an_lstm_layer_and_a_batched_product_by_hand():
+    """The plain products behind ``ms_own_products``: oneDNN's LSTM layer as the input's
+    product over all T·B rows and the recurrent one per step (forward), the input's and both
+    weights' gradients and the recurrent one per step (backward); a batched product and its
+    backward to the one input that needs a gradient."""
+    from collections import Counter
+
+    from benchmarks.train_step import own_products
+
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+        pytest.skip("torch runs its own LSTM here: its products are mm calls")
+    B, T, D, H = 2, 4, 5, 3
+    G, rnn = 4 * H, torch.nn.LSTM(D, H, batch_first=True)
+    x = torch.randn(B, T, D, requires_grad=True)
+    forward = {(1, T * B, D, G): 1, (1, B, H, G): T}
+    backward = {(1, T * B, G, D): 1, (1, D, T * B, G): 1, (1, B, G, H): T, (1, H, T * B, G): 1}
+    assert own_products(lambda: rnn(x)[0].sum()) == Counter(forward | backward)
+    a, b = torch.randn(2, 3, 4, requires_grad=True), torch.randn(2, 4, 5)
+    assert own_products(lambda: (a @ b).sum()) == Counter({(2, 3, 4, 5): 1, (2, 3, 5, 4): 1})
+
+
+@pytest.mark.parametrize("scan_threshold", [0, None], ids=["scan", "shipped"])
+@pytest.mark.parametrize(
+    "name", ["vae", "dkf", "storn", "vrnn", "srnn", "rvae_causal", "rvae_noncausal", "dsae"]
+)
+def test_own_products_carry_the_counted_flops(name, scan_threshold, monkeypatch):
+    """Every model's recorded products hold exactly the FLOPs that ``gflop_per_step`` counts
+    (FlopCounterMode with oneDNN's RNN layers), so ``ms_own_products`` times the step's whole
+    arithmetic and nothing else: with the LSTM scans of small steps forced on (threshold 0) and
+    as shipped (torch's LSTM at this size)."""
+    from benchmarks.train_step import build, count_flops, data, own_products
+    from pyro_dvae import scan
+    from pyro_dvae.step import ELBOLoss
+
+    if scan_threshold is not None:
+        monkeypatch.setattr(scan, "SCAN_MIN_STEP_INPUT", scan_threshold)
+    torch.manual_seed(0)
+    model = build(name, "speech", 9, torch.device("cpu"))
+    x = data("speech", 3, 5, 9, torch.device("cpu"))
+    loss = ELBOLoss(model, "mean_field")
+    counts = own_products(lambda: loss(x, None, 1.0))
+    flops = sum(2 * b * m * k * n * count for (b, m, k, n), count in counts.items())
+    assert flops == count_flops(lambda: loss(x, None, 1.0)) > 0
+
+
+def test_switch_ab_times_every_setting_and_restores_the_first():
+    """A model's step under each setting of a switch, alternated; afterwards the switch holds
+    the first setting again (the shipped one, in the A/B scripts)."""
+    from types import SimpleNamespace
+
+    from benchmarks.train_step import switch_ab
+
+    switch = SimpleNamespace(value="shipped")
+    times = switch_ab(
+        switch, "value", {"shipped": "shipped", "other": "other"}, n=2, warmup=0,
+        model="vae", shape="speech", B=2, T=4, x_dim=8, threads=1,
+    )  # fmt: skip
+    assert set(times) == {"shipped", "other"} and min(times.values()) > 0
+    assert switch.value == "shipped"
