@@ -4,9 +4,9 @@ Each function computes the same per-frame loss as the Pyro model/guide pair unde
 ``TraceMeanField_ELBO`` (the likelihood's NLL, :func:`reconstruction_nll`, + analytic KL given
 the sampled past, / (B·T)),
 with the model's own networks and no Pyro, as a hand-written implementation would: RNNs are
-``nn.LSTM``/``nn.RNN`` calls, and the step runs under :func:`original_layers`, so tanh layers
-are ``torch.tanh`` and output layers ``nn.Linear`` as in the original, not the models' CPU
-forms (:class:`~pyro_dvae.activations.Tanh`, :class:`~pyro_dvae.nn.OutputLinear`).
+``nn.LSTM``/``nn.RNN`` calls, and the step runs under :func:`original_layers`, so output
+layers are ``nn.Linear`` as in the original, not the models' CPU form
+(:class:`~pyro_dvae.nn.OutputLinear`).
 """
 
 import contextlib
@@ -15,7 +15,6 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from pyro_dvae.activations import Tanh
 from pyro_dvae.data.skeleton import mpjpe_mm
 from pyro_dvae.likelihoods import MPJPE
 from pyro_dvae.models.dkf import DKF
@@ -39,15 +38,14 @@ def original_formulas() -> Iterator[None]:
 
 @contextlib.contextmanager
 def original_layers(model: nn.Module) -> Iterator[None]:
-    """Inside this block ``model`` runs its layers as the original implementation does: every
-    :class:`~pyro_dvae.activations.Tanh` is a plain ``nn.Tanh`` (``torch.tanh``) and every
-    :class:`~pyro_dvae.nn.OutputLinear` a plain ``nn.Linear`` with the same parameters;
-    restored afterwards."""
+    """Inside this block ``model`` runs its output layers as the original implementation does:
+    every :class:`~pyro_dvae.nn.OutputLinear` is a plain ``nn.Linear`` with the same
+    parameters; restored afterwards."""
     swapped = [
         (parent, name, child)
         for parent in model.modules()
         for name, child in parent.named_children()
-        if isinstance(child, Tanh | OutputLinear)
+        if isinstance(child, OutputLinear)
     ]
     for parent, name, child in swapped:
         setattr(parent, name, _plain(child))
@@ -58,10 +56,8 @@ def original_layers(model: nn.Module) -> Iterator[None]:
             setattr(parent, name, child)
 
 
-def _plain(layer: nn.Module) -> nn.Module:
-    """``nn.Tanh`` for a Tanh; an ``nn.Linear`` holding an OutputLinear's own parameters."""
-    if isinstance(layer, Tanh):
-        return nn.Tanh()
+def _plain(layer: OutputLinear) -> nn.Linear:
+    """An ``nn.Linear`` holding an OutputLinear's own parameters."""
     plain = nn.Linear(layer.in_features, layer.out_features, bias=False, device="meta")
     plain.weight, plain.bias = layer.weight, layer.bias
     return plain

@@ -19,18 +19,10 @@ from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 from torch.nn import functional as F
 
-from pyro_dvae.activations import Tanh
-from pyro_dvae.scan import (
-    CPU_FLOAT32_BACKWARD,
-    CPU_FLOAT32_FORWARD,
-    is_scannable,
-    lstm_scan_pays,
-    scan_rnn,
-)
+from pyro_dvae.scan import is_scannable, lstm_scan_pays, scan_rnn
 
-ACTIVATIONS = {"tanh": Tanh, "relu": nn.ReLU}
-"""The hidden layers' nonlinearities; tanh is :class:`~pyro_dvae.activations.Tanh` (``nn.Tanh``,
-faster on large CPU tensors)."""
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+"""The hidden layers' nonlinearities."""
 
 
 def activation_class(name: str, key: str = "model.<modality>.activation") -> type[nn.Module]:
@@ -498,60 +490,22 @@ def recurrent(kind: str, in_dim: int, hidden: int, bidirectional: bool = False) 
 LSTMState = tuple[torch.Tensor, torch.Tensor]
 
 
-class _LSTMCell(torch.autograd.Function):
-    """``apply(gates (B, 4H), c (B, H)) -> (h (B, H), c' (B, H))``: PyTorch's LSTM cell from its
-    gates' pre-activations (order i, f, g, o), as one autograd node with a hand-written backward.
-
-    c' = σ(f)·c + σ(i)·tanh(g), h = σ(o)·tanh(c'), with tanh(u) = 2σ(2u) − 1, so one sigmoid
-    pass serves all four gates. On the CPU this replaces the ~15 autograd nodes of
-    ``torch.lstm_cell`` and its unvectorised tanh in the per-step loops over z."""
-
-    @staticmethod
-    @CPU_FLOAT32_FORWARD
-    def forward(ctx: FunctionCtx, gates: torch.Tensor, c: torch.Tensor):
-        H = c.shape[-1]
-        acts = gates.clone()
-        acts[:, 2 * H : 3 * H].mul_(2)
-        i, f, g, o = acts.sigmoid_().unflatten(-1, (4, H)).unbind(-2)
-        g.mul_(2).sub_(1)
-        c_next = torch.addcmul(f * c, i, g)
-        tc = torch.sigmoid(c_next * 2).mul_(2).sub_(1)
-        ctx.save_for_backward(acts, c, tc)
-        return o * tc, c_next
-
-    @staticmethod
-    @CPU_FLOAT32_BACKWARD
-    @once_differentiable
-    def backward(ctx: FunctionCtx, d_h: torch.Tensor | None, d_c: torch.Tensor | None):
-        acts, c, tc = ctx.saved_tensors
-        H = c.shape[-1]
-        i, f, g, o = acts.unflatten(-1, (4, H)).unbind(-2)
-        d_h = torch.zeros_like(c) if d_h is None else d_h
-        d_c = torch.addcmul(torch.zeros_like(c) if d_c is None else d_c, d_h * o, 1 - tc * tc)
-        d_gates = torch.empty_like(acts)
-        d_i, d_f, d_g, d_o = d_gates.unflatten(-1, (4, H)).unbind(-2)
-        torch.mul(d_c * g, i * (1 - i), out=d_i)
-        torch.mul(d_c * c, f * (1 - f), out=d_f)
-        torch.mul(d_c * i, 1 - g * g, out=d_g)
-        torch.mul(d_h * tc, o * (1 - o), out=d_o)
-        return d_gates, d_c * f
-
-
 def lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> LSTMState:
     """PyTorch's LSTM cell from its gates' pre-activations ``(B, 4H)`` (order i, f, g, o; input
-    and recurrent products and both biases added) and c_{t−1} ``(B, H)``: ``(h_t, c_t)``. One
-    autograd node on the CPU (:class:`_LSTMCell`); elsewhere torch's operations."""
-    if gates.device.type == "cpu":
-        return _LSTMCell.apply(gates, c)
-    i, f, g, o = gates.chunk(4, dim=-1)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    and recurrent products and both biases added) and c_{t−1} ``(B, H)``: ``(h_t, c_t)``, with
+    c_t = σ(f)·c_{t−1} + σ(i)·tanh(g) and h_t = σ(o)·tanh(c_t), in float32 under autocast
+    (:func:`full_precision`). Plain torch operations: on the CPU they make a z loop's training
+    step faster than one autograd node with a hand-written backward (0.84–0.97× VRNN's and
+    RVAE's steps, ``benchmarks/results/issue20_s18/lstm_cell_ab.py``)."""
+    i, f, g, o = full_precision(gates).chunk(4, dim=-1)
+    c = torch.sigmoid(f) * full_precision(c) + torch.sigmoid(i) * torch.tanh(g)
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
 def lstm_step(rnn: nn.LSTM, x_t: torch.Tensor, state: LSTMState | None) -> LSTMState:
     """One step of a one-layer ``nn.LSTM`` with its own weights: ``x_t (B, D) -> (h_t, c_t)``.
 
-    On the CPU the gates are two products and the cell one autograd node (:func:`lstm_cell`);
+    On the CPU the gates are two products and the cell torch's operations (:func:`lstm_cell`);
     elsewhere torch's fused cell kernel. Either way a Python loop over time costs a few calls
     per step."""
     if x_t.device.type != "cpu":

@@ -18,6 +18,7 @@ from pyro_dvae.nn import (
     identical_copies,
     initialise,
     lstm,
+    lstm_cell,
     lstm_step,
     recurrent,
     run_rnn,
@@ -240,12 +241,11 @@ def test_lstm_step_equals_torchs_lstm_cell_in_value_and_gradient(first_step):
     x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
     state = None if first_step else tuple(torch.randn(2, 3, 4, dtype=torch.float64))
     h, c = lstm_step(rnn, x, state)
-    assert h.grad_fn.name().endswith("LSTMCellBackward")
     zeros = torch.zeros(3, 4, dtype=torch.float64)
     weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
     h_ref, c_ref = torch.lstm_cell(x, state or (zeros, zeros), *weights)
-    # float64: tanh as 2σ(2u) − 1 is within a few ulp of 1 of torch's tanh; the gradients pass
-    # through two such factors and sums of ≤ 16 terms of size ~1: 1e-13 leaves a margin.
+    # float64: the same cell, its gates summed in another order (two products, not one), a few
+    # ulp of 1; the gradients sum ≤ 16 terms of size ~1 through it: 1e-13 leaves a margin.
     torch.testing.assert_close((h, c), (h_ref, c_ref), rtol=0, atol=1e-14)
     d_h, d_c = torch.randn(2, 3, 4, dtype=torch.float64)
     for kept in ((0, 1), (0,), (1,)):  # both gradients, or one of them None
@@ -258,6 +258,17 @@ def test_lstm_step_equals_torchs_lstm_cell_in_value_and_gradient(first_step):
         expected = torch.autograd.grad(ref, (x, *weights), seeds, retain_graph=True)
         for g, e in zip(got, expected, strict=True):
             torch.testing.assert_close(g, e, rtol=0, atol=1e-13)
+
+
+def test_lstm_cell_keeps_its_state_in_float32_under_autocast():
+    """Under ``train.precision=bfloat16`` the gates' products are bfloat16, the cell's
+    arithmetic float32: h and c are the cell of the gates lifted to float32, bit for bit."""
+    torch.manual_seed(0)
+    gates, c = torch.randn(3, 16).bfloat16(), torch.randn(3, 4)
+    with torch.autocast("cpu", torch.bfloat16):
+        h, c_next = lstm_cell(gates, c)
+    assert h.dtype == c_next.dtype == torch.float32
+    torch.testing.assert_close((h, c_next), lstm_cell(gates.float(), c), rtol=0, atol=0)
 
 
 def test_full_precision_lifts_only_autocasts_low_precision_outputs():
