@@ -82,7 +82,7 @@ import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pyro
@@ -372,6 +372,35 @@ def switch_ab(
         return alternated_ms(steps, warmup, n)
     finally:
         setattr(owner, name, next(iter(variants.values())))
+
+
+def switch_rows(
+    owner: object,
+    name: str,
+    variants: dict[str, object],
+    cases: Iterable[tuple[str, str, int]],
+    **fields,
+) -> Iterator[dict]:
+    """For each ``(model, shape, B)`` of ``cases``, the row of :func:`switch_ab` (20 steps of
+    each setting at speech B = 128, 40 at the smaller shapes) with ``model``, ``shape``, ``B``,
+    ``fields`` and the ratio ``"<second>/<first>"`` of the two first settings' times."""
+    first, second = list(variants)[:2]
+    for model, shape, B in cases:
+        n = 20 if (shape, B) == ("speech", 128) else 40
+        row = {**fields, "model": model, "shape": shape, "B": B}
+        row |= switch_ab(owner, name, variants, n, model=model, shape=shape, B=B)
+        row[f"{second}/{first}"] = row[second] / row[first]
+        yield row
+
+
+def record(path: str, rows: Iterable[dict]) -> None:
+    """Print each of ``rows`` as a JSON line as it comes, then write them all to ``path`` as a
+    JSON list: the output of the A/B scripts in ``benchmarks/results/``."""
+    done = []
+    for row in rows:
+        print(json.dumps(row), flush=True)
+        done.append(row)
+    Path(path).write_text(json.dumps(done, indent=1))
 
 
 def time_all(args: dict) -> dict:

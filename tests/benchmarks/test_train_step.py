@@ -351,3 +351,12 @@ def test_switch_ab_times_every_setting_and_restores_the_first():
     )  # fmt: skip
     assert set(times) == {"shipped", "other"} and min(times.values()) > 0
     assert switch.value == "shipped"
+
+
+def test_record_prints_each_row_and_writes_them_all(tmp_path, capsys):
+    from benchmarks.train_step import record
+
+    rows = [{"model": "vae", "a": 1.5}, {"model": "dkf", "a": 2.0}]
+    record(str(tmp_path / "out.json"), iter(rows))
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == rows
+    assert json.loads((tmp_path / "out.json").read_text()) == rows

@@ -7,8 +7,9 @@ encoder's head and the draw. Speech sizes (L = 16, φx 256, φz 64, H = 128), T 
 and backward, 2 threads; medians of 15 loops alternated in one process. Variants:
 
 * ``eager``: the function as written, torch operations;
-* ``eager_fused_cell``: the same with the library's one-node LSTM cell
-  (:func:`pyro_dvae.nn.lstm_cell`, what the VRNN step runs);
+* ``eager_fused_cell``: the same with the library's LSTM cell (:func:`pyro_dvae.nn.lstm_cell`,
+  one autograd node with a hand-written backward when the JSON was made, at ``1586748``; the
+  plain form of ``eager`` since);
 * ``compiled``: ``torch.compile(step, dynamic=False)`` of the first (inductor's C++ kernels).
 
 Made ``compiled_step_conditional_xeon.json`` (eighteenth session)::
@@ -16,15 +17,16 @@ Made ``compiled_step_conditional_xeon.json`` (eighteenth session)::
     python benchmarks/results/issue20_s18/compiled_step_conditional.py out.json
 """
 
-import json
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+from benchmarks.train_step import record  # noqa: E402
 from pyro_dvae.nn import lstm_cell  # noqa: E402
 
 T, L, FX, FZ, H = 50, 16, 256, 64, 128
@@ -71,10 +73,10 @@ def loop(step, w: dict[str, torch.Tensor], fx: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
-def main(path: str) -> None:
+def rows() -> Iterator[dict]:
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    w, rows = weights(), []
+    w = weights()
     for B in (8, 128):
         fx = torch.randn(B, T, FX)
         steps = {
@@ -91,10 +93,8 @@ def main(path: str) -> None:
                     times[name].append(elapsed)
         row |= {f"{k}_ms": 1000 * statistics.median(v) for k, v in times.items()}
         row["compiled/eager_fused_cell"] = row["compiled_ms"] / row["eager_fused_cell_ms"]
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    Path(path).write_text(json.dumps(rows, indent=1))
+        yield row
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    record(sys.argv[1], rows())

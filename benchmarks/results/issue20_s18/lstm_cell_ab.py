@@ -9,14 +9,13 @@ the plain form)::
     python benchmarks/results/issue20_s18/lstm_cell_ab.py out.json
 """
 
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-from benchmarks.train_step import switch_ab  # noqa: E402
+from benchmarks.train_step import record, switch_rows  # noqa: E402
 from pyro_dvae import nn as dvae_nn  # noqa: E402
 
 
@@ -27,17 +26,11 @@ def plain(gates: torch.Tensor, c: torch.Tensor):
 
 
 def main(path: str) -> None:
-    cell, rows = dvae_nn._LSTMCell, []
-    variants = {"node": cell.apply, "plain": plain}
-    for shape, B in (("speech", 8), ("motion", 128), ("speech", 128)):
-        for name in ("vrnn", "rvae_causal", "rvae_noncausal", "dsae"):
-            n = 20 if (shape, B) == ("speech", 128) else 40
-            row = {"model": name, "shape": shape, "B": B}
-            row |= switch_ab(cell, "apply", variants, n, model=name, shape=shape, B=B)
-            row["plain/node"] = row["plain"] / row["node"]
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    Path(path).write_text(json.dumps(rows, indent=1))
+    variants = {"node": dvae_nn._LSTMCell.apply, "plain": plain}
+    shapes = (("speech", 8), ("motion", 128), ("speech", 128))
+    models = ("vrnn", "rvae_causal", "rvae_noncausal", "dsae")
+    cases = [(model, shape, B) for shape, B in shapes for model in models]
+    record(path, switch_rows(dvae_nn._LSTMCell, "apply", variants, cases))
 
 
 if __name__ == "__main__":

@@ -8,28 +8,20 @@ glibc's allocator, 2 threads; medians (ms). Made ``tanh_ab_xeon.json`` (eighteen
     python benchmarks/results/issue20_s18/tanh_ab.py out.json
 """
 
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-from benchmarks.train_step import switch_ab  # noqa: E402
+from benchmarks.train_step import record, switch_rows  # noqa: E402
 from pyro_dvae import activations  # noqa: E402
 
 MODELS = ("vae", "dkf", "storn", "vrnn", "srnn", "rvae_causal", "rvae_noncausal", "dsae")
 
 
 def main(path: str) -> None:
-    rows, variants = [], {"sigmoid_form": 1 << 16, "torch_tanh": 1 << 62}
-    for shape, B in (("speech", 128), ("speech", 8)):
-        for name in MODELS:
-            n = 20 if B == 128 else 40
-            row = {"model": name, "shape": shape, "B": B}
-            row |= switch_ab(activations, "MIN_ELEMENTS", variants, n, model=name, shape=shape, B=B)
-            row["torch_tanh/sigmoid_form"] = row["torch_tanh"] / row["sigmoid_form"]
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    Path(path).write_text(json.dumps(rows, indent=1))
+    variants = {"sigmoid_form": 1 << 16, "torch_tanh": 1 << 62}
+    cases = [(model, "speech", B) for B in (128, 8) for model in MODELS]
+    record(path, switch_rows(activations, "MIN_ELEMENTS", variants, cases))
 
 
 if __name__ == "__main__":
