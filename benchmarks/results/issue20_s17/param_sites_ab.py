@@ -7,8 +7,8 @@ before it), alternated step by step in one process, glibc's allocator, 2 threads
 """
 
 import contextlib
-import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
@@ -22,8 +22,7 @@ def registering(self: DVAE) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def main(path: str) -> None:
-    rows = []
+def rows() -> Iterator[dict]:
     for shape, B in (("speech", 8), ("motion", 128), ("speech", 128)):
         for name in (
             "vae",
@@ -49,10 +48,8 @@ def main(path: str) -> None:
             DVAE.without_param_sites = SKIP
             row["skip/register"] = row["skip"] / row["register"]
             row["parameters"] = sum(1 for _ in model.parameters())
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    Path(path).write_text(json.dumps(rows, indent=1))
+            yield row
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    bench.record(sys.argv[1], rows())

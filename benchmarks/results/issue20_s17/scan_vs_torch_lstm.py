@@ -6,15 +6,15 @@ calls after 5 (ms). Made ``scan_vs_torch_lstm_xeon.json`` (seventeenth session):
     python benchmarks/results/issue20_s17/scan_vs_torch_lstm.py out.json
 """
 
-import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-from benchmarks.train_step import alternated_ms  # noqa: E402
+from benchmarks.train_step import alternated_ms, record  # noqa: E402
 from pyro_dvae.nn import lstm, run_rnn  # noqa: E402
 from pyro_dvae.scan import scan_rnn  # noqa: E402
 
@@ -38,9 +38,8 @@ def timed(fn, rnn: torch.nn.LSTM, x: torch.Tensor):
     return run
 
 
-def main(path: str) -> None:
+def rows() -> Iterator[dict]:
     torch.set_num_threads(2)
-    rows = []
     for D, H, bidirectional, batches in GRID:
         for B in batches:
             torch.manual_seed(0)
@@ -48,10 +47,8 @@ def main(path: str) -> None:
             steps = {"scan": timed(scan_rnn, rnn, x), "onednn": timed(run_rnn, rnn, x)}
             row = {"D": D, "H": H, "bi": bidirectional, "B": B} | alternated_ms(steps, 5, 20)
             row["scan/onednn"] = row["scan"] / row["onednn"]
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    Path(path).write_text(json.dumps(rows, indent=1))
+            yield row
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    record(sys.argv[1], rows())
