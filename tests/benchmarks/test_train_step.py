@@ -41,6 +41,8 @@ KEYS = {
 }
 
 
+MODELS = ("vae", "dkf", "storn", "vrnn", "srnn", "rvae_causal", "rvae_noncausal", "dsae")
+"""The eight models of the benchmark, in the paper's order."""
 TINY = ["--steps", "2", "--warmup", "0", "--B", "2", "--T", "4", "--x-dim", "8", "--threads", "1"]
 
 
@@ -260,9 +262,7 @@ def test_allocator_benchmark_smoke_json(tmp_path):
         assert abs(row[f"{step}_saving"] - (1 - keep / system)) <= 1e-3 * (1 + keep / system)
 
 
-@pytest.mark.parametrize(
-    "name", ["vae", "dkf", "storn", "vrnn", "srnn", "rvae_causal", "rvae_noncausal", "dsae"]
-)
+@pytest.mark.parametrize("name", MODELS)
 def test_every_reference_step_scores_motion_with_the_mpjpe(name):
     """At motion shape the hand-written reference loss is the Pyro ELBO's, MPJPE included
     (not the speech models' Exponential NLL), with the same gradients: the configs' motion
@@ -314,9 +314,7 @@ def test_own_products_of_an_lstm_layer_and_a_batched_product_by_hand():
 
 
 @pytest.mark.parametrize("scan_threshold", [0, None], ids=["scan", "shipped"])
-@pytest.mark.parametrize(
-    "name", ["vae", "dkf", "storn", "vrnn", "srnn", "rvae_causal", "rvae_noncausal", "dsae"]
-)
+@pytest.mark.parametrize("name", MODELS)
 def test_own_products_carry_the_counted_flops(name, scan_threshold, monkeypatch):
     """Every model's recorded products hold exactly the FLOPs that ``gflop_per_step`` counts
     (FlopCounterMode with oneDNN's RNN layers), so ``ms_own_products`` times the step's whole
